@@ -1,0 +1,72 @@
+"""Reference quantizers: ``none`` (float) and ``pact`` (PACT activations + rescaled DoReFa weights)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from baselines.pact_layers import PACTReLU, quantized_copy
+from sgq_bench.api import Param, Quantizer
+
+
+class NoQuantizer(Quantizer):
+    """Full precision (FP32): the model is trained as built."""
+
+    name = "none"
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        return model
+
+
+def _set_submodule(root: nn.Module, dotted: str, new: nn.Module) -> None:
+    parent_name, _, attr = dotted.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, attr, new)
+
+
+class PACTQuantizer(Quantizer):
+    """PACT k-bit activations (learnable clip) + DoReFa k-bit weights rescaled by max|w| (Choi et al. 2018)."""
+
+    name = "pact"
+    params = {
+        "w_bits": Param(4, "weight bits of quantized conv/linear layers", low=1, high=16),
+        "a_bits": Param(4, "activation bits of PACT ReLUs", low=1, high=16),
+        "alpha_init": Param(10.0, "initial PACT clipping level", low=0.0, low_open=True),
+        "alpha_decay": Param(1e-4, "minimum L2 weight decay on alpha", low=0.0),
+        "quantize_first_last": Param(False, "also quantize the first conv and the last linear layer"),
+    }
+
+    def bits(self) -> tuple[int, int]:
+        return (self.w_bits, self.a_bits)
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        """Swap conv/linear layers for fake-quant ones and each ReLU that follows one for PACT.
+
+        "Follows" is read from module registration order, which the reference models keep equal to
+        forward order; first and last weight layers stay float unless ``quantize_first_last``.
+        """
+        named = list(model.named_modules())
+        layers = [n for n, m in named if isinstance(m, (nn.Conv2d, nn.Linear))]
+        if not layers:
+            raise ValueError("pact: the model has no Conv2d/Linear layer to quantize")
+        keep_float = set() if self.quantize_first_last else {layers[0], layers[-1]}
+        last_layer_quantized = False
+        for name, module in named:
+            if isinstance(module, (nn.Conv2d, nn.Linear)):
+                last_layer_quantized = name not in keep_float
+                if last_layer_quantized:
+                    _set_submodule(model, name, quantized_copy(module, self.w_bits))
+            elif isinstance(module, nn.ReLU) and last_layer_quantized:
+                _set_submodule(model, name, PACTReLU(self.a_bits, self.alpha_init))
+        return model
+
+    def param_groups(self, model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+        """alpha gets L2 decay of at least ``alpha_decay`` even when the recipe uses none (PACT paper)."""
+        alphas = [m.alpha for m in model.modules() if isinstance(m, PACTReLU)]
+        ids = {id(a) for a in alphas}
+        rest = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
+        groups = [{"params": rest, "weight_decay": weight_decay}]
+        if alphas:
+            groups.append({"params": alphas, "weight_decay": max(weight_decay, self.alpha_decay)})
+        return groups

@@ -1,0 +1,39 @@
+"""Error types the CLI turns into one-line messages instead of tracebacks."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class SgqBenchError(Exception):
+    """Base class: an error the user should read as one line, not a traceback."""
+
+    exit_code = 1
+
+
+class UsageError(SgqBenchError):
+    """Bad input (a name, a value, a path): the CLI exits with code 2."""
+
+    exit_code = 2
+
+
+class DataNotFoundError(SgqBenchError):
+    """A dataset could not be found locally nor downloaded."""
+
+    exit_code = 2
+
+
+class TrainingDiverged(SgqBenchError):
+    """The training loss became NaN or infinite."""
+
+    exit_code = 1
+
+
+def did_you_mean(name: str, choices: Iterable[str], n: int = 3) -> str:
+    """Return a ' Did you mean ...?' hint listing the closest names, or the full list if none is close."""
+    choices = sorted(set(choices))
+    close = difflib.get_close_matches(name, choices, n=n, cutoff=0.5)
+    if close:
+        return " Did you mean " + " or ".join(repr(c) for c in close) + "?"
+    return " Available: " + ", ".join(choices) + "." if choices else " Nothing is registered."
