@@ -1,4 +1,4 @@
-"""Implementations of the CLI subcommands (kept apart from argument parsing)."""
+"""CLI: ``list``, ``train`` and ``bench train``."""
 
 from __future__ import annotations
 
@@ -7,14 +7,13 @@ from pathlib import Path
 
 from sgq_bench import _registry
 from sgq_bench._registry import describe
-from sgq_bench.cli import command, parse_assignments, parse_bits
+from sgq_bench.cli import parse_assignments, parse_bits
 from sgq_bench.config import load_suite, override_recipe
 from sgq_bench.errors import UsageError, did_you_mean
 from sgq_bench.methods import builtin_methods
 from sgq_bench.train import TrainSpec, accuracy, load_dataset, load_or_train, load_split, resolve_device
 
 
-@command("list")
 def cmd_list(args: argparse.Namespace) -> int:
     kinds = [*_registry.KINDS, "methods"]
     if args.kind is not None and args.kind not in kinds:
@@ -52,7 +51,6 @@ def spec_from_args(args: argparse.Namespace) -> TrainSpec:
     return TrainSpec(args.dataset, model, method, recipe, args.seed, plan.dataset_params)
 
 
-@command("train")
 def cmd_train(args: argparse.Namespace) -> int:
     spec = spec_from_args(args)
     device = resolve_device(args.device)
@@ -68,11 +66,44 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-@command("bench")
-def cmd_bench(args: argparse.Namespace) -> int:
+def cmd_bench_train(args: argparse.Namespace) -> int:
     from sgq_bench.bench_train import run_train_bench
 
     spec = spec_from_args(args)
     run_train_bench(spec, data_root=args.data_root, device=resolve_device(args.device),
                     steps=args.steps, rounds=args.rounds)
     return 0
+
+
+def add_train_args(p: argparse.ArgumentParser) -> None:
+    """The flags that pick one trained model (shared by train, evaluate and the benches)."""
+    p.add_argument("--dataset", default="mnist", help="registered dataset (see `sgq-bench list datasets`)")
+    p.add_argument("--model", default=None, help="registered model; default: the suite's model for the dataset")
+    p.add_argument("--method", default="baseline", help="baseline, pact, sgt, sgt_pact or a suite-defined one")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--suite", default="quick", help="suite whose recipe is used (name or path)")
+    p.add_argument("--bits", default=None, help="quantizer bits W/A, e.g. 4/4 or 4/2")
+    p.add_argument("--param", action="append", metavar="KEY=VALUE", help="method parameter (e.g. k=0.3)")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--train-size", type=int, default=None)
+    p.add_argument("--data-root", default=None, help="folder holding the data (else $SGQ_BENCH_DATA, cache)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--checkpoint-dir", default=None, help="default: the user cache dir")
+
+
+def register(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("list", help="what is registered, with one-line descriptions")
+    p.add_argument("kind", nargs="?", default=None,
+                   help="quantizers, objectives, models, datasets, explainers, metrics or methods")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("train", help="train (or load from cache) one model and print its test accuracy")
+    add_train_args(p)
+    p.add_argument("--force", action="store_true", help="retrain even if a checkpoint exists")
+    p.set_defaults(func=cmd_train)
+
+    p = bench.add_parser("train", help="per-step cost of each method vs baseline; harness vs bare loop")
+    add_train_args(p)
+    p.add_argument("--steps", type=int, default=20, help="timed steps per method per round")
+    p.add_argument("--rounds", type=int, default=3)
+    p.set_defaults(func=cmd_bench_train)
