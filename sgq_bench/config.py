@@ -1,6 +1,9 @@
 """Suite files (TOML) loaded into frozen dataclasses and validated; recipes are data, not code.
 
-Every error names the file, the key, the bad value and what is allowed, in one line.
+Every error names the file, the key, the bad value and what is allowed, in one line, and unknown keys
+are errors (a typo silently ignored would make a run measure something else than its author meant).
+Plugin names (datasets, models, methods, explainers, metrics) and plugin parameters are checked
+against the registries here, at load time, so a bad suite fails before any training starts.
 """
 
 from __future__ import annotations
@@ -10,8 +13,10 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from sgq_bench._io import stable_hash
 from sgq_bench.errors import UsageError, did_you_mean
 from sgq_bench.methods import Method, get_method, method_from_table
+from sgq_bench.params import resolve_params
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -47,6 +52,7 @@ class Recipe:
             ("schedule", self.schedule in SCHEDULES, f"one of {', '.join(SCHEDULES)}"),
             ("lr", _num(self.lr) and self.lr > 0, "a number > 0"),
             ("momentum", _num(self.momentum) and 0 <= self.momentum < 1, "a number in [0, 1)"),
+            ("nesterov", isinstance(self.nesterov, bool), "true or false"),
             ("weight_decay", _num(self.weight_decay) and self.weight_decay >= 0, "a number >= 0"),
             ("gamma", _num(self.gamma) and 0 < self.gamma <= 1, "a number in (0, 1]"),
             ("warmup_epochs", _num(self.warmup_epochs) and self.warmup_epochs >= 0, "a number >= 0"),
@@ -73,23 +79,106 @@ def _int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+def _unknown(where: str, key: str, allowed: tuple[str, ...] | list[str]) -> UsageError:
+    """'FILE: unknown key 'k'; allowed: a, b. Did you mean ...?' (one line)."""
+    leaf = key.rsplit(".", 1)[-1]
+    hint = did_you_mean(leaf, allowed)
+    hint = hint if hint.startswith(" Did you mean") else ""
+    return UsageError(f"{where}: unknown key {key!r}; allowed: {', '.join(allowed)}.{hint}")
+
+
+def _table(where: str, key: str, value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise UsageError(f"{where}: {key} = {value!r} is invalid; expected a table")
+    return value
+
+
+def _str_list(where: str, key: str, value: Any, allow_empty: bool = True) -> tuple[str, ...]:
+    ok = isinstance(value, list) and all(isinstance(v, str) for v in value) and (allow_empty or value)
+    if not ok:
+        raise UsageError(f"{where}: {key} = {value!r} is invalid; expected a {'' if allow_empty else 'non-empty '}"
+                         "list of names")
+    dupes = sorted({v for v in value if value.count(v) > 1})
+    if dupes:
+        raise UsageError(f"{where}: {key} lists {dupes[0]!r} twice; each name may appear once")
+    return tuple(value)
+
+
+def _plugin(where: str, key: str, kind: str, name: Any) -> Any:
+    """The registered plugin class ``name`` of ``kind``; an error names the file and key."""
+    from sgq_bench import _registry
+
+    if not isinstance(name, str):
+        raise UsageError(f"{where}: {key} = {name!r} is invalid; expected a {kind[:-1]} name")
+    try:
+        return _registry.registry(kind).get(name)
+    except UsageError as exc:
+        raise UsageError(f"{where}: {key}: {exc}") from None
+
+
 def recipe_from_table(table: dict[str, Any], where: str) -> Recipe:
-    names = [f.name for f in fields(Recipe)]
+    names = tuple(f.name for f in fields(Recipe))
     for key in table:
         if key not in names:
-            raise UsageError(f"{where}: unknown recipe key {key!r}.{did_you_mean(key, names)}")
+            raise _unknown(where, f"recipe.{key}", names)
     return Recipe(**table).validate(where)
+
+
+def parse_bits(value: Any, where: str, key: str = "bits") -> tuple[int, int]:
+    """A bits value as (w, a): ``4`` -> (4, 4); ``"4/2"``, ``"W4A2"`` or ``[4, 2]`` -> (4, 2).
+
+    Range checking is left to the quantizer plugin's own Param declaration (see ``apply_bits``).
+    """
+    allowed = "an integer (W=A), 'W/A' such as '4/2', 'W4A2', or [W, A]"
+    text = value
+    if _int(value):
+        return value, value
+    if isinstance(value, list) and len(value) == 2 and all(_int(v) for v in value):
+        return value[0], value[1]
+    if isinstance(value, str):
+        text = value.strip().upper().replace("W", "").replace("A", "/")
+        w, sep, a = text.partition("/")
+        try:
+            return int(w), int(a if sep else w)
+        except ValueError:
+            pass
+    raise UsageError(f"{where}: {key} = {value!r} is invalid; expected {allowed}")
+
+
+def apply_bits(methods: tuple[Method, ...], bits: tuple[int, int], where: str) -> tuple[Method, ...]:
+    """Override weight/activation bits of every method whose quantizer declares ``w_bits``/``a_bits``.
+
+    Why a suite-level ``bits``: ``--set bits=2/2`` turns the reference grid into a low-bit study in
+    one flag. Float methods are left alone; the values are validated by the quantizer's Param ranges.
+    """
+    from sgq_bench import _registry
+
+    out, touched = [], 0
+    for m in methods:
+        spec = _registry.quantizers.get(m.quantizer).params
+        if "w_bits" in spec and "a_bits" in spec:
+            try:
+                m = m.with_params({"w_bits": bits[0], "a_bits": bits[1]}).resolved()
+            except UsageError as exc:
+                shown = bits[0] if bits[0] == bits[1] else f"{bits[0]}/{bits[1]}"
+                raise UsageError(f"{where}: bits = {shown!r} is invalid for method {m.name!r}: {exc}") from None
+            touched += 1
+        out.append(m)
+    if not touched:
+        raise UsageError(f"{where}: bits is set but no method of the suite has a quantizer with w_bits/a_bits")
+    return tuple(out)
 
 
 @dataclass(frozen=True)
 class DatasetPlan:
-    """One dataset of a suite: its model, training recipe and evaluation sizes."""
+    """One dataset of a suite: its model, training recipe, evaluation size and metric settings."""
 
     name: str
     model: str
     recipe: Recipe
     eval_size: int = 1000
     dataset_params: dict[str, Any] = field(default_factory=dict)
+    metric_params: dict[str, dict[str, Any]] = field(default_factory=dict)  # merged over the suite's
 
 
 @dataclass(frozen=True)
@@ -107,6 +196,9 @@ class Suite:
     metrics: tuple[str, ...] = ()
     metric_params: dict[str, dict[str, Any]] = field(default_factory=dict)
     raw: dict[str, Any] = field(default_factory=dict)
+    bits: tuple[int, int] | None = None
+    eval_seed: int = 0
+    overrides: dict[str, Any] = field(default_factory=dict)
 
     def dataset(self, name: str) -> DatasetPlan:
         for d in self.datasets:
@@ -120,10 +212,47 @@ class Suite:
                 return m
         return get_method(name)
 
+    def params_for(self, dataset: str) -> dict[str, dict[str, Any]]:
+        """Metric parameters for ``dataset``: the suite's ``evaluate.params`` overlaid by the dataset's."""
+        out = {k: dict(v) for k, v in self.metric_params.items()}
+        for metric, params in self.dataset(dataset).metric_params.items():
+            out.setdefault(metric, {}).update(params)
+        return out
 
-SUITE_KEYS = ("version", "name", "description", "seeds", "methods", "define", "datasets", "evaluate")
-DATASET_KEYS = ("model", "recipe", "eval_size", "params")
-EVALUATE_KEYS = ("explainers", "metrics", "params")
+    def as_dict(self) -> dict[str, Any]:
+        """The resolved suite as plain JSON-able data (what manifest.json records)."""
+        return {
+            "name": self.name,
+            "version": self.version,
+            "path": self.path,
+            "description": self.description,
+            "seeds": list(self.seeds),
+            "bits": list(self.bits) if self.bits else None,
+            "eval_seed": self.eval_seed,
+            "overrides": dict(self.overrides),
+            "methods": [m.as_dict() for m in self.methods],
+            "datasets": [
+                {"name": d.name, "model": d.model, "recipe": d.recipe.as_dict(), "eval_size": d.eval_size,
+                 "dataset_params": d.dataset_params, "metric_params": d.metric_params}
+                for d in self.datasets
+            ],
+            "explainers": list(self.explainers),
+            "metrics": list(self.metrics),
+            "metric_params": self.metric_params,
+        }
+
+    def fingerprint(self) -> str:
+        """Hash of everything that changes numbers (not the path, not the description)."""
+        d = self.as_dict()
+        for k in ("path", "description", "overrides"):
+            d.pop(k)
+        return stable_hash(d)[:16]
+
+
+SUITE_KEYS = ("version", "name", "description", "seeds", "methods", "bits", "define", "datasets", "evaluate")
+DATASET_KEYS = ("model", "recipe", "eval_size", "params", "metric_params")
+EVALUATE_KEYS = ("explainers", "metrics", "params", "eval_seed")
+DEFAULT_METHODS = ["baseline", "pact", "sgt", "sgt_pact"]
 
 
 def suite_path(name_or_path: str) -> Path:
@@ -137,78 +266,153 @@ def suite_path(name_or_path: str) -> Path:
     if candidate.is_file():
         return candidate
     known = sorted(f.stem for f in CONFIG_DIR.glob("*.toml")) if CONFIG_DIR.is_dir() else []
-    known = [k for k in known if k != "recipes"]
     raise UsageError(f"unknown suite {name_or_path!r} (looked in {CONFIG_DIR}).{did_you_mean(name_or_path, known)}")
 
 
 def load_suite(name_or_path: str, overrides: dict[str, Any] | None = None) -> Suite:
-    """Load and validate a suite; ``overrides`` are dotted keys (``--set``) applied before validation."""
+    """Load and validate a suite; ``overrides`` are dotted keys (``--set``) applied before validation.
+
+    Overrides go through the same validation as the file, so ``--set bits=0`` fails exactly like
+    ``bits = 0`` written in the file would, naming the file and the key.
+    """
     path = suite_path(name_or_path)
     where = str(path)
     try:
         with path.open("rb") as fh:
             raw = tomllib.load(fh)
     except tomllib.TOMLDecodeError as exc:
-        raise UsageError(f"{where}: not valid TOML ({exc})") from None
+        raise UsageError(f"{where}: not valid TOML ({str(exc).splitlines()[0]})") from None
+    except OSError as exc:
+        raise UsageError(f"{where}: cannot read suite file ({exc.strerror})") from None
     for dotted, value in (overrides or {}).items():
         _set_dotted(raw, dotted, value, where)
-    return suite_from_dict(raw, where, default_name=path.stem)
+    suite = suite_from_dict(raw, where, default_name=path.stem)
+    return replace(suite, overrides=dict(overrides or {}))
 
 
 def _set_dotted(raw: dict[str, Any], dotted: str, value: Any, where: str) -> None:
     node = raw
     parts = dotted.split(".")
-    for part in parts[:-1]:
+    if not all(parts):
+        raise UsageError(f"{where}: --set {dotted!r} is not a dotted key such as datasets.mnist.eval_size")
+    for i, part in enumerate(parts[:-1]):
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
-            raise UsageError(f"{where}: --set {dotted}: {part!r} is not a table")
+            raise UsageError(f"{where}: --set {dotted}: {'.'.join(parts[: i + 1])!r} is not a table")
     node[parts[-1]] = value
 
 
+def _methods(raw: dict[str, Any], where: str) -> tuple[Method, ...]:
+    defined = {}
+    for name, table in _table(where, "define", raw.get("define", {})).items():
+        try:
+            defined[name] = method_from_table(name, _table(where, f"define.{name}", table), where)
+        except UsageError as exc:
+            msg = str(exc)
+            raise UsageError(msg if msg.startswith(where) else f"{where}: define.{name}: {msg}") from None
+    names = _str_list(where, "methods", raw.get("methods", DEFAULT_METHODS), allow_empty=False)
+    out = []
+    for n in names:
+        try:
+            out.append(get_method(n, defined).resolved())
+        except UsageError as exc:
+            raise UsageError(f"{where}: methods: {exc}") from None
+    return tuple(out)
+
+
+def _dataset_plan(dname: str, table: Any, where: str, metrics: tuple[str, ...]) -> DatasetPlan:
+    table = _table(where, f"datasets.{dname}", table)
+    for key in table:
+        if key not in DATASET_KEYS:
+            raise _unknown(where, f"datasets.{dname}.{key}", DATASET_KEYS)
+    ds_cls = _plugin(where, f"datasets.{dname}", "datasets", dname)
+    if "model" not in table:
+        raise UsageError(f"{where}: datasets.{dname} needs a 'model' key (a registered model name)")
+    _plugin(where, f"datasets.{dname}.model", "models", table["model"])
+    eval_size = table.get("eval_size", 1000)
+    if not _int(eval_size) or eval_size < 1:
+        raise UsageError(f"{where}: datasets.{dname}.eval_size = {eval_size!r} is invalid; expected an integer >= 1")
+    params = _table(where, f"datasets.{dname}.params", table.get("params", {}))
+    try:
+        resolve_params(f"{where}: datasets.{dname}.params", getattr(ds_cls, "params", {}), params)
+    except UsageError as exc:
+        raise UsageError(str(exc)) from None
+    recipe = recipe_from_table(_table(where, f"datasets.{dname}.recipe", table.get("recipe", {})),
+                               f"{where}: datasets.{dname}")
+    mparams = _metric_params(table.get("metric_params", {}), where, f"datasets.{dname}.metric_params", metrics)
+    return DatasetPlan(dname, table["model"], recipe, eval_size, dict(params), mparams)
+
+
+def _metric_params(value: Any, where: str, key: str, metrics: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """``{metric: {param: value}}`` checked against each metric's declared Params."""
+    out = {}
+    for metric, params in _table(where, key, value).items():
+        if metric not in metrics:
+            raise UsageError(f"{where}: {key}.{metric}: {metric!r} is not in evaluate.metrics; "
+                             f"allowed: {', '.join(metrics) or '(no metrics listed)'}")
+        cls = _plugin(where, f"{key}.{metric}", "metrics", metric)
+        params = _table(where, f"{key}.{metric}", params)
+        resolve_params(f"{where}: {key}.{metric}", getattr(cls, "params", {}), params)
+        out[metric] = dict(params)
+    return out
+
+
 def suite_from_dict(raw: dict[str, Any], where: str, default_name: str = "suite") -> Suite:
+    """Validate a parsed suite table into a ``Suite``; the first problem raises a one-line UsageError."""
     for key in raw:
         if key not in SUITE_KEYS:
-            raise UsageError(f"{where}: unknown key {key!r}.{did_you_mean(key, SUITE_KEYS)}")
+            raise _unknown(where, key, SUITE_KEYS)
     if "version" not in raw:
         raise UsageError(f"{where}: missing key 'version' (every suite carries a version)")
-    defined = {
-        name: method_from_table(name, table, where) for name, table in dict(raw.get("define", {})).items()
-    }
-    method_names = raw.get("methods", ["baseline", "pact", "sgt", "sgt_pact"])
-    methods = tuple(get_method(n, defined).resolved() for n in method_names)
+    for key in ("version", "name", "description"):
+        bad = key in raw and (not isinstance(raw[key], (str, int)) or isinstance(raw[key], bool))
+        if bad:
+            raise UsageError(f"{where}: {key} = {raw[key]!r} is invalid; expected a string")
+    methods = _methods(raw, where)
+    bits = None
+    if "bits" in raw:
+        bits = parse_bits(raw["bits"], where)
+        methods = apply_bits(methods, bits, where)
     seeds = raw.get("seeds", [0])
     if not isinstance(seeds, list) or not seeds or not all(_int(s) and s >= 0 for s in seeds):
         raise UsageError(f"{where}: seeds = {seeds!r} is invalid; expected a non-empty list of integers >= 0")
-    plans = []
-    for dname, table in dict(raw.get("datasets", {})).items():
-        for key in table:
-            if key not in DATASET_KEYS:
-                raise UsageError(f"{where}: datasets.{dname} has unknown key {key!r}.{did_you_mean(key, DATASET_KEYS)}")
-        if "model" not in table:
-            raise UsageError(f"{where}: datasets.{dname} needs a 'model' key")
-        eval_size = table.get("eval_size", 1000)
-        if not _int(eval_size) or eval_size < 1:
-            raise UsageError(f"{where}: datasets.{dname}.eval_size = {eval_size!r} is invalid; expected an integer >= 1")
-        recipe = recipe_from_table(dict(table.get("recipe", {})), f"{where}: datasets.{dname}")
-        plans.append(DatasetPlan(dname, table["model"], recipe, eval_size, dict(table.get("params", {}))))
-    if not plans:
-        raise UsageError(f"{where}: no [datasets.*] table; a suite needs at least one dataset")
-    evaluate = dict(raw.get("evaluate", {}))
+    if len(set(seeds)) != len(seeds):
+        raise UsageError(f"{where}: seeds = {seeds!r} repeats a seed; each seed may appear once")
+    evaluate = _table(where, "evaluate", raw.get("evaluate", {}))
     for key in evaluate:
         if key not in EVALUATE_KEYS:
-            raise UsageError(f"{where}: evaluate has unknown key {key!r}.{did_you_mean(key, EVALUATE_KEYS)}")
+            raise _unknown(where, f"evaluate.{key}", EVALUATE_KEYS)
+    explainers = _str_list(where, "evaluate.explainers", evaluate.get("explainers", []))
+    for i, name in enumerate(explainers):
+        _plugin(where, f"evaluate.explainers[{i}]", "explainers", name)
+    metrics = _str_list(where, "evaluate.metrics", evaluate.get("metrics", []))
+    for i, name in enumerate(metrics):
+        cls = _plugin(where, f"evaluate.metrics[{i}]", "metrics", name)
+        if getattr(cls, "needs_attributions", False) and not explainers:
+            raise UsageError(f"{where}: evaluate.metrics[{i}] = {name!r} needs attributions but "
+                             "evaluate.explainers is empty")
+    eval_seed = evaluate.get("eval_seed", 0)
+    if not _int(eval_seed) or eval_seed < 0:
+        raise UsageError(f"{where}: evaluate.eval_seed = {eval_seed!r} is invalid; expected an integer >= 0")
+    metric_params = _metric_params(evaluate.get("params", {}), where, "evaluate.params", metrics)
+    datasets = _table(where, "datasets", raw.get("datasets", {}))
+    plans = tuple(_dataset_plan(dname, table, where, metrics) for dname, table in datasets.items())
+    if not plans:
+        raise UsageError(f"{where}: no [datasets.*] table; a suite needs at least one dataset")
     return Suite(
         name=str(raw.get("name", default_name)),
         version=str(raw["version"]),
         path=where,
         description=str(raw.get("description", "")),
         seeds=tuple(seeds),
-        datasets=tuple(plans),
+        datasets=plans,
         methods=methods,
-        explainers=tuple(evaluate.get("explainers", ())),
-        metrics=tuple(evaluate.get("metrics", ())),
-        metric_params=dict(evaluate.get("params", {})),
+        explainers=explainers,
+        metrics=metrics,
+        metric_params=metric_params,
         raw=raw,
+        bits=bits,
+        eval_seed=eval_seed,
     )
 
 
