@@ -1,0 +1,30 @@
+"""Shared fixtures: every test writes checkpoints to a temp cache, never the user's."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SGQ_BENCH_CACHE", str(tmp_path_factory.getbasetemp() / "sgq-cache"))
+
+
+def real_data_root() -> Path | None:
+    """The real MNIST/CIFAR-10 folder ($SGQ_BENCH_DATA, else ../shared/data), or None."""
+    root = Path(os.environ.get("SGQ_BENCH_DATA", DEFAULT_DATA))
+    return root if (root / "MNIST" / "raw").is_dir() else None
+
+
+@pytest.fixture
+def data_root() -> Path:
+    root = real_data_root()
+    if root is None:
+        pytest.skip("real data not available (set SGQ_BENCH_DATA)")
+    return root

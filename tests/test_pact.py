@@ -1,0 +1,115 @@
+"""PACT activations and rescaled DoReFa weights, against the formulas of DESIGN.md §2."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from baselines.pact_layers import PACTReLU, QuantConv2d, QuantLinear, dorefa_weight, pact_quantize
+from baselines.quantizers import PACTQuantizer
+from sgq_bench.data import Synthetic
+from sgq_bench.errors import UsageError
+from sgq_bench.models import mnist_cnn, resnet20, test_cnn
+from sgq_bench.data import MNIST, CIFAR10
+
+
+def test_pact_forward_matches_formula_on_hand_made_inputs():
+    alpha = torch.tensor(2.0)
+    x = torch.tensor([-1.0, 0.0, 0.3, 0.5, 0.9, 1.9, 2.0, 5.0])
+    # 2 bits: levels {0, 2/3, 4/3, 2}; y = clip(x, 0, 2) then round(y * 3 / 2) * 2 / 3
+    expected = torch.tensor([0.0, 0.0, 0.0, 2 / 3, 2 / 3, 2.0, 2.0, 2.0])
+    torch.testing.assert_close(pact_quantize(x, alpha, 2), expected)
+    # 4 bits by the general formula
+    k = 4
+    y = x.clamp(0, 2.0)
+    ref = torch.round(y * (2**k - 1) / 2.0) * 2.0 / (2**k - 1)
+    torch.testing.assert_close(pact_quantize(x, alpha, k), ref)
+
+
+def test_pact_alpha_gradient_is_one_exactly_where_x_reaches_alpha():
+    x = torch.tensor([-1.0, 0.5, 1.99, 2.0, 2.5, 7.0])
+    alpha = torch.tensor(2.0, requires_grad=True)
+    xr = x.clone().requires_grad_(True)
+    out = pact_quantize(xr, alpha, 4)
+    # per-element d/d alpha via one backward per element
+    for i in range(len(x)):
+        (ga, gx) = torch.autograd.grad(out[i], (alpha, xr), retain_graph=True)
+        assert float(ga) == (1.0 if x[i] >= 2.0 else 0.0), i
+        # straight-through inside the clip range, zero outside
+        assert float(gx[i]) == (1.0 if 0.0 < x[i] < 2.0 else 0.0), i
+
+
+@pytest.mark.parametrize("bits", [1, 2, 4, 8])
+def test_dorefa_rescaled_weights_take_at_most_2k_values_on_the_odd_grid(bits):
+    torch.manual_seed(0)
+    w = torch.randn(64, 32, 3, 3) * 0.05
+    q = dorefa_weight(w, bits)
+    values = torch.unique(q)
+    assert len(values) <= 2**bits
+    n = 2**bits - 1
+    m = w.abs().max()
+    # odd multiples of max|w| / (2^k - 1), within ±max|w|
+    ints = q / (m / n)
+    torch.testing.assert_close(ints, ints.round(), atol=1e-4, rtol=0)
+    assert torch.all(ints.round().remainder(2) == 1)
+    assert float(q.abs().max()) <= float(m) * (1 + 1e-6)
+    # the formula itself
+    t = torch.tanh(w)
+    ref = (2 * torch.round((t / (2 * t.abs().max()) + 0.5) * n) / n - 1) * m
+    torch.testing.assert_close(q, ref)
+
+
+def test_pact_transform_keeps_first_and_last_float_and_swaps_following_relus():
+    model = PACTQuantizer(w_bits=4, a_bits=2).prepare(mnist_cnn(MNIST()))
+    assert type(model.conv1) is nn.Conv2d and type(model.fc2) is nn.Linear
+    assert isinstance(model.conv2, QuantConv2d) and isinstance(model.fc1, QuantLinear)
+    assert type(model.relu1) is nn.ReLU  # follows the float first conv
+    assert isinstance(model.relu2, PACTReLU) and isinstance(model.relu3, PACTReLU)
+    assert model.relu2.act_bits == 2 and model.conv2.weight_bits == 4
+    full = PACTQuantizer(quantize_first_last=True).prepare(mnist_cnn(MNIST()))
+    assert isinstance(full.conv1, QuantConv2d) and isinstance(full.fc2, QuantLinear)
+    assert isinstance(full.relu1, PACTReLU)
+
+
+def test_resnet20_pact_quantizes_every_inner_conv():
+    model = PACTQuantizer().prepare(resnet20(CIFAR10()))
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert sum(isinstance(c, QuantConv2d) for c in convs) == len(convs) - 1 == 18
+    assert sum(isinstance(m, PACTReLU) for m in model.modules()) == 18
+    assert 0.26e6 < sum(p.numel() for p in model.parameters() if p.dim() > 1) < 0.28e6
+
+
+@pytest.mark.parametrize("w_bits,a_bits", [(4, 4), (2, 2), (4, 2)])
+def test_each_quantized_layer_uses_at_most_2k_weights_and_activations(w_bits, a_bits):
+    torch.manual_seed(0)
+    ds = Synthetic()
+    model = PACTQuantizer(w_bits=w_bits, a_bits=a_bits, alpha_init=1.0).prepare(test_cnn(ds)).eval()
+    acts = {}
+    for name, mod in model.named_modules():
+        if isinstance(mod, PACTReLU):
+            mod.register_forward_hook(lambda m, i, o, name=name: acts.__setitem__(name, o.detach()))
+    x = torch.randn(64, 1, 16, 16)
+    model(x)
+    assert acts, "no PACT activation ran"
+    for out in acts.values():
+        assert len(torch.unique(out)) <= 2**a_bits
+    for mod in model.modules():
+        if isinstance(mod, (QuantConv2d, QuantLinear)):
+            assert len(torch.unique(dorefa_weight(mod.weight, w_bits))) <= 2**w_bits
+
+
+def test_alpha_gets_at_least_the_pinned_weight_decay():
+    q = PACTQuantizer()
+    model = q.prepare(test_cnn(Synthetic()))
+    groups = q.param_groups(model, weight_decay=0.0)
+    assert groups[1]["weight_decay"] == pytest.approx(1e-4)
+    assert all(p.dim() == 0 for p in groups[1]["params"])
+
+
+@pytest.mark.parametrize("bad", [{"w_bits": 0}, {"w_bits": 33}, {"a_bits": 0}, {"alpha_init": 0.0}])
+def test_out_of_range_bits_are_usage_errors_naming_value_and_range(bad):
+    with pytest.raises(UsageError) as err:
+        PACTQuantizer(**bad)
+    key, value = next(iter(bad.items()))
+    assert f"{key}={value!r}" in str(err.value) and "allowed range" in str(err.value)
