@@ -123,6 +123,16 @@ class Dataset(Plugin):
 class Explainer(Plugin):
     """An attribution method: one attribution per input, shaped like the input (captum-backed)."""
 
+    dataset: Dataset | None = None
+
+    def setup(self, dataset: Dataset) -> None:
+        """Called by the harness before ``attribute`` with the dataset whose normalisation ``x`` uses.
+
+        Why: baselines such as "black" (the normalised value of pixel 0, per channel) and noise scales
+        relative to the input range depend on the dataset, which ``attribute`` does not receive.
+        """
+        self.dataset = dataset
+
     def attribute(self, model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Attributions for logits[target] of ``model`` (eval mode) at ``x``; same shape as ``x``."""
         raise NotImplementedError
@@ -149,6 +159,7 @@ class EvalContext:
     checkpoint_dir: Any = None
     seed: int = 0
     cache: dict[str, Any] = field(default_factory=dict)
+    explainer: Explainer | None = None  # the explainer whose attributions are passed (ROAR re-ranks data)
 
 
 @dataclass
