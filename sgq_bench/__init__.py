@@ -28,6 +28,7 @@ from sgq_bench.api import (
 from sgq_bench.config import Recipe, Suite, load_suite
 from sgq_bench.errors import SgqBenchError, UsageError
 from sgq_bench.methods import Method, builtin_methods, get_method
+from sgq_bench.plugins import provenance, register
 from sgq_bench.train import TrainSpec, accuracy, load_or_train
 
 __version__ = "0.1.0"
@@ -62,6 +63,8 @@ __all__ = [
     "metrics",
     "models",
     "objectives",
+    "provenance",
     "quantizers",
+    "register",
     "registry",
 ]

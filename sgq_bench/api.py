@@ -1,8 +1,16 @@
-"""The plugin API: what a quantizer, objective, dataset or model must provide.
+"""The plugin API: what a quantizer, objective, dataset, model, explainer or metric must provide.
 
-A third-party package implements these and registers them under the entry-point groups
-``sgq_bench.quantizers``, ``sgq_bench.objectives``, ``sgq_bench.datasets`` and ``sgq_bench.models``
-(see docs/plugins.md). The reference methods in ``baselines/`` use exactly this API.
+A third-party package subclasses these and registers them under the entry-point groups
+``sgq_bench.quantizers``, ``sgq_bench.objectives``, ``sgq_bench.datasets``, ``sgq_bench.models``,
+``sgq_bench.explainers`` and ``sgq_bench.metrics`` (see docs/plugins.md; ``sgq_bench.plugins`` re-exports
+everything a plugin needs). The reference methods in ``baselines/`` use exactly this API.
+
+The contract in one paragraph: the harness instantiates each plugin class with the parameters a suite
+gives (validated against the class's declared ``params``, defaults written into every result); a
+quantizer transforms a freshly built model, an objective turns a batch into a loss, a dataset yields
+uint8 splits, a model factory builds an ``nn.Module`` with ``nn.ReLU`` modules and ``explain_layer``, an
+explainer returns attributions shaped like its input, and a metric returns finite ``MetricResult``s in
+a declared direction.
 """
 
 from __future__ import annotations
@@ -17,7 +25,13 @@ from sgq_bench.params import Param, resolve_params
 
 
 class Plugin:
-    """Base of every parameterised plugin: declared params, validated at construction."""
+    """Base of every parameterised plugin: declared params, validated at construction.
+
+    Why declared params: every default is visible (``sgq-bench list``), validated with a one-line
+    error naming the plugin, hashed into checkpoint keys and repeated in every result row. After
+    ``__init__`` each param is an attribute (``self.w_bits``) and ``self.config`` holds them all.
+    ``name`` is the registry name; ``description`` (or the docstring's first line) is what ``list`` shows.
+    """
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
@@ -35,10 +49,21 @@ class Plugin:
 
 
 class Quantizer(Plugin):
-    """A model transform. ``prepare`` returns the model that is trained (fake-quant, with gradients)."""
+    """A model transform. ``prepare`` returns the model that is trained (fake-quant, with gradients).
+
+    A quantizer knows nothing about the loss, so it combines with every objective (methods are a
+    grid). It must be deterministic given the seeded model it receives: checkpoints are restored by
+    calling ``prepare`` on a fresh model and loading the saved ``state_dict`` into the result.
+    """
 
     def prepare(self, model: nn.Module) -> nn.Module:
-        """Transform ``model`` (in place is fine) into the form that is trained and explained."""
+        """Transform ``model`` (in place is fine) into the form that is trained and explained.
+
+        Returns:
+            The module to train: same input and logits shapes, differentiable with respect to the
+            input (explainers and saliency-guided objectives take input gradients through it), with
+            every new learnable tensor registered as a parameter or buffer (so it is checkpointed).
+        """
         raise NotImplementedError
 
     def param_groups(self, model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -46,11 +71,19 @@ class Quantizer(Plugin):
         return [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": weight_decay}]
 
     def bits(self) -> tuple[int, int]:
-        """(weight bits, activation bits) of the quantized layers; (32, 32) for float."""
+        """(weight bits, activation bits) of the quantized layers; (32, 32) for float.
+
+        Efficiency metrics (size, BOPs) and method labels (``pact[W4A2]``) read this.
+        """
         return (32, 32)
 
     def deploy(self, model: nn.Module) -> nn.Module:
-        """Convert a trained model to a real low-precision inference model (optional)."""
+        """Convert a trained model to a real low-precision inference model (optional).
+
+        Returns:
+            An eval-mode module with the same logits shape. Leave the default (``NotImplementedError``)
+            when there is no real integer kernel; deploy-based metrics then report themselves skipped.
+        """
         raise NotImplementedError(f"quantizer {self.name!r} has no deploy()")
 
 
@@ -73,9 +106,27 @@ class ObjectiveOutput:
 
 
 class Objective(Plugin):
-    """A training loss. ``compute`` is called with the model in train mode and must leave it so."""
+    """A training loss. ``compute`` is called with the model in train mode and must leave it so.
+
+    An objective knows nothing about quantization, so it combines with every quantizer: it only calls
+    the (possibly fake-quantized) ``model``.
+    """
 
     def compute(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: TrainContext) -> ObjectiveOutput:
+        """The loss of one mini-batch.
+
+        Args:
+            model: the model being trained, in train mode (switch to eval for an inner pass if needed,
+                then back).
+            x: a normalised (and augmented) batch N x C x H x W on the training device.
+            y: int64 labels N.
+            ctx: a seeded generator (use it for any randomness, so runs are reproducible) and counters.
+
+        Returns:
+            ``ObjectiveOutput(loss, logits, parts)``: a scalar ``loss`` with a graph to the model's
+            parameters (the harness calls ``backward`` and steps the optimizer), the logits of the
+            clean ``x`` (N x classes), and detached scalar ``parts`` for logging.
+        """
         raise NotImplementedError
 
 
@@ -105,7 +156,12 @@ class Dataset(Plugin):
     needs_root: ClassVar[bool] = True
 
     def load(self, root: Any, train: bool) -> Split:
-        """Load a split; ``root`` is a resolved data folder (or None for generated data)."""
+        """Load a split; ``root`` is a resolved data folder (or None for generated data).
+
+        Returns:
+            A ``Split`` of uint8 images N x ``in_channels`` x ``image_size`` x ``image_size`` and int64
+            labels in ``[0, num_classes)``, the same on every call (seed any generated data).
+        """
         raise NotImplementedError
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
@@ -121,7 +177,11 @@ class Dataset(Plugin):
 
 
 class Explainer(Plugin):
-    """An attribution method: one attribution per input, shaped like the input (captum-backed)."""
+    """An attribution method: one attribution per input, shaped like the input (captum-backed).
+
+    The harness computes attributions once per (trained model, explainer) and feeds them to every
+    metric, so an explainer must be deterministic for a given input, or seed itself.
+    """
 
     dataset: Dataset | None = None
 
@@ -134,7 +194,13 @@ class Explainer(Plugin):
         self.dataset = dataset
 
     def attribute(self, model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Attributions for logits[target] of ``model`` (eval mode) at ``x``; same shape as ``x``."""
+        """Attributions for logits[target] of ``model`` (eval mode) at ``x``; same shape as ``x``.
+
+        Returns:
+            A detached float tensor shaped exactly like ``x`` with finite values (signed is fine: metrics
+            reduce it to one score per pixel by summing absolute values over channels). The model's
+            parameters must be left unchanged and its mode left in eval.
+        """
         raise NotImplementedError
 
 
@@ -178,7 +244,12 @@ class MetricResult:
 
 
 class Metric(Plugin):
-    """A score of a trained model (and, when ``needs_attributions``, of one explainer's attributions)."""
+    """A score of a trained model (and, when ``needs_attributions``, of one explainer's attributions).
+
+    ``higher_is_better`` is the direction every report and leaderboard uses; ``family`` groups the
+    metric in tables; ``needs_attributions = False`` metrics (accuracy, efficiency) run once per model
+    with ``attributions=None``; ``needs_retraining`` marks expensive metrics (ROAR) that suites opt into.
+    """
 
     family: ClassVar[str] = ""  # accuracy | deletion | road | roar | sparsity | faithfulness | efficiency
     higher_is_better: ClassVar[bool] = True
@@ -186,6 +257,14 @@ class Metric(Plugin):
     needs_retraining: ClassVar[bool] = False
 
     def compute(self, ctx: EvalContext, attributions: torch.Tensor | None) -> MetricResult | list[MetricResult]:
+        """Score ``ctx.model`` on ``ctx.x``/``ctx.y`` (and ``attributions``, shaped like ``ctx.x``).
+
+        Returns:
+            One ``MetricResult`` with a finite ``value`` (ideally with ``per_sample`` values so reports
+            can run a paired bootstrap), or a list of them told apart by ``variant``. Use a generator
+            seeded from ``ctx.seed`` for any randomness; never modify ``attributions`` in place (they
+            are shared with the other metrics).
+        """
         raise NotImplementedError
 
 
