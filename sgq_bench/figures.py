@@ -1,0 +1,220 @@
+"""Report figures (matplotlib, Agg backend, PNG) in ``DIR/figures/``.
+
+- ``saliency_<dataset>_<explainer>.png``: the same test images for every method (rows) and image (cols)
+- ``curves_<dataset>_<explainer>.png``: deletion / insertion / MoRF / ROAD curves, one line per method
+- ``roar_<dataset>.png``: ROAR and KAR accuracy vs fraction, real explainers solid, ``random`` dashed
+- ``pareto_<dataset>.png``: accuracy vs packed model size, colour = a faithfulness score
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from sgq_bench.report import BASELINE, SummaryRow, curves_by_method  # noqa: E402
+
+CURVE_METRICS = ("deletion_auc", "insertion_auc", "morf_accuracy", "road_morf", "road_lerf")
+CURVE_LABELS = {
+    "deletion_auc": ("Deletion (RISE)", "fraction of pixels removed", "p(predicted class)"),
+    "insertion_auc": ("Insertion (RISE)", "fraction of pixels inserted", "p(predicted class)"),
+    "morf_accuracy": ("MoRF (no retraining)", "fraction of top pixels removed", "accuracy"),
+    "road_morf": ("ROAD MoRF", "fraction imputed (most relevant first)", "accuracy"),
+    "road_lerf": ("ROAD LeRF", "fraction imputed (least relevant first)", "accuracy"),
+}
+FAITHFULNESS_PREFERENCE = ("insertion_auc", "faithfulness_correlation", "road_morf", "deletion_auc")
+DPI = 110
+
+
+def _method_order(methods: list[str]) -> list[str]:
+    return sorted(set(methods), key=lambda m: (m != BASELINE, m))
+
+
+def _colors(methods: list[str]) -> dict[str, Any]:
+    cmap = plt.get_cmap("tab10")
+    return {m: cmap(i % 10) for i, m in enumerate(_method_order(methods))}
+
+
+def _save(fig: plt.Figure, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def saliency_grids(out: Path, fig_dir: Path) -> list[Path]:
+    """One grid per (dataset, explainer) from ``DIR/attributions/*.pt`` (lowest seed per method)."""
+    import torch
+
+    blobs: dict[tuple[str, str], dict[str, Any]] = {}
+    for path in sorted((out / "attributions").glob("*.pt")):
+        try:
+            blob = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception:  # a half-written or foreign file must not break the report
+            continue
+        key = (blob["dataset"], blob["method"])
+        if key not in blobs or blob["seed"] < blobs[key]["seed"]:
+            blobs[key] = blob
+    paths = []
+    for dataset in sorted({d for d, _ in blobs}):
+        methods = _method_order([m for d, m in blobs if d == dataset])
+        explainers = sorted({e for m in methods for e in blobs[(dataset, m)]["attributions"]})
+        first = blobs[(dataset, methods[0])]
+        images = first["images"]
+        n = images.shape[0]
+        for ex in explainers:
+            rows = [m for m in methods if ex in blobs[(dataset, m)]["attributions"]]
+            fig, axes = plt.subplots(len(rows) + 1, n, figsize=(1.5 * n + 1.2, 1.5 * (len(rows) + 1) + 0.5),
+                                     squeeze=False)
+            for j in range(n):
+                img = images[j].numpy().transpose(1, 2, 0)
+                axes[0, j].imshow(img[..., 0] if img.shape[2] == 1 else img, cmap="gray" if img.shape[2] == 1 else None)
+                axes[0, j].set_title(f"label {int(first['labels'][j])}", fontsize=9)
+            axes[0, 0].set_ylabel("input", fontsize=9, rotation=0, ha="right", va="center")
+            for i, m in enumerate(rows, start=1):
+                blob = blobs[(dataset, m)]
+                maps = blob["attributions"][ex].abs().sum(1).numpy()  # |a| summed over channels
+                for j in range(n):
+                    a = maps[j]
+                    hi = np.percentile(a, 99) or a.max() or 1.0
+                    axes[i, j].imshow(np.clip(a / hi, 0, 1), cmap="inferno", vmin=0, vmax=1)
+                    axes[i, j].set_title(f"pred {int(blob['pred'][j])}", fontsize=8)
+                axes[i, 0].set_ylabel(blob["method_label"], fontsize=9, rotation=0, ha="right", va="center")
+            for ax in axes.flat:
+                ax.set_xticks([])
+                ax.set_yticks([])
+            fig.suptitle(f"{dataset}: {ex} saliency (|attribution| summed over channels, "
+                         "scaled to each map's 99th percentile)", fontsize=10)
+            fig.tight_layout()
+            paths.append(_save(fig, fig_dir / f"saliency_{dataset}_{ex}.png"))
+    return paths
+
+
+def curve_figures(srows: list[SummaryRow], fig_dir: Path) -> list[Path]:
+    """Per (dataset, explainer): one panel per curve metric present, one line per method."""
+    paths = []
+    curves = {m: curves_by_method(srows, m) for m in CURVE_METRICS}
+    keys = sorted({(k[0], k[1], k[3]) for c in curves.values() for k in c})
+    labels = {r.key: r.info["method_label"] for r in srows}
+    for dataset, model, ex in keys:
+        present = [m for m in CURVE_METRICS if any((k[0], k[1], k[3]) == (dataset, model, ex) for k in curves[m])]
+        methods = _method_order([k[2] for m in present for k in curves[m] if (k[0], k[3]) == (dataset, ex)])
+        colors = _colors(methods)
+        fig, axes = plt.subplots(1, len(present), figsize=(4.0 * len(present), 3.4), squeeze=False)
+        for ax, metric in zip(axes[0], present):
+            title, xl, yl = CURVE_LABELS[metric]
+            for meth in methods:
+                c = curves[metric].get((dataset, model, meth, ex))
+                if c:
+                    ax.plot(c["x"], c["y"], color=colors[meth], label=labels[(dataset, model, meth, ex)], lw=1.6)
+            ax.set_title(title, fontsize=10)
+            ax.set_xlabel(xl, fontsize=9)
+            ax.set_ylabel(yl, fontsize=9)
+            ax.grid(alpha=0.3)
+        axes[0, -1].legend(fontsize=8, loc="best")
+        fig.suptitle(f"{dataset} / {model}: {ex} attributions (mean over seeds)", fontsize=11)
+        fig.tight_layout()
+        paths.append(_save(fig, fig_dir / f"curves_{dataset}_{ex}.png"))
+    return paths
+
+
+def roar_figures(srows: list[SummaryRow], fig_dir: Path) -> list[Path]:
+    """ROAR and KAR curves per dataset: colour = method, dashed = the ``random`` control ranking."""
+    paths = []
+    curves = {m: curves_by_method(srows, m) for m in ("roar", "kar")}
+    labels = {r.key: r.info["method_label"] for r in srows}
+    for dataset, model in sorted({(k[0], k[1]) for c in curves.values() for k in c}):
+        methods = _method_order([k[2] for c in curves.values() for k in c if k[0] == dataset])
+        colors = _colors(methods)
+        fig, axes = plt.subplots(1, 2, figsize=(9.5, 3.8), squeeze=False)
+        for ax, metric, xl in zip(axes[0], ("roar", "kar"),
+                                  ("fraction of most relevant pixels removed", "fraction of least relevant pixels removed")):
+            for key, c in sorted(curves[metric].items()):
+                if key[:2] != (dataset, model):
+                    continue
+                ex = key[3]
+                ax.plot(c["x"], c["y"], color=colors[key[2]], ls="--" if ex == "random" else "-",
+                        marker="o", ms=3, lw=1.4, label=f"{labels[key]} / {ex}")
+            ax.set_title(f"{metric.upper()} (retrained)", fontsize=10)
+            ax.set_xlabel(xl, fontsize=9)
+            ax.set_ylabel("test accuracy after retraining", fontsize=9)
+            ax.grid(alpha=0.3)
+        handles, lab = axes[0, 0].get_legend_handles_labels()
+        if not handles:
+            handles, lab = axes[0, 1].get_legend_handles_labels()
+        fig.legend(handles, lab, fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
+        fig.suptitle(f"{dataset} / {model}: ROAR / KAR (dashed: random-ranking control)", fontsize=11)
+        fig.tight_layout()
+        paths.append(_save(fig, fig_dir / f"roar_{dataset}.png"))
+    return paths
+
+
+def pareto_figures(srows: list[SummaryRow], fig_dir: Path) -> list[Path]:
+    """Accuracy vs packed size per dataset; colour = a faithfulness score of the first real explainer."""
+    paths = []
+    for dataset, model in sorted({(r.key[0], r.key[1]) for r in srows}):
+        model_rows = {r.key[2]: r for r in srows if r.key[:2] == (dataset, model) and r.key[3] == "-"}
+        pts = []
+        for meth, r in model_rows.items():
+            acc, size = r.cells.get("accuracy"), r.cells.get("size_bytes")
+            if acc and size and acc.summary and size.summary:
+                pts.append((meth, r.info["method_label"], size.summary.mean, acc.summary.mean))
+        if len(pts) < 1:
+            continue
+        expl_rows = [r for r in srows if r.key[:2] == (dataset, model) and r.key[3] not in ("-", "random")]
+        faith_metric, explainer = None, None
+        for m in FAITHFULNESS_PREFERENCE:
+            hits = [r for r in expl_rows if m in r.cells]
+            if hits:
+                faith_metric, explainer = m, sorted({r.key[3] for r in hits})[0]
+                break
+        faith = {}
+        if faith_metric:
+            for r in expl_rows:
+                if r.key[3] == explainer and faith_metric in r.cells and r.cells[faith_metric].summary:
+                    faith[r.key[2]] = r.cells[faith_metric].summary.mean
+        fig, ax = plt.subplots(figsize=(6.4, 4.4))
+        xs = np.array([p[2] for p in pts]) / 1024
+        ys = np.array([p[3] for p in pts])
+        cs = [faith.get(p[0], np.nan) for p in pts]
+        if faith_metric and np.isfinite(cs).any():
+            sc = ax.scatter(xs, ys, c=cs, cmap="viridis", s=90, edgecolor="k", zorder=3)
+            cb = fig.colorbar(sc, ax=ax)
+            cb.set_label(f"{faith_metric} ({explainer})", fontsize=9)
+        else:
+            ax.scatter(xs, ys, s=90, edgecolor="k", zorder=3)
+        for (_, label, _, _), x, y in zip(pts, xs, ys):
+            ax.annotate(label, (x, y), textcoords="offset points", xytext=(6, 5), fontsize=8)
+        order = np.argsort(xs)
+        front_x, front_y, best = [], [], -np.inf
+        for i in order:
+            if ys[i] > best:
+                best = ys[i]
+                front_x.append(xs[i])
+                front_y.append(ys[i])
+        ax.step(front_x, front_y, where="post", color="grey", ls=":", lw=1.2, label="Pareto front", zorder=2)
+        ax.set_xscale("log")
+        ax.set_xlabel("model size packed at declared bits (KiB, log scale)", fontsize=9)
+        ax.set_ylabel("test accuracy", fontsize=9)
+        ax.margins(x=0.25, y=0.15)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8, loc="lower right")
+        ax.set_title(f"{dataset} / {model}: accuracy vs size vs faithfulness", fontsize=10)
+        fig.tight_layout()
+        paths.append(_save(fig, fig_dir / f"pareto_{dataset}.png"))
+    return paths
+
+
+def write_figures(out: Path, rows: list[dict[str, Any]], srows: list[SummaryRow]) -> list[Path]:
+    """Write every figure the results support into ``out/figures``; returns their paths."""
+    fig_dir = Path(out) / "figures"
+    paths = saliency_grids(Path(out), fig_dir)
+    paths += curve_figures(srows, fig_dir)
+    paths += roar_figures(srows, fig_dir)
+    paths += pareto_figures(srows, fig_dir)
+    return paths
