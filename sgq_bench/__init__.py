@@ -29,6 +29,7 @@ from sgq_bench.config import Recipe, Suite, load_suite
 from sgq_bench.errors import SgqBenchError, UsageError
 from sgq_bench.methods import Method, builtin_methods, get_method
 from sgq_bench.plugins import provenance, register
+from sgq_bench.runner import RunResult, run
 from sgq_bench.train import TrainSpec, accuracy, load_or_train
 
 __version__ = "0.1.0"
@@ -46,6 +47,7 @@ __all__ = [
     "Plugin",
     "Quantizer",
     "Recipe",
+    "RunResult",
     "Registry",
     "SgqBenchError",
     "Split",
@@ -67,4 +69,5 @@ __all__ = [
     "quantizers",
     "register",
     "registry",
+    "run",
 ]
