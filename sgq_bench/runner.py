@@ -294,7 +294,6 @@ def run(
     """
     from tqdm.auto import tqdm
 
-    from sgq_bench.evaluate import read_results
     from sgq_bench.train import resolve_device
 
     if not isinstance(suite, Suite):
@@ -308,6 +307,8 @@ def run(
     check_writable(out)
     results_path = out / "results.jsonl"
     if results_path.exists():
+        from sgq_bench.evaluate import read_results
+
         read_results(results_path)  # a corrupted line stops us here, before anything is written
     finished = done_keys(out)
     manifest = _manifest(out, suite, only, device)
