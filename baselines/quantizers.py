@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import nn
 
 from baselines.pact_layers import PACTReLU, quantized_copy
@@ -70,3 +71,17 @@ class PACTQuantizer(Quantizer):
         if alphas:
             groups.append({"params": alphas, "weight_decay": max(weight_decay, self.alpha_decay)})
         return groups
+
+    def deploy(self, model: nn.Module, calibration: torch.Tensor | None = None, engine: str | None = None) -> nn.Module:
+        """A real int8 CPU copy of the trained ``model`` (see ``baselines/pact_deploy.py``).
+
+        ``calibration`` (normalised training images) sets the ranges where a float value enters an int8
+        layer (the first quantized layer's input, residual branches); without it those are unknown.
+        """
+        from baselines.pact_deploy import deploy_pact
+        from sgq_bench.errors import UsageError
+
+        if calibration is None:
+            raise UsageError("pact deploy needs calibration images (normalised training inputs) for the ranges "
+                             "of float-to-int8 boundaries; use sgq_bench.deploy.calibration_inputs(dataset)")
+        return deploy_pact(model, calibration, engine)

@@ -1,0 +1,224 @@
+"""Real int8 CPU deployment: backend adapter and quantizer-agnostic int8 building blocks.
+
+Why an adapter: which quantized CPU kernels exist depends on the torch build (``x86``/``fbgemm``
+and ``onednn`` on x86 wheels, ``qnnpack`` on ARM, none on some custom builds). Everything that
+builds or runs an int8 model goes through :func:`select_engine`, so a missing backend gives one
+clear line instead of a deep kernel error, and every timing row can say which kernels it ran on.
+
+The blocks here carry exact grids: a quantizer that knows its integers and scales (PACT does) builds
+int8 layers whose integer weights are exactly its fake-quant grid; no observer guesses a range.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+from sgq_bench.errors import UsageError
+
+# Preference order on x86: ``x86`` dispatches per op between fbgemm and onednn; qnnpack is an ARM
+# library whose x86 build is a slow fallback, so it is last.
+ENGINE_PREFERENCE = ("x86", "fbgemm", "onednn", "qnnpack")
+
+
+class DeployUnavailable(UsageError):
+    """No usable int8 backend in this torch build (or the model cannot be converted)."""
+
+
+def available_engines() -> list[str]:
+    """Quantized CPU engines this torch build offers (``torch.backends.quantized.supported_engines``)."""
+    try:
+        engines = list(torch.backends.quantized.supported_engines)
+    except (AttributeError, RuntimeError):
+        return []
+    return [e for e in engines if e != "none"]
+
+
+def select_engine(preferred: str | None = None) -> str:
+    """The quantized engine to use: ``preferred`` if offered, else the best available one.
+
+    Raises:
+        DeployUnavailable: the torch build offers no quantized CPU engine, or ``preferred`` is not one.
+    """
+    engines = available_engines()
+    if not engines or not hasattr(torch.ao.nn, "quantized"):
+        raise DeployUnavailable(
+            f"int8 deployment needs a torch build with quantized CPU kernels (torch.ao x86/fbgemm/onednn); "
+            f"torch {torch.__version__} offers none (supported_engines={engines})"
+        )
+    if preferred is not None:
+        if preferred not in engines:
+            raise DeployUnavailable(f"quantized engine {preferred!r} is not offered by torch "
+                                    f"{torch.__version__}; available: {', '.join(engines)}")
+        return preferred
+    return next(e for e in ENGINE_PREFERENCE if e in engines) if any(
+        e in engines for e in ENGINE_PREFERENCE) else engines[0]
+
+
+@contextlib.contextmanager
+def quantized_engine(engine: str) -> Iterator[None]:
+    """Temporarily switch ``torch.backends.quantized.engine`` (packing and running must agree)."""
+    old = torch.backends.quantized.engine
+    torch.backends.quantized.engine = engine
+    try:
+        yield
+    finally:
+        torch.backends.quantized.engine = old
+
+
+def backend_info(engine: str | None) -> dict[str, Any]:
+    """What a result row records about the int8 kernels it ran on."""
+    return {
+        "quantized_backend": f"torch.ao/{engine}" if engine else "none",
+        "quantized_engines_available": ",".join(available_engines()),
+        "cpu_capability": getattr(torch.backends.cpu, "get_cpu_capability", lambda: "?")(),
+    }
+
+
+# ----------------------------------------------------------------------------- quantized building blocks
+
+
+def per_channel_int8(weight_int: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """A qint8 per-output-channel weight from exact integers and their per-channel scales.
+
+    Why per channel: a folded BatchNorm multiplies each output channel by its own factor, which moves
+    the channel's grid but keeps its integers; a per-channel scale represents that exactly.
+    """
+    if weight_int.abs().max() > 127:
+        raise ValueError("int8 weight integers must lie in [-127, 127]")
+    scales = scales.double().clamp_min(1e-30)
+    w = weight_int.double() * scales.view(-1, *([1] * (weight_int.dim() - 1)))
+    zero = torch.zeros(scales.numel(), dtype=torch.long)
+    q = torch.quantize_per_channel(w.float(), scales, zero, 0, torch.qint8)
+    if not torch.equal(q.int_repr().long(), weight_int.long()):  # float rounding must not move an integer
+        raise AssertionError("per-channel int8 weight does not reproduce its integers")
+    return q
+
+
+def int8_layer(float_layer: nn.Module, qweight: torch.Tensor, bias: torch.Tensor | None, out_scale: float,
+               out_zero_point: int, relu: bool) -> nn.Module:
+    """A torch.ao quantized Conv2d/Linear (optionally with fused ReLU) with the given int8 weight.
+
+    The caller must have selected the engine (packing is engine specific).
+    """
+    import torch.ao.nn.intrinsic.quantized as nniq
+    import torch.ao.nn.quantized as nnq
+
+    if isinstance(float_layer, nn.Conv2d):
+        cls = nniq.ConvReLU2d if relu else nnq.Conv2d
+        if float_layer.padding_mode != "zeros":
+            raise DeployUnavailable(f"int8 conv supports padding_mode='zeros' only, not {float_layer.padding_mode!r}")
+        layer = cls(float_layer.in_channels, float_layer.out_channels, float_layer.kernel_size,
+                    stride=float_layer.stride, padding=float_layer.padding, dilation=float_layer.dilation,
+                    groups=float_layer.groups, bias=bias is not None)
+    elif isinstance(float_layer, nn.Linear):
+        # positional: the bias flag is ``bias_`` in nnq.Linear but ``bias`` in nniq.LinearReLU
+        cls = nniq.LinearReLU if relu else nnq.Linear
+        layer = cls(float_layer.in_features, float_layer.out_features, bias is not None)
+    else:
+        raise DeployUnavailable(f"no int8 kernel for {type(float_layer).__name__}")
+    layer.set_weight_bias(qweight, None if bias is None else bias.detach().float())
+    layer.scale = float(out_scale)
+    layer.zero_point = int(out_zero_point)
+    return layer
+
+
+def affine_qparams(lo: float, hi: float) -> tuple[float, int]:
+    """quint8 (scale, zero point) covering [lo, hi] (and 0, so zero is exact, as padding needs)."""
+    lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
+    scale = max((hi - lo) / 255.0, 1e-8)
+    zero_point = int(min(255, max(0, round(-lo / scale))))
+    return scale, zero_point
+
+
+def quantize(x: torch.Tensor, scale: float, zero_point: int) -> torch.Tensor:
+    """float -> quint8; 4-D tensors go channels-last, the layout the x86/fbgemm conv kernels run in."""
+    q = torch.quantize_per_tensor(x, scale, zero_point, torch.quint8)
+    return q.contiguous(memory_format=torch.channels_last) if q.dim() == 4 else q
+
+
+def dequantize(x: torch.Tensor) -> torch.Tensor:
+    """quint8 -> float (a no-op on float tensors)."""
+    return x.dequantize() if x.is_quantized else x
+
+
+def clamp_quantized(x: torch.Tensor, hi: float) -> torch.Tensor:
+    """Clamp a quint8 tensor to [0, hi]: int8 kernels clamp to the dtype (255 levels), PACT to alpha."""
+    return torch.clamp(x, 0.0, hi)
+
+
+def add_quantized(a: torch.Tensor, b: torch.Tensor, scale: float, zero_point: int, relu: bool) -> torch.Tensor:
+    """Quantized elementwise add (with fused ReLU) requantized to (scale, zero_point)."""
+    op = torch.ops.quantized.add_relu if relu else torch.ops.quantized.add
+    return op(a, b, scale, zero_point)
+
+
+class DeployedModel(nn.Module):
+    """A real int8 model plus how it was made; runs under the engine its weights were packed for.
+
+    Why a wrapper: packed int8 weights belong to one engine; switching the global engine between
+    packing and running gives wrong results or errors, so forward pins it. ``info`` says what was
+    exact and what was approximated (shown by ``bench deploy`` and recorded in metric rows).
+    """
+
+    def __init__(self, body: nn.Module, engine: str, info: dict[str, Any]) -> None:
+        super().__init__()
+        self.body = body
+        self.engine = engine
+        self.info = info
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.backends.quantized.engine == self.engine:
+            return self.body(x)
+        with quantized_engine(self.engine):
+            return self.body(x)
+
+
+# ----------------------------------------------------------------------------- calling a quantizer's deploy
+
+
+def calibration_inputs(dataset: Any, data_root: Any = None, n: int = 512, seed: int = 0,
+                       fallback: torch.Tensor | None = None) -> torch.Tensor:
+    """A seeded batch of normalised *training* images for range calibration (never the test set).
+
+    Falls back to ``fallback`` (e.g. the evaluation inputs) only when the training split cannot be
+    loaded, with a warning, so a metric still runs on a data-less machine.
+    """
+    from sgq_bench.data import subset
+    from sgq_bench.train import load_split
+
+    try:
+        split = subset(load_split(dataset, True, data_root), n, seed=seed + 7)
+        return dataset.normalize(split.images)
+    except Exception as exc:  # data missing: calibrate on what we have, and say so
+        if fallback is None:
+            raise
+        warnings.warn(f"int8 calibration on evaluation inputs: training split unavailable ({exc})",
+                      RuntimeWarning, stacklevel=2)
+        return fallback[:n].cpu()
+
+
+def deploy_with(quantizer: Any, model: nn.Module, calibration: torch.Tensor | None) -> nn.Module:
+    """``quantizer.deploy(model)``, passing ``calibration`` when its deploy accepts it.
+
+    Raises:
+        DeployUnavailable: the quantizer has no deploy (the float ``none`` quantizer, most plugins).
+    """
+    if quantizer is None or type(quantizer).deploy is getattr(_base_quantizer(), "deploy", None):
+        raise DeployUnavailable(f"quantizer {getattr(quantizer, 'name', None)!r} has no deploy()")
+    params = inspect.signature(quantizer.deploy).parameters
+    if "calibration" in params:
+        return quantizer.deploy(model, calibration=calibration)
+    return quantizer.deploy(model)
+
+
+def _base_quantizer() -> type:
+    from sgq_bench.api import Quantizer
+
+    return Quantizer
