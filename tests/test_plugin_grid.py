@@ -1,0 +1,137 @@
+"""Registry-parametrised contract tests: whatever is registered when the tests run must honour the API.
+
+Why parametrise over the registries: a plugin (built-in or installed) gets these checks for free, and a
+new quantizer is automatically crossed with every objective, which is what "methods are a grid" means.
+The check functions are plain functions so tests/test_example_plugin.py can run them on a plugin it
+installs mid-session.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from sgq_bench import _registry
+from sgq_bench.api import EvalContext, Metric, MetricResult, TrainContext
+from sgq_bench.config import Recipe
+from sgq_bench.methods import Method
+from sgq_bench.train import TrainSpec, load_dataset, load_or_train, load_split
+
+DATA_PARAMS = {"train_n": 64, "test_n": 32}
+
+# Metrics whose defaults are sized for real evaluations; the grid only needs finite numbers, so any of
+# these parameters a metric declares is shrunk. Unknown keys are ignored (plugins may not have them).
+SMALL = {"n_runs": 3, "runs": 3, "warmup": 1, "repeats": 3, "nr_samples": 2, "n_subsets": 8, "subsets": 8,
+         "n_perturb": 4, "steps": 8, "batch_sizes": (1, 4), "separate_process": False}
+
+
+def _usable(kind: str) -> list[str]:
+    return _registry.registry(kind).usable()
+
+
+def synthetic():
+    dataset = load_dataset("synthetic", DATA_PARAMS)
+    return dataset, load_split(dataset, True), load_split(dataset, False)
+
+
+def check_trains_one_step(quantizer: str, objective: str) -> None:
+    """One optimizer step of ``quantizer`` x ``objective`` on synthetic/test_cnn: finite loss, weights move."""
+    dataset, train, _ = synthetic()
+    q = _registry.quantizers.get(quantizer)()
+    o = _registry.objectives.get(objective)()
+    torch.manual_seed(0)
+    model = q.prepare(_registry.models.get("test_cnn")(dataset)).train()
+    opt = torch.optim.SGD(q.param_groups(model, 1e-4), lr=0.05)
+    x, y = dataset.normalize(train.images[:16]), train.labels[:16]
+    before = [p.detach().clone() for p in model.parameters()]
+    out = o.compute(model, x, y, TrainContext(generator=torch.Generator().manual_seed(0)))
+    assert out.loss.dim() == 0 and math.isfinite(float(out.loss.detach())), f"{quantizer} x {objective}: loss {out.loss}"
+    assert out.logits.shape == (16, dataset.num_classes)
+    assert model.training, f"objective {objective!r} must leave the model in train mode"
+    assert all(v.dim() == 0 for v in out.parts.values())
+    opt.zero_grad()
+    out.loss.backward()
+    opt.step()
+    moved = any(not torch.equal(b, p.detach()) for b, p in zip(before, model.parameters()))
+    assert moved, f"{quantizer} x {objective}: no parameter changed after one step"
+
+
+def tiny_model(quantizer: str = "none") -> nn.Module:
+    """A test_cnn trained for a few steps on synthetic data (cached), in eval mode."""
+    recipe = Recipe(optimizer="adam", lr=0.003, epochs=1, batch_size=16)
+    spec = TrainSpec("synthetic", "test_cnn", Method(f"grid_{quantizer}", quantizer, "cross_entropy"), recipe, 0,
+                     dict(DATA_PARAMS))
+    return load_or_train(spec, progress=False).model.eval(), spec
+
+
+def check_explainer(name: str, quantizer: str = "none") -> None:
+    """Attributions shaped like the input, finite, and the model left in eval mode with unchanged weights."""
+    dataset, _, test = synthetic()
+    model, _ = tiny_model(quantizer)
+    x = dataset.normalize(test.images[:8])
+    with torch.no_grad():
+        target = model(x).argmax(1)
+    explainer = _registry.explainers.get(name)()
+    explainer.setup(dataset)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    a = explainer.attribute(model, x, target)
+    assert a.shape == x.shape, f"explainer {name!r}: shape {tuple(a.shape)} != input {tuple(x.shape)}"
+    assert torch.isfinite(a).all(), f"explainer {name!r} returned non-finite values"
+    assert not model.training
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items()), f"{name!r} changed the model"
+
+
+def check_metric(name: str) -> None:
+    """A declared direction and family, and finite values on test_cnn (with gradient attributions)."""
+    cls = _registry.metrics.get(name)
+    assert issubclass(cls, Metric)
+    assert isinstance(cls.higher_is_better, bool), f"metric {name!r} must declare higher_is_better"
+    assert cls.family, f"metric {name!r} must declare a family"
+    params = {k: v for k, v in SMALL.items() if k in cls.params}
+    metric = cls(**params)
+    dataset, _, test = synthetic()
+    model, spec = tiny_model()
+    x, y = dataset.normalize(test.images[:16]), test.labels[:16]
+    attributions = None
+    if cls.needs_attributions:
+        xr = x.clone().requires_grad_(True)
+        (attributions,) = torch.autograd.grad(model(xr).gather(1, y.view(-1, 1)).sum(), xr)
+    quantizer, _ = spec.method.build()
+    ctx = EvalContext(model=model, dataset=dataset, x=x, y=y, device=torch.device("cpu"), spec=spec,
+                      quantizer=quantizer, seed=0)
+    out = metric.compute(ctx, attributions)
+    results = out if isinstance(out, list) else [out]
+    assert results and all(isinstance(r, MetricResult) for r in results)
+    for r in results:
+        assert math.isfinite(r.value), f"metric {name!r} ({r.variant}) returned {r.value}"
+
+
+@pytest.mark.parametrize("quantizer", _usable("quantizers"))
+@pytest.mark.parametrize("objective", _usable("objectives"))
+def test_every_quantizer_trains_with_every_objective(quantizer: str, objective: str) -> None:
+    check_trains_one_step(quantizer, objective)
+
+
+@pytest.mark.parametrize("name", _usable("explainers"))
+def test_every_explainer_returns_finite_input_shaped_attributions(name: str) -> None:
+    check_explainer(name)
+
+
+@pytest.mark.parametrize("name", [m for m in _usable("metrics")
+                                  if not getattr(_registry.metrics.get(m), "needs_retraining", False)])
+def test_every_metric_declares_a_direction_and_is_finite(name: str) -> None:
+    check_metric(name)
+
+
+def test_every_model_builds_for_every_dataset_shape() -> None:
+    dataset, _, test = synthetic()
+    for name in _usable("models"):
+        model = _registry.models.get(name)(dataset).eval()
+        assert isinstance(model, nn.Module)
+        assert any(isinstance(m, nn.ReLU) for m in model.modules()), f"model {name!r}: ReLUs must be modules"
+        assert hasattr(model, "explain_layer"), f"model {name!r} must name its explain_layer"
+        with torch.no_grad():
+            assert model(dataset.normalize(test.images[:2])).shape == (2, dataset.num_classes)
