@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -199,6 +200,10 @@ def pareto_figures(srows: list[SummaryRow], fig_dir: Path) -> list[Path]:
                 front_y.append(ys[i])
         ax.step(front_x, front_y, where="post", color="grey", ls=":", lw=1.2, label="Pareto front", zorder=2)
         ax.set_xscale("log")
+        plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
+        ax.xaxis.set_major_formatter(plain)
+        ax.xaxis.set_minor_formatter(plain)
+        ax.tick_params(axis="x", which="minor", labelsize=7)
         ax.set_xlabel("model size packed at declared bits (KiB, log scale)", fontsize=9)
         ax.set_ylabel("test accuracy", fontsize=9)
         ax.margins(x=0.25, y=0.15)
