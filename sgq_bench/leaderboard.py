@@ -22,7 +22,10 @@ from sgq_bench.errors import UsageError, did_you_mean
 from sgq_bench.report import BASELINE, FAMILY_ORDER, aggregate, load_rows
 
 KEY_COLUMNS = ("dataset", "suite", "suite_version", "model", "method", "quantizer", "objective", "bits", "explainer")
-PROVENANCE_COLUMNS = ("sgq_bench_version", "git_commit", "torch_version", "device", "date")
+# ``plugins``: "dist==version; ..." of the non-built-in plugins behind a row (docs/plugins.md); optional
+# when reading, so files published before it existed stay valid.
+PROVENANCE_COLUMNS = ("plugins", "sgq_bench_version", "git_commit", "torch_version", "device", "date")
+OPTIONAL_COLUMNS = ("plugins",)
 METRIC_COLUMN = re.compile(r"^(?P<metric>[A-Za-z0-9_]+)(?P<variant>\[[^\],]+\])?_(?P<stat>mean|std)$")
 DEFAULT_DIR = Path("leaderboards")
 
@@ -38,8 +41,13 @@ def rows_from_run(out: Path) -> dict[str, list[dict[str, str]]]:
     summary rows with explainer ``-``) are repeated in each of its explainer rows, so every row can
     be ranked on its own. A method scored without explainers gets one row with explainer ``-``.
     """
+    from sgq_bench.plugins import plugins_label, row_plugins
+
     raw = load_rows(out)
     srows, columns = aggregate(raw, n_boot=0)
+    used: dict[tuple, list[dict[str, str]]] = defaultdict(list)  # (dataset, model, method, explainer)
+    for r in raw:
+        used[(r["dataset"], r["model"], r["method"], str(r.get("explainer")))] += row_plugins(r).values()
     prov: dict[tuple, dict[str, Any]] = {}
     for r in sorted(raw, key=lambda r: str(r.get("created", ""))):
         prov[(r["dataset"], r["model"], r["method"])] = {**(r.get("provenance") or {}), "created": r.get("created")}
@@ -61,6 +69,7 @@ def rows_from_run(out: Path) -> dict[str, list[dict[str, str]]]:
             "sgq_bench_version": str(p.get("sgq_bench_version", "")), "git_commit": str(p.get("git_commit", "")),
             "torch_version": str(p.get("torch_version", "")), "device": str(p.get("device", "")),
             "date": str(p.get("created") or "")[:10],
+            "plugins": plugins_label([*used[(dataset, model, method, "-")], *used[tuple(srow.key)]]),
         }
         for col, cell in cells.items():
             if cell.summary is not None:
@@ -114,7 +123,7 @@ def read_leaderboard(path: Path) -> tuple[list[str], list[dict[str, str]]]:
 
 
 def validate_header(header: list[str], where: str) -> None:
-    missing = [c for c in (*KEY_COLUMNS, "n_seeds", *PROVENANCE_COLUMNS) if c not in header]
+    missing = [c for c in (*KEY_COLUMNS, "n_seeds", *PROVENANCE_COLUMNS) if c not in header and c not in OPTIONAL_COLUMNS]
     if missing:
         raise UsageError(f"{where}: header lacks column(s) {', '.join(missing)}; nothing was written")
     dupes = sorted({c for c in header if header.count(c) > 1})

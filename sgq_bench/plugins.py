@@ -11,6 +11,7 @@ in the same typed, lazy registries, so the harness cannot tell a plugin from a b
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from sgq_bench._registry import KINDS, Entry, Registry, refresh, registry
@@ -64,6 +65,64 @@ def provenance(kind: str, name: str) -> dict[str, str]:
     return entry.provenance()
 
 
+# Which registry each field of a result row names a plugin of.
+ROLES = {"dataset": "datasets", "model": "models", "quantizer": "quantizers", "objective": "objectives",
+         "explainer": "explainers", "metric": "metrics"}
+HARNESS = "sgq-bench"  # the distribution whose pieces are built in (not listed as plugins)
+
+
+def row_plugins(row: Mapping[str, Any]) -> dict[str, dict[str, str]]:
+    """Role -> provenance of every plugin a result row names (``row["quantizer"]`` etc.).
+
+    Evaluation stores this in each row (``row["plugins"]``) when the numbers are made; reading it back
+    from the registry is the fallback for rows written before that, and is correct as long as the same
+    plugin versions are still installed.
+    """
+    recorded = row.get("plugins")
+    if isinstance(recorded, Mapping) and recorded:
+        return {role: dict(p) for role, p in recorded.items() if isinstance(p, Mapping)}
+    out = {}
+    for role, kind in ROLES.items():
+        name = row.get(role)
+        entry = registry(kind).peek(str(name)) if name not in (None, "", "-") else None
+        if entry is not None:
+            out[role] = entry.provenance()
+    return out
+
+
+def plugins_label(provenances: Iterable[Mapping[str, str]]) -> str:
+    """``"dist==version; ..."`` of the distributions other than sgq-bench among ``provenances`` (sorted).
+
+    This is the leaderboard's ``plugins`` column: empty for rows made only by built-in pieces.
+    """
+    seen = set()
+    for p in provenances:
+        dist = str(p.get("distribution") or "")
+        if dist and dist != HARNESS:
+            seen.add(f"{dist}=={p['version']}" if p.get("version") else dist)
+    return "; ".join(sorted(seen))
+
+
+def report_broken(log: Any = None) -> list[str]:
+    """Import every registered plugin once and return (and ``log``) one line per unusable one.
+
+    Why a run calls this: a user who installed a plugin should learn it is broken even when the
+    suite does not use it, once, by name, without the run failing.
+    """
+    lines = []
+    for kind in KINDS:
+        reg = registry(kind)
+        fresh = [n for n in reg.names() if n not in reg._reported]
+        for name, obj, entry in reg.items(warn=False):
+            if obj is None and name in fresh:
+                lines.append(f"warning: {kind} plugin {name!r} from distribution {entry.distribution!r} is "
+                             f"unusable and skipped: {entry.error}")
+    if log is not None:
+        for line in lines:
+            log(line)
+    return lines
+
+
 __all__ = [
     "KINDS",
     "Dataset",
@@ -80,9 +139,13 @@ __all__ = [
     "Registry",
     "Split",
     "TrainContext",
+    "ROLES",
     "available",
+    "plugins_label",
     "provenance",
     "refresh",
     "register",
     "registry",
+    "report_broken",
+    "row_plugins",
 ]

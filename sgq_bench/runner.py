@@ -303,6 +303,9 @@ def run(
     only = parse_only(only) if isinstance(only, str) or only is None else only
     cells = expand(suite, only)
     resolve_device(device)
+    from sgq_bench.plugins import report_broken
+
+    report_broken(log)  # installed-but-broken plugins: one line each, and the run goes on
     out = Path(out) if out is not None else Path("runs") / suite.name
     check_writable(out)
     results_path = out / "results.jsonl"
