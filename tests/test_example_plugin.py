@@ -10,6 +10,9 @@ keeps it offline: the plugin has no dependency sgq-bench does not already have.
 
 from __future__ import annotations
 
+import csv
+import json
+import math
 import os
 import subprocess
 import sys
@@ -154,6 +157,35 @@ def test_monotonicity_matches_quantus(plugin_site: Path) -> None:
     ref = np.nan_to_num(np.asarray(ref, dtype=float), nan=0.0)
     assert np.isfinite(ref).all() and np.ptp(ref) > 0.1, ref  # a real spread of scores, not all-degenerate
     assert np.allclose(ours.numpy(), ref, atol=1e-3), (ours.numpy(), ref)
+
+
+def test_plugin_smoke_suite_reaches_the_leaderboard_with_its_name_and_version(plugin_site: Path,
+                                                                              tmp_path: Path) -> None:
+    """The plugin's four pieces, crossed with built-ins, run as a suite and publish to a leaderboard CSV."""
+    import sgq_bench
+    from sgq_bench.leaderboard import publish
+
+    out = tmp_path / "run"
+    result = sgq_bench.run(str(EXAMPLE / "plugin_smoke.toml"), out=out, progress=False, figures=False,
+                           log=lambda line: None)
+    assert result.ok, (out / "errors.jsonl").read_text()
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines() if line.strip()]
+    mono = [r for r in rows if r["metric"] == "monotonicity_correlation"]
+    assert {r["explainer"] for r in mono} == {"guided_backprop", "gradient"}
+    assert all(math.isfinite(r["value"]) for r in mono)
+    assert {r["method"] for r in rows} == {"baseline", "lsq_sgt", "pact_rrr", "lsq_rrr"}
+
+    publish(out, tmp_path / "leaderboards")
+    with (tmp_path / "leaderboards" / "synthetic.csv").open() as fh:
+        board = list(csv.DictReader(fh))
+    tag = f"{DIST}=={VERSION}"
+    for r in board:
+        uses_plugin = r["quantizer"] == "lsq" or r["objective"] == "rrr" or r["explainer"] == "guided_backprop"
+        # monotonicity_correlation (a plugin metric) is in every explained row
+        assert (tag in r["plugins"]) == (uses_plugin or r["explainer"] != "-"), r
+        if r["explainer"] != "-":
+            assert r["monotonicity_correlation_mean"] != ""
+    assert any(r["method"] == "lsq_rrr" and r["explainer"] == "guided_backprop" for r in board)
 
 
 def test_broken_plugin_is_reported_once_and_the_builtins_still_work(tmp_path: Path) -> None:
