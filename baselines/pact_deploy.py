@@ -138,7 +138,7 @@ class _Converter:
         if n.name not in self.qparams:
             return self.env[n.name]
         if n.name not in self.cache_f:
-            self.cache_f[n.name] = self.graph.call_function(dp.dequantize, (self.env[n.name],))
+            self.cache_f[n.name] = self.emit(dp.DeQuantize(), (self.env[n.name],), "dequant_" + n.name)
         return self.cache_f[n.name]
 
     def as_quant(self, n: fx.Node) -> tuple[fx.Node, tuple[float, int]]:
@@ -148,8 +148,16 @@ class _Converter:
             lo, hi = self.stats[n.name]
             qp = dp.affine_qparams(lo, hi)
             self.info["calibrated"].append(f"{n.name}: [{lo:.4g}, {hi:.4g}] -> scale {qp[0]:.4g}, zp {qp[1]}")
-            self.cache_q[n.name] = (self.graph.call_function(dp.quantize, (self.env[n.name], *qp)), qp)
+            self.cache_q[n.name] = (self.emit(dp.Quantize(*qp), (self.env[n.name],), "quant_" + n.name), qp)
         return self.cache_q[n.name]
+
+    def emit(self, module: nn.Module, args: tuple[Any, ...], hint: str) -> fx.Node:
+        """A new call_module node running ``module`` (added under a unique name derived from ``hint``)."""
+        name, i = hint.replace(".", "_"), 1
+        while name in self.owned:
+            name, i = f"{hint}_{i}".replace(".", "_"), i + 1
+        self.owned[name] = module
+        return self.graph.call_module(name, args)
 
     def sole_user(self, n: fx.Node, kind: type | tuple[type, ...]) -> fx.Node | None:
         users = list(n.users)
@@ -194,7 +202,7 @@ class _Converter:
                                          relu=act is not None)
         out = self.graph.call_module(name, (x,))
         if clamp is not None:
-            out = self.graph.call_function(dp.clamp_quantized, (out, clamp))
+            out = self.emit(dp.QuantClamp(clamp), (out,), "clamp_" + act.name)
         self.info["int8_layers"].append(f"{node.target} (W{layer.weight_bits}" + (", BN folded" if bn else "")
                                         + (f", PACT A{self.modules[act.target].act_bits} fused)" if act else ")"))
         end = act or last
@@ -213,9 +221,9 @@ class _Converter:
         if act is None:
             lo, hi = self.stats[node.name]
             qp = dp.affine_qparams(lo, hi)
-        out = self.graph.call_function(dp.add_quantized, (qa, qb, qp[0], qp[1], act is not None))
+        out = self.emit(dp.QuantAdd(qp[0], qp[1], act is not None), (qa, qb), "add_" + node.name)
         if clamp is not None:
-            out = self.graph.call_function(dp.clamp_quantized, (out, clamp))
+            out = self.emit(dp.QuantClamp(clamp), (out,), "clamp_" + act.name)
         self.done.update(n.name for n in (node, act) if n is not None)
         self.set_quant(act or node, out, qp)
         return True
@@ -307,6 +315,7 @@ def deploy_pact(model: nn.Module, calibration: torch.Tensor, engine: str | None 
     with dp.quantized_engine(engine):
         converter = _Converter(gm, stats)
         body = converter.run()
+    body.requires_grad_(False)  # an inference artefact: no autograd graph behind its float layers
     info = {**converter.info, "engine": engine, "calibration_images": int(len(calibration)),
             "exact_weights": converter.info["requantized_channels"] == 0}
     return dp.DeployedModel(body, engine, info).eval()

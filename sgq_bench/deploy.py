@@ -159,6 +159,55 @@ def add_quantized(a: torch.Tensor, b: torch.Tensor, scale: float, zero_point: in
     return op(a, b, scale, zero_point)
 
 
+class Quantize(nn.Module):
+    """float -> quint8 at a fixed (scale, zero point); a module so a pickled graph keeps it a leaf."""
+
+    def __init__(self, scale: float, zero_point: int) -> None:
+        super().__init__()
+        self.scale, self.zero_point = float(scale), int(zero_point)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return quantize(x, self.scale, self.zero_point)
+
+    def extra_repr(self) -> str:
+        return f"scale={self.scale:.5g}, zero_point={self.zero_point}"
+
+
+class DeQuantize(nn.Module):
+    """quint8 -> float."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return dequantize(x)
+
+
+class QuantClamp(nn.Module):
+    """Clamp quint8 values to [0, hi] (PACT's alpha)."""
+
+    def __init__(self, hi: float) -> None:
+        super().__init__()
+        self.hi = float(hi)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return clamp_quantized(x, self.hi)
+
+    def extra_repr(self) -> str:
+        return f"hi={self.hi:.5g}"
+
+
+class QuantAdd(nn.Module):
+    """Quantized add (optionally + ReLU) requantized to a fixed (scale, zero point)."""
+
+    def __init__(self, scale: float, zero_point: int, relu: bool) -> None:
+        super().__init__()
+        self.scale, self.zero_point, self.relu = float(scale), int(zero_point), bool(relu)
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return add_quantized(a, b, self.scale, self.zero_point, self.relu)
+
+    def extra_repr(self) -> str:
+        return f"scale={self.scale:.5g}, zero_point={self.zero_point}, relu={self.relu}"
+
+
 class DeployedModel(nn.Module):
     """A real int8 model plus how it was made; runs under the engine its weights were packed for.
 
@@ -178,6 +227,45 @@ class DeployedModel(nn.Module):
             return self.body(x)
         with quantized_engine(self.engine):
             return self.body(x)
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        """Pickle (``torch.save``) support: torch.ao quantized layers cannot be pickled as modules.
+
+        Each quantized layer is stored as its constructor arguments, int8 weight, bias and output
+        qparams, and rebuilt (re-packed for the same engine) on load; the memory probe relies on this.
+        """
+        children = dict(self.body.named_children())
+        packed = {n: _layer_spec(m) for n, m in children.items() if _layer_spec(m) is not None}
+        for name in packed:
+            children[name] = nn.Identity()
+        skeleton = torch.fx.GraphModule(children, self.body.graph)
+        return _rebuild_deployed, (skeleton, packed, self.engine, self.info)
+
+
+def _layer_spec(m: nn.Module) -> dict[str, Any] | None:
+    import torch.ao.nn.quantized as nnq
+
+    if isinstance(m, nnq.Conv2d):
+        args = (m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding, m.dilation, m.groups)
+    elif isinstance(m, nnq.Linear):
+        args = (m.in_features, m.out_features)
+    else:
+        return None
+    return {"cls": type(m), "args": args, "weight": m.weight(), "bias": m.bias(), "scale": float(m.scale),
+            "zero_point": int(m.zero_point)}
+
+
+def _rebuild_deployed(skeleton: torch.fx.GraphModule, packed: dict[str, dict[str, Any]], engine: str,
+                      info: dict[str, Any]) -> DeployedModel:
+    engine = select_engine(engine)
+    with quantized_engine(engine):
+        for name, spec in packed.items():
+            layer = spec["cls"](*spec["args"], spec["bias"] is not None) if len(spec["args"]) == 2 else \
+                spec["cls"](*spec["args"], bias=spec["bias"] is not None)
+            layer.set_weight_bias(spec["weight"], spec["bias"])
+            layer.scale, layer.zero_point = spec["scale"], spec["zero_point"]
+            setattr(skeleton, name, layer)
+    return DeployedModel(skeleton, engine, info).eval()
 
 
 # ----------------------------------------------------------------------------- calling a quantizer's deploy
@@ -222,3 +310,21 @@ def _base_quantizer() -> type:
     from sgq_bench.api import Quantizer
 
     return Quantizer
+
+
+def deployed_for(ctx: Any) -> nn.Module:
+    """The int8 model of an ``EvalContext`` (deployed once per cell, cached in ``ctx.cache``).
+
+    Calibrates on training images of the cell's dataset (falling back to ``ctx.x``). Raises
+    ``DeployUnavailable`` (cached too) when the quantizer has no deploy or no backend exists.
+    """
+    key = "deploy:int8"
+    if key not in ctx.cache:
+        try:
+            calib = calibration_inputs(ctx.dataset, ctx.data_root, seed=ctx.seed, fallback=ctx.x)
+            ctx.cache[key] = deploy_with(ctx.quantizer, ctx.model, calib)
+        except DeployUnavailable as exc:
+            ctx.cache[key] = exc
+    if isinstance(ctx.cache[key], Exception):
+        raise ctx.cache[key]
+    return ctx.cache[key]

@@ -1,0 +1,320 @@
+"""Efficiency metrics: params, packed size, compression, BOPs, latency, throughput and peak memory.
+
+Why three labelled variants for timings: a fake-quantized PyTorch model runs float kernels plus the
+quantize/dequantize arithmetic, so it is *slower* than float; the paper's efficiency claim can only
+be checked on a real int8 deployment. Every timing row therefore names its variant — ``fp32``
+(the float architecture, eager), ``fake_quant`` (the trained model, eager) or ``int8`` (the
+quantizer's ``deploy()``) — and its batch size, e.g. ``int8@bs128``, and records device, CPU model,
+threads, torch version and quantized backend. Timings are medians of interleaved runs (variants take
+turns, so a shared machine's load hits them alike); compare them as ratios within one run.
+
+Plugin convention read here (the ``pact`` quantizer follows it): a weight layer stored at k bits has
+an int attribute ``weight_bits``; an activation quantizer module has ``act_bits``.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import statistics
+import time
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from sgq_bench import _registry
+from sgq_bench.api import EvalContext, Metric, MetricResult, Param
+from sgq_bench.deploy import DeployUnavailable, backend_info, deployed_for
+from sgq_bench.errors import UsageError
+from sgq_bench.provenance import provenance
+
+VARIANTS = ("fp32", "fake_quant", "int8")
+SCALE_BYTES = 4  # one fp32 scale per layer stored at k bits (PACT/DoReFa: max|w|)
+
+
+# ----------------------------------------------------------------------------- functional cores
+
+
+def count_params(model: nn.Module) -> int:
+    """Number of parameters (weights, biases, BatchNorm affine, clipping levels)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def packed_size(model: nn.Module) -> dict[str, int]:
+    """Bytes of the model's parameters packed at their declared bits.
+
+    The ``weight`` of a module with ``weight_bits`` is packed at that many bits (``ceil(n * k / 8)``)
+    plus one fp32 scale; every other parameter (float layers, biases, BatchNorm affine, alphas) is
+    fp32. BatchNorm running statistics are buffers and not counted: deployment folds them into the
+    conv (what remains per channel is the affine pair, which is counted).
+    """
+    quantized = floats = scales = 0
+    for module in model.modules():
+        bits = getattr(module, "weight_bits", None)
+        for name, p in module.named_parameters(recurse=False):
+            if name == "weight" and bits is not None and bits < 32:
+                quantized += math.ceil(p.numel() * bits / 8)
+            else:
+                floats += 4 * p.numel()
+        if bits is not None and bits < 32 and getattr(module, "weight", None) is not None:
+            scales += SCALE_BYTES
+    return {"total": quantized + floats + scales, "quantized_weights": quantized, "fp32_params": floats,
+            "scales": scales}
+
+
+def fp32_size(model: nn.Module) -> int:
+    """Bytes of the float architecture: every parameter at 32 bits, less the activation quantizers'."""
+    extra = sum(p.numel() for m in model.modules() if hasattr(m, "act_bits") for p in m.parameters(recurse=False))
+    return 4 * (count_params(model) - extra)
+
+
+@torch.no_grad()
+def count_bops(model: nn.Module, x: torch.Tensor, act_bits: int) -> dict[str, Any]:
+    """BOPs per image = sum over Conv2d/Linear calls of MACs x weight bits x activation bits.
+
+    Counted with forward hooks on the real module graph (one image through ``model``), so shared or
+    skipped layers count as often as they run. A layer with ``weight_bits`` < 32 multiplies by
+    ``act_bits`` (the quantizer's declared activation bits); float layers count 32 x 32.
+    """
+    layers: list[dict[str, Any]] = []
+
+    def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], out: torch.Tensor, name: str) -> None:
+        per_out = module.in_channels // module.groups * math.prod(module.kernel_size) \
+            if isinstance(module, nn.Conv2d) else module.in_features
+        macs = out.numel() // out.shape[0] * per_out
+        wb = getattr(module, "weight_bits", 32)
+        ab = act_bits if wb < 32 else 32
+        layers.append({"layer": name, "macs": macs, "w_bits": wb, "a_bits": ab, "bops": macs * wb * ab})
+
+    handles = [m.register_forward_hook(lambda mod, i, o, n=n: hook(mod, i, o, n))
+               for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    was = model.training
+    try:
+        model.eval()
+        model(x[:1])
+    finally:
+        model.train(was)
+        for h in handles:
+            h.remove()
+    return {"bops": sum(r["bops"] for r in layers), "macs": sum(r["macs"] for r in layers), "layers": layers}
+
+
+def batch_of(x: torch.Tensor, size: int) -> torch.Tensor:
+    """``size`` inputs taken cyclically from ``x`` (on CPU, contiguous)."""
+    idx = torch.arange(size) % x.shape[0]
+    return x.detach().cpu()[idx].contiguous()
+
+
+def time_models(models: dict[str, nn.Module], inputs: dict[int, torch.Tensor], runs: int, warmup: int,
+                threads: int) -> dict[tuple[str, int], list[float]]:
+    """Wall times (ms) of each model on each batch, ``runs`` interleaved rounds after ``warmup`` calls.
+
+    Why interleaved: on a shared machine load drifts; taking turns (in a rotating order) exposes every
+    variant to the same drift, so their ratio is trustworthy even when absolute times are not.
+    """
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    times: dict[tuple[str, int], list[float]] = {}
+    names = list(models)
+    try:
+        with torch.inference_mode():
+            for bs, x in inputs.items():
+                for name in names:
+                    for _ in range(warmup):
+                        models[name](x)
+                    times[(name, bs)] = []
+                for r in range(runs):
+                    for k in range(len(names)):
+                        name = names[(r + k) % len(names)]
+                        start = time.perf_counter()
+                        models[name](x)
+                        times[(name, bs)].append((time.perf_counter() - start) * 1e3)
+    finally:
+        torch.set_num_threads(old_threads)
+    return times
+
+
+def parse_batch_sizes(text: str, owner: str) -> list[int]:
+    try:
+        sizes = [int(t) for t in str(text).split(",") if t.strip()]
+    except ValueError:
+        sizes = []
+    if not sizes or min(sizes) < 1:
+        raise UsageError(f"{owner}: batch_sizes={text!r} must be comma-separated integers >= 1, e.g. '1,128'")
+    return sizes
+
+
+# ----------------------------------------------------------------------------- variants of one cell
+
+
+def float_model(ctx: EvalContext) -> tuple[nn.Module, str]:
+    """The float architecture of the cell, holding the trained model's latent float weights.
+
+    For timing and memory the weights' values do not matter, only the architecture; ``bench deploy``
+    uses the ``baseline`` checkpoint instead when it wants fp32 accuracy too.
+    """
+    if ctx.spec is not None:
+        model = _registry.models.get(ctx.spec.model)(ctx.dataset)
+        model.load_state_dict({k: v.detach().cpu() for k, v in ctx.model.state_dict().items()}, strict=False)
+        return model.eval(), "float architecture with the trained model's latent float weights"
+    return copy.deepcopy(ctx.model).cpu().eval(), "the evaluated model itself (no spec to rebuild the float one)"
+
+
+def variants(ctx: EvalContext) -> tuple[dict[str, nn.Module], dict[str, Any]]:
+    """fp32 / fake_quant / int8 models of the cell (cached in ``ctx.cache``) and notes about them."""
+    if "efficiency:variants" not in ctx.cache:
+        quantized = ctx.quantizer is not None and tuple(ctx.quantizer.bits()) != (32, 32)
+        models: dict[str, nn.Module] = {}
+        notes: dict[str, Any] = {"engine": None}
+        if quantized:
+            models["fp32"], notes["fp32_source"] = float_model(ctx)
+            models["fake_quant"] = copy.deepcopy(ctx.model).cpu().eval()
+            try:
+                models["int8"] = deployed_for(ctx)
+                notes["engine"] = getattr(models["int8"], "engine", None)
+            except DeployUnavailable as exc:
+                notes["int8_unavailable"] = str(exc)
+        else:
+            models["fp32"] = copy.deepcopy(ctx.model).cpu().eval()
+            notes["fp32_source"] = "the evaluated (float) model"
+        ctx.cache["efficiency:variants"] = (models, notes)
+    return ctx.cache["efficiency:variants"]
+
+
+def _environment(notes: dict[str, Any], threads: int | None) -> dict[str, Any]:
+    prov = provenance("cpu")
+    if threads is not None:
+        prov["threads"] = threads
+    return {**prov, **backend_info(notes.get("engine")), **{k: v for k, v in notes.items() if k != "engine"}}
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+class _Efficiency(Metric):
+    family: ClassVar[str] = "efficiency"
+    higher_is_better: ClassVar[bool] = False
+    needs_attributions: ClassVar[bool] = False
+
+
+class Params(_Efficiency):
+    """Number of parameters of the trained model (incl. quantizer parameters such as PACT alphas)."""
+
+    name = "params"
+
+    def compute(self, ctx: EvalContext, attributions: torch.Tensor | None = None) -> MetricResult:
+        return MetricResult(float(count_params(ctx.model)), extra={"fp32_params": fp32_size(ctx.model) // 4})
+
+
+class SizeBytes(_Efficiency):
+    """Bytes of the parameters packed at their declared bits (float layers at 32, plus scales and alphas)."""
+
+    name = "size_bytes"
+
+    def compute(self, ctx: EvalContext, attributions: torch.Tensor | None = None) -> MetricResult:
+        size = packed_size(ctx.model)
+        return MetricResult(float(size["total"]), extra={k: v for k, v in size.items() if k != "total"})
+
+
+class Compression(_Efficiency):
+    """fp32 size of the architecture / packed size (``size_bytes``); 1.0 for a float model."""
+
+    name = "compression"
+    higher_is_better = True
+
+    def compute(self, ctx: EvalContext, attributions: torch.Tensor | None = None) -> MetricResult:
+        size, fp32 = packed_size(ctx.model)["total"], fp32_size(ctx.model)
+        return MetricResult(fp32 / size, extra={"fp32_bytes": fp32, "size_bytes": size})
+
+
+class Bops(_Efficiency):
+    """Bit operations per image: MACs x weight bits x activation bits, from forward hooks."""
+
+    name = "bops"
+
+    def compute(self, ctx: EvalContext, attributions: torch.Tensor | None = None) -> MetricResult:
+        act_bits = ctx.quantizer.bits()[1] if ctx.quantizer is not None else 32
+        model = copy.deepcopy(ctx.model).cpu()
+        res = count_bops(model, ctx.x.detach().cpu(), act_bits)
+        return MetricResult(float(res["bops"]), extra={"macs": res["macs"], "layers": res["layers"],
+                                                       "act_bits": act_bits})
+
+
+class _Timing(_Efficiency):
+    params = {
+        "batch_sizes": Param("1,128", "comma-separated batch sizes"),
+        "runs": Param(30, "timed runs per variant and batch size (median reported)", low=30),
+        "warmup": Param(5, "untimed calls before timing", low=1),
+        "threads": Param(1, "torch intra-op threads while timing (recorded)", low=1),
+    }
+
+    def timings(self, ctx: EvalContext) -> tuple[dict[tuple[str, int], list[float]], dict[str, Any]]:
+        sizes = parse_batch_sizes(self.batch_sizes, self.name)
+        key = f"efficiency:timing:{sizes}:{self.runs}:{self.warmup}:{self.threads}"
+        if key not in ctx.cache:
+            models, notes = variants(ctx)
+            inputs = {bs: batch_of(ctx.x, bs) for bs in sizes}
+            ctx.cache[key] = (time_models(models, inputs, self.runs, self.warmup, self.threads), notes)
+        return ctx.cache[key]
+
+    def rows(self, ctx: EvalContext, value: Any) -> list[MetricResult]:
+        times, notes = self.timings(ctx)
+        env = _environment(notes, self.threads)
+        out = []
+        for (variant, bs), ms in times.items():
+            med = statistics.median(ms)
+            fp32 = statistics.median(times[("fp32", bs)])
+            q1, _, q3 = statistics.quantiles(ms, n=4)
+            extra = {**env, "variant": variant, "batch_size": bs, "runs": self.runs, "warmup": self.warmup,
+                     "median_ms": med, "q1_ms": q1, "q3_ms": q3, "speedup_vs_fp32": fp32 / med,
+                     "note": "timings are comparable only as ratios within one run"}
+            out.append(MetricResult(value(med, bs), variant=f"{variant}@bs{bs}", extra=extra))
+        return out
+
+
+class LatencyMs(_Timing):
+    """Median wall time (ms) of one forward pass, per variant (fp32, fake_quant, int8) and batch size."""
+
+    name = "latency_ms"
+
+    def compute(self, ctx: EvalContext, attributions: torch.Tensor | None = None) -> list[MetricResult]:
+        return self.rows(ctx, lambda ms, bs: ms)
+
+
+class Throughput(_Timing):
+    """Images per second (batch size / median latency), per variant and batch size."""
+
+    name = "throughput"
+    higher_is_better = True
+
+    def compute(self, ctx: EvalContext, attributions: torch.Tensor | None = None) -> list[MetricResult]:
+        return self.rows(ctx, lambda ms, bs: bs / (ms / 1e3))
+
+
+class PeakMemoryMb(_Efficiency):
+    """Peak RSS growth (MB) of loading and running each variant, measured in a separate process."""
+
+    name = "peak_memory_mb"
+    params = {
+        "batch_sizes": Param("1,128", "comma-separated batch sizes"),
+        "threads": Param(1, "torch intra-op threads in the probe process", low=1),
+    }
+
+    def compute(self, ctx: EvalContext, attributions: torch.Tensor | None = None) -> list[MetricResult]:
+        from sgq_bench.metrics._memory_probe import peak_memory
+
+        models, notes = variants(ctx)
+        env = _environment(notes, self.threads)
+        shape = tuple(ctx.x.shape[1:])
+        out = []
+        for bs in parse_batch_sizes(self.batch_sizes, self.name):
+            for variant, model in models.items():
+                rep = peak_memory(model, (bs, *shape), self.threads)
+                out.append(MetricResult(rep["delta_mb"], variant=f"{variant}@bs{bs}",
+                                        extra={**env, "variant": variant, "batch_size": bs, **rep}))
+        return out
+
+
+__all__ = ["Bops", "Compression", "LatencyMs", "Params", "PeakMemoryMb", "SizeBytes", "Throughput",
+           "count_bops", "count_params", "packed_size", "time_models"]
