@@ -31,7 +31,7 @@ def _batched(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x: torch.
              inputs_per_image: int = 1) -> torch.Tensor:
     """Run ``fn`` on chunks of (x, target) so that one pass sees at most MAX_IMAGES model inputs."""
     size = max(1, MAX_IMAGES // inputs_per_image)
-    out = [fn(x[s], target[s]).detach() for s in _chunks(x.shape[0], size)]
+    out = [fn(x[s].detach().requires_grad_(True), target[s]).detach() for s in _chunks(x.shape[0], size)]
     return torch.cat(out) if out else torch.empty_like(x)
 
 
