@@ -54,7 +54,9 @@ def read_results(path: str | Path) -> list[dict[str, Any]]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise UsageError(f"{path}:{lineno}: corrupted results line ({exc.msg}); fix or delete that line")
+                raise UsageError(
+                    f"{path}:{lineno}: corrupted results line ({exc.msg}); fix or delete that line"
+                ) from None
             if not isinstance(row, dict):
                 raise UsageError(f"{path}:{lineno}: corrupted results line (not a JSON object)")
             rows.append(row)
