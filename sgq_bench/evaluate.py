@@ -26,6 +26,7 @@ from sgq_bench._io import append_jsonl
 from sgq_bench.api import Dataset, EvalContext, Explainer, Metric, MetricResult, Split
 from sgq_bench.data import subset
 from sgq_bench.errors import UsageError
+from sgq_bench.plugins import row_plugins
 from sgq_bench.provenance import provenance
 from sgq_bench.train import TrainSpec, load_dataset, load_or_train, load_split, resolve_device
 
@@ -231,6 +232,7 @@ def _row(base: dict, explainer: str, expl_params: dict, name: str, metric: Metri
     other = {k: v for k, v in res.extra.items() if k != "resolved_params"}
     if other:
         row["extra"] = other
+    row["plugins"] = row_plugins(row)  # role -> {name, distribution, version}: who made this number
     row.update(extra or {})
     return row
 
