@@ -24,8 +24,20 @@ DATA_PARAMS = {"train_n": 64, "test_n": 32}
 
 # Metrics whose defaults are sized for real evaluations; the grid only needs finite numbers, so any of
 # these parameters a metric declares is shrunk. Unknown keys are ignored (plugins may not have them).
+# A value below a parameter's declared minimum is raised to that minimum.
 SMALL = {"n_runs": 3, "runs": 3, "warmup": 1, "repeats": 3, "nr_samples": 2, "n_subsets": 8, "subsets": 8,
-         "n_perturb": 4, "steps": 8, "batch_sizes": (1, 4), "separate_process": False}
+         "n_perturb": 4, "steps": 8, "batch_sizes": "1,4"}
+
+
+def small_params(cls: type) -> dict:
+    """SMALL restricted to what ``cls`` declares, of the declared type, within the declared minimum."""
+    out = {}
+    for key, value in SMALL.items():
+        spec = cls.params.get(key)
+        if spec is None or type(spec.default) is not type(value):
+            continue
+        out[key] = max(value, spec.low) if spec.low is not None and isinstance(value, (int, float)) else value
+    return out
 
 
 def _usable(kind: str) -> list[str]:
@@ -90,8 +102,7 @@ def check_metric(name: str) -> None:
     assert issubclass(cls, Metric)
     assert isinstance(cls.higher_is_better, bool), f"metric {name!r} must declare higher_is_better"
     assert cls.family, f"metric {name!r} must declare a family"
-    params = {k: v for k, v in SMALL.items() if k in cls.params}
-    metric = cls(**params)
+    metric = cls(**small_params(cls))
     dataset, _, test = synthetic()
     model, spec = tiny_model()
     x, y = dataset.normalize(test.images[:16]), test.labels[:16]
