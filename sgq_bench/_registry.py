@@ -131,6 +131,8 @@ class Registry(Generic[T]):
 
     The registry never imports a plugin during discovery; ``get`` imports one, ``items`` imports all
     (for ``sgq-bench list`` and registry-parametrised tests) and keeps broken ones with their error.
+    An unusable plugin is reported once per process: by the error ``get`` raises when something asks
+    for it, or by one ``RuntimeWarning`` when it is met while enumerating (``items``/``usable``).
     """
 
     kind: str
@@ -224,8 +226,11 @@ class Registry(Generic[T]):
         self._reported.discard(name)
 
     def _report(self, entry: Entry, warn: bool) -> None:
-        if warn and entry.name not in self._reported:
-            self._reported.add(entry.name)
+        """Warn about an unusable plugin the first time only; ``warn=False`` marks it reported silently."""
+        if entry.name in self._reported:
+            return
+        self._reported.add(entry.name)
+        if warn:
             warnings.warn(
                 f"sgq-bench: {self.kind} plugin {entry.name!r} from distribution {entry.distribution!r} is "
                 f"unusable ({entry.error}); it is skipped",
@@ -233,7 +238,7 @@ class Registry(Generic[T]):
                 stacklevel=4,
             )
 
-    def _load(self, entry: Entry, warn: bool = True) -> T:
+    def _load(self, entry: Entry, warn: bool) -> T:
         if entry.error is None and isinstance(entry.target, str):
             try:
                 obj = _load_ref(entry.target)
@@ -258,7 +263,8 @@ class Registry(Generic[T]):
         self._discover()
         if name not in self._entries:
             raise UsageError(f"unknown {self.kind[:-1]} {name!r}.{did_you_mean(name, self._entries)}")
-        return self._load(self._entries[name])
+        # The error raised here is the report: no warning on top of it.
+        return self._load(self._entries[name], warn=False)
 
     def entry(self, name: str) -> Entry:
         """The loaded entry (object plus provenance) of ``name``; errors like ``get``."""
@@ -297,8 +303,6 @@ class Registry(Generic[T]):
             try:
                 obj = self._load(entry, warn=warn)
             except UsageError:
-                if not warn:
-                    self._reported.add(name)
                 obj = None
             out.append((name, obj, entry))
         return out
