@@ -16,7 +16,7 @@ from sgq_bench.metrics._common import k_of, pixel_scores, to_list
 def gini(scores: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
     """Gini index per row of non-negative ``scores`` (B, N), after adding ``eps`` as Quantus does
     (so an all-zero map scores 0 instead of 0/0)."""
-    a = torch.sort(scores.double() + eps, dim=1).values
+    a = torch.sort(scores.float(), dim=1).values.double() + eps  # float32 sort: same order, 2x faster
     n = a.shape[1]
     i = torch.arange(1, n + 1, dtype=a.dtype, device=a.device)
     return ((2 * i - n - 1) * a).sum(1) / (n * a.sum(1))
