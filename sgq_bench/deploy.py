@@ -22,6 +22,12 @@ from torch import nn
 
 from sgq_bench.errors import UsageError
 
+# torch >= 2.10 warns that quantized tensor creation is deprecated (pytorch#184982) on every call; the
+# torch.ao int8 kernels are still the only CPU int8 conv path in this torch, so we say it once, in
+# backend_info(), instead of on every forward pass.
+warnings.filterwarnings("ignore", message=r"torch\.quantize_per_tensor, torch\.quantize_per_channel",
+                        category=UserWarning)
+
 # Preference order on x86: ``x86`` dispatches per op between fbgemm and onednn; qnnpack is an ARM
 # library whose x86 build is a slow fallback, so it is last.
 ENGINE_PREFERENCE = ("x86", "fbgemm", "onednn", "qnnpack")
@@ -78,6 +84,7 @@ def backend_info(engine: str | None) -> dict[str, Any]:
         "quantized_backend": f"torch.ao/{engine}" if engine else "none",
         "quantized_engines_available": ",".join(available_engines()),
         "cpu_capability": getattr(torch.backends.cpu, "get_cpu_capability", lambda: "?")(),
+        "quantized_backend_note": "torch.ao quantized tensors are deprecated upstream (pytorch#184982)",
     }
 
 
@@ -95,7 +102,9 @@ def per_channel_int8(weight_int: torch.Tensor, scales: torch.Tensor) -> torch.Te
     scales = scales.double().clamp_min(1e-30)
     w = weight_int.double() * scales.view(-1, *([1] * (weight_int.dim() - 1)))
     zero = torch.zeros(scales.numel(), dtype=torch.long)
-    q = torch.quantize_per_channel(w.float(), scales, zero, 0, torch.qint8)
+    with warnings.catch_warnings():  # the deprecation notice, see the filter at the top
+        warnings.simplefilter("ignore", UserWarning)
+        q = torch.quantize_per_channel(w.float(), scales, zero, 0, torch.qint8)
     if not torch.equal(q.int_repr().long(), weight_int.long()):  # float rounding must not move an integer
         raise AssertionError("per-channel int8 weight does not reproduce its integers")
     return q

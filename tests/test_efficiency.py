@@ -1,0 +1,131 @@
+"""Efficiency metrics: hand-computed size and BOPs, labelled timing and memory rows (no absolute times)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from baselines.quantizers import NoQuantizer, PACTQuantizer
+from sgq_bench import _registry
+from sgq_bench import deploy as dp
+from sgq_bench.api import EvalContext
+from sgq_bench.cli import build_parser
+from sgq_bench.cli_train import spec_from_args
+from sgq_bench.data import MNIST, Synthetic
+from sgq_bench.errors import UsageError
+from sgq_bench.metrics.efficiency import count_bops, packed_size
+from sgq_bench.models import mnist_cnn, test_cnn
+from sgq_bench.train import load_or_train, load_split
+
+EFFICIENCY = ("params", "size_bytes", "compression", "bops", "latency_ms", "throughput", "peak_memory_mb")
+
+
+def test_size_bytes_of_w4a4_mnist_cnn_by_hand() -> None:
+    model = PACTQuantizer(w_bits=4, a_bits=4).prepare(mnist_cnn(MNIST()))
+    conv1 = (32 * 1 * 3 * 3 + 32) * 4  # float first layer, weight and bias at 32 bits: 1280
+    conv2 = 64 * 32 * 3 * 3 * 4 // 8 + 64 * 4 + 4  # 18432 weights at 4 bits, fp32 bias, fp32 scale: 9476
+    fc1 = 9216 * 128 * 4 // 8 + 128 * 4 + 4  # 1179648 weights at 4 bits: 590340
+    fc2 = (10 * 128 + 10) * 4  # float last layer: 5160
+    alphas = 2 * 4  # relu2, relu3 (relu1 follows the float conv1 and stays a ReLU)
+    assert conv1 + conv2 + fc1 + fc2 + alphas == 606264
+    ctx = EvalContext(model=model, dataset=MNIST(), x=torch.zeros(1, 1, 28, 28), y=torch.zeros(1),
+                      device=torch.device("cpu"), quantizer=PACTQuantizer())
+    assert _registry.metrics.get("size_bytes")().compute(ctx).value == 606264
+    fp32 = (1 * 9 * 32 + 32 + 32 * 9 * 64 + 64 + 9216 * 128 + 128 + 128 * 10 + 10) * 4
+    assert _registry.metrics.get("compression")().compute(ctx).value == pytest.approx(fp32 / 606264)
+    assert _registry.metrics.get("params")().compute(ctx).value == fp32 // 4 + 2
+
+
+def test_size_of_a_float_model_is_four_bytes_per_parameter() -> None:
+    model = test_cnn(Synthetic())
+    assert packed_size(model)["total"] == 4 * sum(p.numel() for p in model.parameters())
+
+
+def test_bops_of_w4a4_test_cnn_by_hand() -> None:
+    model = PACTQuantizer(w_bits=4, a_bits=4).prepare(test_cnn(Synthetic()))  # 1x16x16 in, 4 classes
+    conv1 = (8 * 16 * 16) * (1 * 3 * 3) * 32 * 32  # float: 18432 MACs
+    conv2 = (16 * 16 * 16) * (8 * 3 * 3) * 4 * 4  # 294912 MACs at W4 x A4
+    fc1 = 32 * (16 * 4 * 4) * 4 * 4  # after MaxPool(4): 256 features -> 32
+    fc2 = 4 * 32 * 32 * 32  # float last layer
+    assert conv1 + conv2 + fc1 + fc2 == 23855104
+    res = count_bops(model, torch.randn(5, 1, 16, 16), act_bits=4)
+    assert res["bops"] == 23855104 and res["macs"] == 18432 + 294912 + 8192 + 128
+    assert [r["layer"] for r in res["layers"]] == ["conv1", "conv2", "fc1", "fc2"]
+    ctx = EvalContext(model=model, dataset=Synthetic(), x=torch.randn(3, 1, 16, 16), y=torch.zeros(3),
+                      device=torch.device("cpu"), quantizer=PACTQuantizer(w_bits=4, a_bits=4))
+    assert _registry.metrics.get("bops")().compute(ctx).value == 23855104
+
+
+def test_bops_count_layers_as_often_as_they_run() -> None:
+    lin = torch.nn.Linear(3, 3)
+    twice = torch.nn.Sequential(lin, torch.nn.ReLU(), lin)  # one module, two calls
+    assert count_bops(twice, torch.randn(1, 3), 32)["macs"] == 2 * 9
+
+
+@pytest.fixture(scope="module")
+def cells(tmp_path_factory: pytest.TempPathFactory) -> dict[str, EvalContext]:
+    """Trained smoke cells (synthetic, test_cnn) for pact and baseline."""
+    out = {}
+    ckpt = tmp_path_factory.mktemp("ckpt")
+    for method in ("pact", "baseline"):
+        args = build_parser().parse_args(["train", "--dataset", "synthetic", "--suite", "smoke", "--method", method,
+                                          "--train-size", "512", "--epochs", "1"])
+        spec = spec_from_args(args)
+        model = load_or_train(spec, checkpoint_dir=ckpt, progress=False).model.eval()
+        ds = Synthetic(**spec.dataset_params)
+        test = load_split(ds, False)
+        q, _ = spec.method.build()
+        out[method] = EvalContext(model=model, dataset=ds, x=ds.normalize(test.images[:64]), y=test.labels[:64],
+                                  device=torch.device("cpu"), spec=spec, quantizer=q)
+    return out
+
+
+@pytest.mark.skipif(not dp.available_engines(), reason="no quantized CPU engine in this torch")
+def test_latency_and_throughput_rows_are_labelled(cells: dict[str, EvalContext]) -> None:
+    ctx = cells["pact"]
+    lat = _registry.metrics.get("latency_ms")(batch_sizes="1,16").compute(ctx)
+    thr = _registry.metrics.get("throughput")(batch_sizes="1,16").compute(ctx)
+    expected = {f"{v}@bs{b}" for v in ("fp32", "fake_quant", "int8") for b in (1, 16)}
+    assert {r.variant for r in lat} == expected == {r.variant for r in thr}
+    for row in lat:
+        assert row.value > 0
+        for key in ("device", "cpu_model", "threads", "torch_version", "quantized_backend", "runs", "speedup_vs_fp32"):
+            assert key in row.extra, key
+        assert row.extra["threads"] == 1 and row.extra["runs"] == 30
+        assert row.extra["quantized_backend"].startswith("torch.ao/")
+    by_variant = {r.variant: r.value for r in lat}
+    for row in thr:  # same measurement, shared through ctx.cache: throughput = batch / latency
+        bs = row.extra["batch_size"]
+        assert row.value == pytest.approx(bs / by_variant[row.variant] * 1e3)
+    lat_cls = _registry.metrics.get("latency_ms")
+    assert lat_cls.family == "efficiency" and not lat_cls.higher_is_better and not lat_cls.needs_attributions
+
+
+def test_float_cell_reports_fp32_only(cells: dict[str, EvalContext]) -> None:
+    ctx = cells["baseline"]
+    assert isinstance(ctx.quantizer, NoQuantizer)
+    rows = _registry.metrics.get("latency_ms")(batch_sizes="2").compute(ctx)
+    assert [r.variant for r in rows] == ["fp32@bs2"]
+    assert _registry.metrics.get("compression")().compute(ctx).value == 1.0
+
+
+@pytest.mark.skipif(not dp.available_engines(), reason="no quantized CPU engine in this torch")
+def test_peak_memory_is_measured_per_variant_in_a_child_process(cells: dict[str, EvalContext]) -> None:
+    rows = _registry.metrics.get("peak_memory_mb")(batch_sizes="4").compute(cells["pact"])
+    assert [r.variant for r in rows] == ["fp32@bs4", "fake_quant@bs4", "int8@bs4"]
+    for row in rows:
+        assert row.value >= 0 and row.extra["peak_mb"] >= row.extra["baseline_mb"]
+        assert row.extra["method"] in ("VmHWM-VmRSS", "ru_maxrss")
+
+
+def test_bad_parameters_are_usage_errors(cells: dict[str, EvalContext]) -> None:
+    with pytest.raises(UsageError, match="at least|outside"):
+        _registry.metrics.get("latency_ms")(runs=5)
+    with pytest.raises(UsageError, match="batch_sizes"):
+        _registry.metrics.get("latency_ms")(batch_sizes="one").compute(cells["pact"])
+
+
+@pytest.mark.parametrize("name", EFFICIENCY)
+def test_registered_with_the_metric_api(name: str) -> None:
+    cls = _registry.metrics.get(name)
+    assert cls.family == "efficiency" and cls.needs_attributions is False
