@@ -63,6 +63,8 @@ class Quantizer(Plugin):
             The module to train: same input and logits shapes, differentiable with respect to the
             input (explainers and saliency-guided objectives take input gradients through it), with
             every new learnable tensor registered as a parameter or buffer (so it is checkpointed).
+            Quantized weight layers carry an int ``weight_bits`` attribute (their parameter still named
+            ``weight``) and activation quantizers an ``act_bits`` one: efficiency metrics read them.
         """
         raise NotImplementedError
 

@@ -84,17 +84,20 @@ def test_plugin_pieces_honour_the_contracts_and_cross_the_grid(plugin_site: Path
 
 
 def test_lsq_values_lie_on_the_learned_grid(plugin_site: Path) -> None:
-    from sgq_example_plugin.lsq import LSQReLU, LSQWeight
+    from sgq_example_plugin.lsq import LSQConv2d, LSQReLU
 
     from sgq_bench.data import Synthetic
+    from sgq_bench.metrics.efficiency import packed_size
 
     torch.manual_seed(0)
+    float_model = _registry.models.get("test_cnn")(Synthetic())
+    w = float_model.conv2.weight.detach().clone()
     q = _registry.quantizers.get("lsq")(w_bits=3, a_bits=2)
-    model = q.prepare(_registry.models.get("test_cnn")(Synthetic()))
+    model = q.prepare(float_model)
     conv = model.conv2
-    (param,) = conv.parametrizations.weight
-    assert isinstance(param, LSQWeight)
-    levels = conv.weight.detach() / param.step.detach().abs()
+    assert isinstance(conv, LSQConv2d) and torch.equal(conv.weight.detach(), w)  # seeded init kept
+    assert not isinstance(model.conv1, LSQConv2d)  # first and last layers stay float by default
+    levels = conv.quantized_weight().detach() / conv.step.detach().abs()
     assert torch.allclose(levels, levels.round(), atol=1e-4) and levels.min() >= -4 and levels.max() <= 3
     act = next(m for m in model.modules() if isinstance(m, LSQReLU))
     y = act(torch.randn(4, 8, 5, 5))
@@ -102,6 +105,9 @@ def test_lsq_values_lie_on_the_learned_grid(plugin_site: Path) -> None:
     assert torch.allclose(k, k.round(), atol=1e-4) and k.min() >= 0 and k.max() <= 3
     y.sum().backward()
     assert act.step.grad is not None and torch.isfinite(act.step.grad)
+    # the efficiency metrics' convention (weight_bits) is honoured: conv2 and fc1 packed at 3 bits
+    assert packed_size(model)["quantized_weights"] == sum(
+        -(-m.weight.numel() * 3 // 8) for m in (model.conv2, model.fc1))
 
 
 def test_rrr_penalises_only_the_masked_input_gradients(plugin_site: Path) -> None:

@@ -5,8 +5,9 @@ with straight-through rounding, so ``s`` receives the gradient ``-v/s + round(v/
 ``-Q_n`` or ``Q_p`` outside it. The step's gradient is scaled by ``g = 1 / sqrt(numel * Q_p)``, which the
 paper shows keeps step updates on the same relative scale as weight updates.
 
-Weights are signed (``Q_n = 2^(b-1)``, ``Q_p = 2^(b-1) - 1``) and go through ``torch.nn.utils.parametrize``,
-so the layer stays an ordinary ``nn.Conv2d``/``nn.Linear`` whose ``weight`` is read quantized. Activations
+Weights are signed (``Q_n = 2^(b-1)``, ``Q_p = 2^(b-1) - 1``): each quantized layer becomes an
+``nn.Conv2d``/``nn.Linear`` subclass that keeps the float ``weight`` parameter and reads it through LSQ
+on every forward, with the attribute ``weight_bits`` that efficiency metrics read. Activations
 are the outputs of each ReLU that follows a quantized layer (the same rule as the reference PACT
 quantizer, so the two are comparable on one grid), unsigned (``Q_n = 0``, ``Q_p = 2^b - 1``).
 """
@@ -19,7 +20,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils import parametrize
 
 from sgq_bench.plugins import Param, Quantizer
 
@@ -41,28 +41,71 @@ def initial_step(v: torch.Tensor, q_p: int) -> torch.Tensor:
     return (2 * v.detach().abs().mean() / math.sqrt(q_p)).clamp_min(1e-6)
 
 
-class LSQWeight(nn.Module):
-    """A parametrization: ``layer.weight`` is read as its LSQ-quantized value; ``step`` is learned."""
+class _LSQWeightMixin:
+    """Shared by LSQConv2d/LSQLinear: a learned step and the weight read through LSQ on every forward.
 
-    def __init__(self, weight: torch.Tensor, bits: int) -> None:
-        super().__init__()
-        self.bits = bits
+    ``weight_bits`` is the attribute sgq-bench's efficiency metrics read to pack the layer's weights
+    at k bits (size, compression, BOPs); the step is the layer's one fp32 scale.
+    """
+
+    weight: nn.Parameter
+    weight_bits: int
+
+    def _init_lsq(self, bits: int) -> None:
+        self.weight_bits = bits
         self.q_n, self.q_p = 2 ** (bits - 1), 2 ** (bits - 1) - 1
-        if self.q_p < 1:
-            raise ValueError("LSQ weights need at least 2 bits (a signed grid)")
-        self.step = nn.Parameter(initial_step(weight, self.q_p))
-        self.grad_scale = 1.0 / math.sqrt(weight.numel() * self.q_p)
+        self.step = nn.Parameter(initial_step(self.weight, self.q_p))
+        self.grad_scale = 1.0 / math.sqrt(self.weight.numel() * self.q_p)
 
-    def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        return lsq_quantize(weight, self.step, self.q_n, self.q_p, self.grad_scale)
+    def quantized_weight(self) -> torch.Tensor:
+        return lsq_quantize(self.weight, self.step, self.q_n, self.q_p, self.grad_scale)
+
+
+class LSQConv2d(_LSQWeightMixin, nn.Conv2d):
+    """Conv2d with LSQ-quantized weights (signed, ``weight_bits`` bits)."""
+
+    @classmethod
+    def from_float(cls, conv: nn.Conv2d, bits: int) -> LSQConv2d:
+        """A quantized layer sharing ``conv``'s parameter tensors (so seeded initialisation is kept)."""
+        new = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                  conv.dilation, conv.groups, conv.bias is not None, conv.padding_mode, device="meta")
+        new.weight, new.bias = conv.weight, conv.bias
+        new._init_lsq(bits)
+        return new
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(x, self.quantized_weight(), self.bias)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", weight_bits={self.weight_bits}"
+
+
+class LSQLinear(_LSQWeightMixin, nn.Linear):
+    """Linear with LSQ-quantized weights (signed, ``weight_bits`` bits)."""
+
+    @classmethod
+    def from_float(cls, linear: nn.Linear, bits: int) -> LSQLinear:
+        new = cls(linear.in_features, linear.out_features, linear.bias is not None, device="meta")
+        new.weight, new.bias = linear.weight, linear.bias
+        new._init_lsq(bits)
+        return new
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.quantized_weight(), self.bias)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", weight_bits={self.weight_bits}"
 
 
 class LSQReLU(nn.Module):
-    """ReLU followed by unsigned LSQ activation quantization; the step is initialised from the first batch."""
+    """ReLU followed by unsigned LSQ activation quantization; the step is initialised from the first batch.
+
+    ``act_bits`` is the attribute sgq-bench's efficiency metrics read for activation quantizers.
+    """
 
     def __init__(self, bits: int) -> None:
         super().__init__()
-        self.bits = bits
+        self.act_bits = bits
         self.q_p = 2**bits - 1
         self.step = nn.Parameter(torch.tensor(1.0))
         self.register_buffer("initialized", torch.tensor(False))
@@ -77,7 +120,7 @@ class LSQReLU(nn.Module):
         return lsq_quantize(y, self.step, 0, self.q_p, grad_scale)
 
     def extra_repr(self) -> str:
-        return f"bits={self.bits}"
+        return f"bits={self.act_bits}"
 
 
 def _replace(root: nn.Module, dotted: str, new: nn.Module) -> None:
@@ -99,7 +142,7 @@ class LSQQuantizer(Quantizer):
         return (self.w_bits, self.a_bits)
 
     def prepare(self, model: nn.Module) -> nn.Module:
-        """Parametrize quantized layers' weights; replace each ReLU after a quantized layer by LSQReLU.
+        """Swap quantized layers for LSQ ones; replace each ReLU after a quantized layer by LSQReLU.
 
         "After" is module registration order, which sgq-bench's models keep equal to forward order.
         """
@@ -113,14 +156,15 @@ class LSQQuantizer(Quantizer):
             if isinstance(module, (nn.Conv2d, nn.Linear)):
                 previous_quantized = name not in float_layers
                 if previous_quantized:
-                    parametrize.register_parametrization(module, "weight", LSQWeight(module.weight, self.w_bits))
+                    lsq_layer = LSQConv2d if isinstance(module, nn.Conv2d) else LSQLinear
+                    _replace(model, name, lsq_layer.from_float(module, self.w_bits))
             elif isinstance(module, nn.ReLU) and previous_quantized:
                 _replace(model, name, LSQReLU(self.a_bits))
         return model
 
     def param_groups(self, model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
         """Steps get no weight decay: decay would pull them towards 0, i.e. towards clipping everything."""
-        steps = [m.step for m in model.modules() if isinstance(m, (LSQWeight, LSQReLU))]
+        steps = [m.step for m in model.modules() if isinstance(m, (_LSQWeightMixin, LSQReLU))]
         ids = {id(s) for s in steps}
         rest = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
         return [{"params": rest, "weight_decay": weight_decay}, {"params": steps, "weight_decay": 0.0}]
