@@ -25,6 +25,7 @@ from sgq_bench.metrics._common import (
     forward,
     fractions_param,
     k_of,
+    one_thread,
     pixel_scores,
     rank_positions,
     to_list,
@@ -79,6 +80,13 @@ def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def linear_impute(x: torch.Tensor, unknown: torch.Tensor, tol: float = 1e-5, max_iter: int | None = None,
                   dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Solve ROAD's linear imputation (see ``_linear_impute``), on one CPU thread."""
+    with one_thread(x.device):
+        return _linear_impute(x, unknown, tol, max_iter, dtype)
+
+
+def _linear_impute(x: torch.Tensor, unknown: torch.Tensor, tol: float, max_iter: int | None,
+                   dtype: torch.dtype) -> torch.Tensor:
     """Solve ROAD's linear imputation for a batch of images by preconditioned conjugate gradients.
 
     Systems drop out of the iteration as they converge (small fractions need few steps), so the cost

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from sgq_bench.api import EvalContext, Metric, MetricResult, Param
-from sgq_bench.metrics._common import k_of, pixel_scores, to_list
+from sgq_bench.metrics._common import k_of, one_thread, pixel_scores, to_list
 
 
 def gini(scores: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
@@ -45,7 +45,8 @@ class Sparseness(Metric):
     params = {"eps": Param(1e-7, "added to every pixel before the Gini index (Quantus: 1e-7)", low=0.0)}
 
     def compute(self, ctx: EvalContext, attributions: torch.Tensor | None) -> MetricResult:
-        return _result(gini(pixel_scores(attributions), self.eps))
+        with one_thread(attributions.device):
+            return _result(gini(pixel_scores(attributions), self.eps))
 
 
 class Complexity(Metric):
@@ -57,7 +58,8 @@ class Complexity(Metric):
     params = {"eps": Param(1e-12, "inside the logarithm (Quantus: 1e-12)", low=0.0)}
 
     def compute(self, ctx: EvalContext, attributions: torch.Tensor | None) -> MetricResult:
-        return _result(entropy(pixel_scores(attributions), self.eps))
+        with one_thread(attributions.device):
+            return _result(entropy(pixel_scores(attributions), self.eps))
 
 
 class TopKMass(Metric):
@@ -69,9 +71,10 @@ class TopKMass(Metric):
     params = {"k": Param(0.1, "fraction of pixels", low=0.0, high=1.0, low_open=True)}
 
     def compute(self, ctx: EvalContext, attributions: torch.Tensor | None) -> MetricResult:
-        s = pixel_scores(attributions).double()
-        k = max(1, k_of(self.k, s.shape[1]))
-        top = torch.topk(s, k, dim=1).values.sum(1)
-        total = s.sum(1)
-        per = torch.where(total > 0, top / total, torch.full_like(total, float("nan")))
-        return _result(per, k_pixels=k)
+        with one_thread(attributions.device):
+            s = pixel_scores(attributions).double()
+            k = max(1, k_of(self.k, s.shape[1]))
+            top = torch.topk(s, k, dim=1).values.sum(1)
+            total = s.sum(1)
+            per = torch.where(total > 0, top / total, torch.full_like(total, float("nan")))
+            return _result(per, k_pixels=k)

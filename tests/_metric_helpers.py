@@ -1,0 +1,38 @@
+"""Helpers for the explainer/metric tests: a tiny trained model on synthetic data, and contexts."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import torch
+
+from sgq_bench.api import EvalContext
+from sgq_bench.config import load_suite
+from sgq_bench.evaluate import eval_split
+from sgq_bench.train import TrainSpec, build_model, load_dataset, load_or_train
+
+
+def smoke_spec(method: str = "baseline") -> TrainSpec:
+    suite = load_suite("smoke")
+    plan = suite.dataset("synthetic")
+    return TrainSpec("synthetic", plan.model, suite.method(method), plan.recipe, 0, plan.dataset_params)
+
+
+@lru_cache(maxsize=4)
+def trained(method: str = "baseline") -> torch.nn.Module:
+    """test_cnn trained on synthetic bars (the smoke recipe; seconds; cached in the session's temp cache)."""
+    return load_or_train(smoke_spec(method), progress=False).model.eval()
+
+
+def untrained() -> torch.nn.Module:
+    spec = smoke_spec()
+    model, _, _ = build_model(spec, load_dataset(spec.dataset, spec.dataset_params))
+    return model.eval()
+
+
+def context(model: torch.nn.Module, n: int = 32, seed: int = 0) -> EvalContext:
+    spec = smoke_spec()
+    ds = load_dataset(spec.dataset, spec.dataset_params)
+    split = eval_split(ds, n, 0)
+    return EvalContext(model=model, dataset=ds, x=ds.normalize(split.images), y=split.labels,
+                       device=torch.device("cpu"), spec=spec, seed=seed)
