@@ -41,7 +41,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     result = run(
         args.suite, out=args.out, only=args.only, overrides=parse_set(args.set), device=args.device,
         data_root=args.data_root, checkpoint_dir=Path(args.checkpoint_dir) if args.checkpoint_dir else None,
-        progress=not args.quiet, report=not args.no_report, figures=not args.no_figures,
+        progress=not args.quiet, report=not args.no_report, figures=not args.no_figures, threads=args.threads,
     )
     if result.summary_md:
         print(result.summary_md)
@@ -72,6 +72,8 @@ def register(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction)
     p.add_argument("--data-root", default=None, help="folder holding the data (else $SGQ_BENCH_DATA, cache)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--checkpoint-dir", default=None, help="default: the user cache dir ($SGQ_BENCH_CACHE)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch intra-op threads for this run (default: torch's); 1 helps on a shared CPU")
     p.add_argument("--no-report", action="store_true", help="skip summary tables and figures at the end")
     p.add_argument("--no-figures", action="store_true", help="write the tables but not the figures")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -352,7 +352,10 @@ def _metric_params(value: Any, where: str, key: str, metrics: tuple[str, ...]) -
                              f"allowed: {', '.join(metrics) or '(no metrics listed)'}")
         cls = _plugin(where, f"{key}.{metric}", "metrics", metric)
         params = _table(where, f"{key}.{metric}", params)
-        resolve_params(f"{where}: {key}.{metric}", getattr(cls, "params", {}), params)
+        try:
+            cls(**dict(params))  # the plugin's own validation (ranges, and e.g. increasing fractions)
+        except UsageError as exc:
+            raise UsageError(f"{where}: {key}.{metric}: {exc}") from None
         out[metric] = dict(params)
     return out
 

@@ -134,7 +134,7 @@ def roar_figures(srows: list[SummaryRow], fig_dir: Path) -> list[Path]:
         colors = _colors(methods)
         fig, axes = plt.subplots(1, 2, figsize=(9.5, 3.8), squeeze=False)
         for ax, metric, xl in zip(axes[0], ("roar", "kar"),
-                                  ("fraction of most relevant pixels removed", "fraction of least relevant pixels removed")):
+                                  ("fraction of most relevant pixels removed", "fraction of most relevant pixels kept")):
             for key, c in sorted(curves[metric].items()):
                 if key[:2] != (dataset, model):
                     continue

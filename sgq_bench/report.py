@@ -64,7 +64,7 @@ class SummaryRow:
 
 
 def load_rows(out: Path) -> list[dict[str, Any]]:
-    """Rows of ``out/results.jsonl`` (later rows win over earlier ones with the same key)."""
+    """Rows of ``out/results.jsonl`` (later rows win over earlier ones with the same key and variant)."""
     from sgq_bench.evaluate import read_results, row_key
 
     path = Path(out) / "results.jsonl"
@@ -72,7 +72,7 @@ def load_rows(out: Path) -> list[dict[str, Any]]:
         raise UsageError(f"{out}: no results.jsonl here; run `sgq-bench run --suite ... --out {out}` first")
     latest: dict[Any, dict[str, Any]] = {}
     for row in read_results(path):
-        latest[row_key(row)] = row
+        latest[(*row_key(row), row.get("variant"))] = row  # variants of one metric share row_key
     return list(latest.values())
 
 

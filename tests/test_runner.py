@@ -1,0 +1,149 @@
+"""The suite runner: smoke suite end to end, resume, failure isolation, one-line errors that lose nothing."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from sgq_bench import runner
+from sgq_bench.cli import main
+from sgq_bench.config import load_suite
+from sgq_bench.errors import UsageError
+from sgq_bench.runner import expand, parse_only
+
+
+def lines(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+
+
+def test_parse_only_and_expand():
+    suite = load_suite("smoke")
+    cells = expand(suite)
+    assert len(cells) == len(suite.datasets) * len(suite.methods) * len(suite.seeds)
+    assert len({c.key() for c in cells}) == len(cells)
+    only = parse_only("method=sgt,method=pact,seed=0")
+    assert only == {"method": {"sgt", "pact"}, "seed": {"0"}}
+    assert sorted(c.spec.method.name for c in expand(suite, only)) == ["pact", "sgt"]
+    with pytest.raises(UsageError, match="Did you mean 'sgt'"):
+        expand(suite, parse_only("method=sgtt"))
+    with pytest.raises(UsageError, match="not FIELD=VALUE"):
+        parse_only("method")
+
+
+def test_cell_key_is_content():
+    a = expand(load_suite("smoke"))[0]
+    b = expand(load_suite("smoke", {"datasets.synthetic.eval_size": 32}))[0]
+    assert a.key() == expand(load_suite("smoke"))[0].key() and a.key() != b.key()
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("smoke") / "run"
+    # one thread: several times faster than the default on a shared 2-core CPU (restored afterwards)
+    assert main(["run", "--suite", "smoke", "--out", str(out), "--quiet", "--threads", "1"]) == 0
+    return out
+
+
+def test_smoke_suite_end_to_end(smoke_run):
+    suite = load_suite("smoke")
+    rows = lines(smoke_run / "results.jsonl")
+    families = {r["family"] for r in rows}
+    assert {"accuracy", "deletion", "road", "roar", "sparsity", "faithfulness", "efficiency"} <= families
+    assert {r["method"] for r in rows} == {m.name for m in suite.methods}
+    assert {r["explainer"] for r in rows} == {*suite.explainers, "-"}
+    done = lines(smoke_run / "cells.jsonl")
+    assert len(done) == len(expand(suite)) and all(d["status"] == "done" for d in done)
+    manifest = json.loads((smoke_run / "manifest.json").read_text())
+    assert manifest["suite"]["name"] == "smoke" and manifest["runs"][-1]["status"] == "done"
+    prov = manifest["runs"][-1]["provenance"]
+    assert {"git_commit", "torch_version", "cpu_model", "threads"} <= set(prov)
+    md = (smoke_run / "summary.md").read_text()
+    assert "↑" in md and ("p=" in md or "p<" in md)
+    figs = {p.name for p in (smoke_run / "figures").glob("*.png")}
+    for ex in suite.explainers:
+        assert f"saliency_synthetic_{ex}.png" in figs and f"curves_synthetic_{ex}.png" in figs
+    assert {"roar_synthetic.png", "pareto_synthetic.png"} <= figs
+
+
+def test_rerun_does_nothing(smoke_run, capsys):
+    before = (smoke_run / "results.jsonl").read_bytes()
+    assert main(["run", "--suite", "smoke", "--out", str(smoke_run), "--quiet", "--no-figures"]) == 0
+    assert "0 cell(s) run" in capsys.readouterr().out
+    assert (smoke_run / "results.jsonl").read_bytes() == before
+
+
+def test_resume_runs_only_missing_cells_with_identical_numbers(smoke_run, tmp_path, capsys):
+    from sgq_bench.evaluate import row_key
+
+    out = tmp_path / "resumed"
+    shutil.copytree(smoke_run, out)
+    full = lines(out / "results.jsonl")
+    keep = {"baseline", "sgt"}
+    (out / "cells.jsonl").write_text("".join(json.dumps(d) + "\n" for d in lines(out / "cells.jsonl")
+                                             if d["cell"].split("/")[2] in keep))
+    (out / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in full if r["method"] in keep))
+    assert main(["run", "--suite", "smoke", "--out", str(out), "--quiet", "--no-report", "--threads", "1"]) == 0
+    assert "2 cell(s) run, 2 already done" in capsys.readouterr().out
+    again = {(*row_key(r), r["variant"]): r["value"] for r in lines(out / "results.jsonl")}
+    assert len(again) == len(full)
+    for r in full:
+        if r["family"] != "efficiency":  # timings are measurements, not functions of the spec
+            assert again[(*row_key(r), r["variant"])] == pytest.approx(r["value"], rel=1e-6, nan_ok=True), r["metric"]
+
+
+def test_failing_cell_is_recorded_and_others_finish(smoke_run, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "failing"
+    shutil.copytree(smoke_run, out)
+    (out / "cells.jsonl").unlink()
+
+    def fake_run_cell(cell, out, **kw):
+        if cell.spec.method.name == "pact":
+            raise RuntimeError("boom in pact")
+        return 0
+
+    monkeypatch.setattr(runner, "run_cell", fake_run_cell)
+    assert main(["run", "--suite", "smoke", "--out", str(out), "--quiet", "--no-report"]) == 1
+    errors = lines(out / "errors.jsonl")
+    assert [e["cell"].split("/")[2] for e in errors] == ["pact"] and errors[0]["message"] == "boom in pact"
+    assert sorted(d["cell"].split("/")[2] for d in lines(out / "cells.jsonl")) == ["baseline", "sgt", "sgt_pact"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["runs"][-1]["status"] == "failed"
+    monkeypatch.undo()
+    capsys.readouterr()
+    assert main(["run", "--suite", "smoke", "--out", str(out), "--quiet", "--no-report", "--threads", "1"]) == 0
+    assert "1 cell(s) run, 3 already done" in capsys.readouterr().out
+
+
+def test_corrupted_results_line_is_one_line_exit_2_and_nothing_lost(smoke_run, tmp_path, capsys):
+    out = tmp_path / "corrupt"
+    shutil.copytree(smoke_run, out)
+    text = (out / "results.jsonl").read_text().splitlines()
+    text[2] = text[2][: len(text[2]) // 2]
+    (out / "results.jsonl").write_text("\n".join(text) + "\n")
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    assert main(["run", "--suite", "smoke", "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "results.jsonl" in err and "3" in err
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    assert main(["report", str(out)]) == 2
+
+
+def test_unwritable_out_and_other_configuration(smoke_run, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert main(["run", "--suite", "smoke", "--out", str(blocker / "run"), "--quiet"]) == 2
+    assert "is not writable" in capsys.readouterr().err
+    manifest = (smoke_run / "manifest.json").read_bytes()
+    assert main(["run", "--suite", "smoke", "--out", str(smoke_run), "--set", "evaluate.eval_seed=5"]) == 2
+    assert "different configuration" in capsys.readouterr().err
+    assert (smoke_run / "manifest.json").read_bytes() == manifest
+
+
+def test_python_api(smoke_run):
+    import sgq_bench
+
+    res = sgq_bench.run("smoke", out=smoke_run, progress=False, report=False, log=lambda s: None)
+    assert res.ok and res.done == 0 and res.skipped == res.cells
