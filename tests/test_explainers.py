@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _metric_helpers import context, untrained
 from captum.attr import IntegratedGradients, LayerAttribution, LayerGradCam, NoiseTunnel, Saliency
 
 import sgq_bench.explainers as E
 from sgq_bench import _registry
-from _metric_helpers import context, untrained
 
 
 @pytest.fixture(scope="module")
