@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import tempfile
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -322,11 +324,29 @@ def run(
     old_threads = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
+    old_term = _terminate_as_interrupt()
     try:
         return _run_cells(suite, cells, out, only, device, data_root, checkpoint_dir, progress, report, figures,
                           finished, log)
     finally:
         torch.set_num_threads(old_threads)
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
+
+
+def _terminate_as_interrupt() -> Any:
+    """Make SIGTERM (``kill``, a scheduler's time limit) behave like Ctrl-C for the run's duration.
+
+    Why: the ``finally`` blocks then record the run as interrupted in the manifest; finished cells
+    are safe either way (every write is atomic). Returns the previous handler (None off the main thread).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    return signal.signal(signal.SIGTERM, handler)
 
 
 def _run_cells(suite: Suite, cells: list[Cell], out: Path, only: dict[str, set[str]], device: Any, data_root: Any,

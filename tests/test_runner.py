@@ -147,3 +147,30 @@ def test_python_api(smoke_run):
 
     res = sgq_bench.run("smoke", out=smoke_run, progress=False, report=False, log=lambda s: None)
     assert res.ok and res.done == 0 and res.skipped == res.cells
+
+
+def test_killed_run_resumes_with_only_the_missing_cells(smoke_run, tmp_path, capsys):
+    """SIGTERM mid-run (like Ctrl-C or a scheduler's kill): exit 130, manifest says interrupted, rerun resumes."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "sgq_bench.cli", "run", "--suite", "smoke", "--out", str(out), "--quiet",
+           "--no-report", "--threads", "1", "--only", "method=baseline,method=sgt"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=dict(os.environ))
+    deadline = time.time() + 600
+    while time.time() < deadline and not (out / "cells.jsonl").exists() and proc.poll() is None:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    if proc.returncode == 0:
+        pytest.skip("the run finished before it could be interrupted")
+    assert proc.returncode == 130 and "rerun to resume" in err
+    assert json.loads((out / "manifest.json").read_text())["runs"][-1]["status"] == "interrupted"
+    done = [d["cell"] for d in lines(out / "cells.jsonl")]
+    assert main(["run", "--suite", "smoke", "--out", str(out), "--quiet", "--no-report", "--threads", "1",
+                 "--only", "method=baseline,method=sgt"]) == 0
+    assert f"{2 - len(done)} cell(s) run, {len(done)} already done" in capsys.readouterr().out
