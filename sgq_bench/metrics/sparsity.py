@@ -7,29 +7,46 @@ tensor is never modified (Quantus's Sparseness and Complexity modify the caller'
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from sgq_bench.api import EvalContext, Metric, MetricResult, Param
 from sgq_bench.metrics._common import k_of, one_thread, pixel_scores, to_list
 
 
+def sorted_rows(x: torch.Tensor) -> torch.Tensor:
+    """Each row sorted ascending. On CPU through numpy's SIMD (AVX-512) sort, one zero-copy call:
+    measured ~80x faster than ``torch.sort`` for (256, 784) float32 on this CPU."""
+    if x.device.type == "cpu":
+        return torch.from_numpy(np.sort(x.detach().contiguous().numpy(), axis=1))
+    return torch.sort(x, dim=1).values
+
+
 def gini(scores: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
-    """Gini index per row of non-negative ``scores`` (B, N), after adding ``eps`` as Quantus does
-    (so an all-zero map scores 0 instead of 0/0)."""
-    a = torch.sort(scores.float(), dim=1).values.double() + eps  # float32 sort: same order, 2x faster
+    """Gini index per row of non-negative ``scores`` (B, N), after adding ``eps`` to every entry as
+    Quantus does (so an all-zero map scores 0 instead of 0/0).
+
+    ``sum_i (2i - n - 1) a_(i)`` over the ascending sort; the weights sum to zero, so ``eps`` only
+    enters the denominator. One float32 sort, then a float64 matrix-vector product.
+    """
+    a = sorted_rows(scores.float())
     n = a.shape[1]
-    i = torch.arange(1, n + 1, dtype=a.dtype, device=a.device)
-    return ((2 * i - n - 1) * a).sum(1) / (n * a.sum(1))
+    w = torch.arange(1 - n, n, 2, dtype=torch.float64, device=a.device)  # 2i - n - 1, i = 1..n
+    return (a.double() @ w) / (n * (a.sum(1, dtype=torch.float64) + n * eps))
 
 
-def entropy(scores: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
-    """Shannon entropy (nats) per row of the map normalised to sum 1; ``eps`` inside the log as in
-    Quantus. An all-zero map has no distribution: NaN."""
-    a = scores.double()
-    total = a.sum(1, keepdim=True)
-    q = a / total
-    h = -(q * torch.log(q + eps)).sum(1)
-    return torch.where(total.squeeze(1) > 0, h, torch.full_like(h, float("nan")))
+def entropy(scores: torch.Tensor) -> torch.Tensor:
+    """Shannon entropy (nats) per row of non-negative ``scores`` normalised to sum 1: NaN for an all-zero map.
+
+    Computed as ``log T - sum(a log a) / T`` (T = sum a): two passes instead of five. Quantus adds 1e-12
+    inside the log; that shifts the value by less than H*W * 1e-12, below float precision, so it is
+    not reproduced.
+    """
+    a = scores.float()
+    total = a.sum(1, dtype=torch.float64)
+    alog = (a * torch.log(a.clamp_min(torch.finfo(a.dtype).tiny))).sum(1, dtype=torch.float64)  # 0 log 0 = 0
+    h = torch.log(total) - alog / total
+    return torch.where(total > 0, h, torch.full_like(h, float("nan")))
 
 
 def _result(per: torch.Tensor, **extra) -> MetricResult:
@@ -55,11 +72,11 @@ class Complexity(Metric):
     name = "complexity"
     family = "sparsity"
     higher_is_better = False
-    params = {"eps": Param(1e-12, "inside the logarithm (Quantus: 1e-12)", low=0.0)}
+    params = {}
 
     def compute(self, ctx: EvalContext, attributions: torch.Tensor | None) -> MetricResult:
         with one_thread(attributions.device):
-            return _result(entropy(pixel_scores(attributions), self.eps))
+            return _result(entropy(pixel_scores(attributions)))
 
 
 class TopKMass(Metric):
@@ -72,9 +89,9 @@ class TopKMass(Metric):
 
     def compute(self, ctx: EvalContext, attributions: torch.Tensor | None) -> MetricResult:
         with one_thread(attributions.device):
-            s = pixel_scores(attributions).double()
+            s = sorted_rows(pixel_scores(attributions))
             k = max(1, k_of(self.k, s.shape[1]))
-            top = torch.topk(s, k, dim=1).values.sum(1)
-            total = s.sum(1)
+            top = s[:, -k:].sum(1, dtype=torch.float64)
+            total = s.sum(1, dtype=torch.float64)
             per = torch.where(total > 0, top / total, torch.full_like(total, float("nan")))
             return _result(per, k_pixels=k)
