@@ -141,8 +141,9 @@ def masked_logits(model: nn.Module, pos: torch.Tensor, ks: Sequence[int], inside
         rows = []
         for k0 in range(0, len(kt), sc):
             kk = kt[k0:k0 + sc].view(-1, 1, 1, 1, 1)
-            xs = torch.where(p < kk, ins.unsqueeze(0), outs.unsqueeze(0))
-            rows.append(model(xs.reshape(-1, *xs.shape[2:])).view(kk.shape[0], nb, -1).float())
+            with one_thread(pos.device):  # data preparation: small memory-bound ops
+                xs = torch.where(p < kk, ins.unsqueeze(0), outs.unsqueeze(0)).reshape(-1, *shape[1:])
+            rows.append(model(xs).view(kk.shape[0], nb, -1).float())
         out.append(torch.cat(rows))
     return torch.cat(out, dim=1)
 

@@ -11,14 +11,24 @@ from __future__ import annotations
 import torch
 
 from sgq_bench.api import EvalContext, Metric, MetricResult, Param
-from sgq_bench.metrics._common import MAX_IMAGES, clean_logits, fill_value, k_of, predicted, to_list
+from sgq_bench.metrics._common import (
+    MAX_IMAGES,
+    clean_logits,
+    fill_value,
+    k_of,
+    one_thread,
+    predicted,
+    to_list,
+)
 
 
 def random_subsets(b: int, n: int, runs: int, size: int, generator: torch.Generator) -> torch.Tensor:
-    """(B, runs, size) pixel indices, each row a uniform subset without replacement."""
+    """(B, runs, size) pixel indices, each row a uniform subset without replacement (the ``size``
+    largest of i.i.d. uniforms)."""
     out = torch.empty(b, runs, size, dtype=torch.long)
-    for r in range(runs):  # one run at a time bounds memory at (B, H*W)
-        out[:, r] = torch.rand(b, n, generator=generator).topk(size, dim=1).indices
+    with one_thread(torch.device("cpu")):
+        for r in range(runs):  # one run at a time bounds memory at (B, H*W)
+            out[:, r] = torch.rand(b, n, generator=generator).topk(size, dim=1).indices
     return out
 
 
@@ -60,13 +70,14 @@ class FaithfulnessCorrelation(Metric):
                     sl = slice(s, s + bi)
                     nb = ctx.x[sl].shape[0]
                     for r0 in range(0, self.nr_runs, per):
-                        rr = idx[sl, r0:r0 + per]  # (nb, R, size)
-                        mask = torch.zeros(nb, rr.shape[1], h * w, dtype=torch.bool, device=ctx.x.device)
-                        mask.scatter_(2, rr, True)
-                        mask = mask.transpose(0, 1).reshape(-1, 1, h, w)
-                        xs = torch.where(mask, fill, ctx.x[sl].repeat(rr.shape[1], 1, 1, 1))
-                        out = ctx.model(xs).float().view(rr.shape[1], nb, -1)
-                        pert = out.gather(2, cls[sl].view(1, -1, 1).expand(rr.shape[1], -1, 1)).squeeze(2)
+                        rr = idx[sl, r0:r0 + per].transpose(0, 1)  # (R, nb, size)
+                        with one_thread(ctx.x.device):  # data preparation: small memory-bound ops
+                            mask = torch.zeros(rr.shape[0], nb, h * w, dtype=torch.bool, device=ctx.x.device)
+                            mask.scatter_(2, rr, True)
+                            xs = torch.where(mask.view(rr.shape[0], nb, 1, h, w), fill, ctx.x[sl].unsqueeze(0))
+                            xs = xs.view(-1, c, h, w)
+                        out = ctx.model(xs).float().view(rr.shape[0], nb, -1)
+                        pert = out.gather(2, cls[sl].view(1, -1, 1).expand(rr.shape[0], -1, 1)).squeeze(2)
                         deltas[sl, r0:r0 + per] = (base[sl].view(1, -1) - pert).T
             ctx.cache[key] = (idx, deltas)
         return ctx.cache[key]
