@@ -106,8 +106,12 @@ def curve_figures(srows: list[SummaryRow], fig_dir: Path) -> list[Path]:
         present = [m for m in CURVE_METRICS if any((k[0], k[1], k[3]) == (dataset, model, ex) for k in curves[m])]
         methods = _method_order([k[2] for m in present for k in curves[m] if (k[0], k[3]) == (dataset, ex)])
         colors = _colors(methods)
-        fig, axes = plt.subplots(1, len(present), figsize=(4.0 * len(present), 3.4), squeeze=False)
-        for ax, metric in zip(axes[0], present):
+        ncols = min(3, len(present))
+        nrows = -(-len(present) // ncols)
+        fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.3 * nrows), squeeze=False)
+        for ax in axes.flat[len(present):]:
+            ax.set_visible(False)
+        for ax, metric in zip(axes.flat, present):
             title, xl, yl = CURVE_LABELS[metric]
             for meth in methods:
                 c = curves[metric].get((dataset, model, meth, ex))
@@ -117,9 +121,10 @@ def curve_figures(srows: list[SummaryRow], fig_dir: Path) -> list[Path]:
             ax.set_xlabel(xl, fontsize=9)
             ax.set_ylabel(yl, fontsize=9)
             ax.grid(alpha=0.3)
-        axes[0, -1].legend(fontsize=8, loc="best")
+        handles, names = axes.flat[0].get_legend_handles_labels()
         fig.suptitle(f"{dataset} / {model}: {ex} attributions (mean over seeds)", fontsize=11)
         fig.tight_layout()
+        fig.legend(handles, names, fontsize=9, loc="center left", bbox_to_anchor=(1.0, 0.5), title="method")
         paths.append(_save(fig, fig_dir / f"curves_{dataset}_{ex}.png"))
     return paths
 
