@@ -94,10 +94,16 @@ def run_metrics_bench(spec: TrainSpec, n: int = 256, data_root: Any = None, devi
             return
         _fresh(ctx)
         res, t_ours = _timed(ours)
+        repeat = 7 if t_ours < 0.5 else 1  # millisecond metrics: best of 7 for both sides (timer noise)
+        for _ in range(repeat - 1):
+            _fresh(ctx)
+            t_ours = min(t_ours, _timed(ours)[1])
         t_floor = forward_floor(model, x, floor_images)
         row = {"metric": name, "ours_s": t_ours, "floor_s": t_floor, "ref": ref_name}
         if ref is not None:
             ref_out, t_ref = _timed(ref)
+            for _ in range(repeat - 1):
+                t_ref = min(t_ref, _timed(ref)[1])
             row.update(ref_s=t_ref, max_diff=diff(res, ref_out) if diff else float("nan"))
         rows.append(row)
         _print_row(row)

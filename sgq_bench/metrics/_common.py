@@ -78,7 +78,8 @@ def k_of(fraction: float, n: int) -> int:
 
 def pixel_scores(attr: torch.Tensor) -> torch.Tensor:
     """One ranking score per pixel: sum of |attribution| over channels, flattened to (B, H*W)."""
-    return attr.detach().abs().sum(1).flatten(1)
+    a = attr.detach()
+    return a.abs().flatten(1) if a.shape[1] == 1 else a.abs().sum(1).flatten(1)
 
 
 def rank_positions(scores: torch.Tensor, descending: bool = True) -> torch.Tensor:
