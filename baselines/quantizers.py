@@ -72,7 +72,8 @@ class PACTQuantizer(Quantizer):
             groups.append({"params": alphas, "weight_decay": max(weight_decay, self.alpha_decay)})
         return groups
 
-    def deploy(self, model: nn.Module, calibration: torch.Tensor | None = None, engine: str | None = None) -> nn.Module:
+    def deploy(self, model: nn.Module, calibration: torch.Tensor | None = None, engine: str | None = None,
+               float_residual: bool = False) -> nn.Module:
         """A real int8 CPU copy of the trained ``model`` (see ``baselines/pact_deploy.py``).
 
         ``calibration`` (normalised training images) sets the ranges where a float value enters an int8
@@ -84,4 +85,4 @@ class PACTQuantizer(Quantizer):
         if calibration is None:
             raise UsageError("pact deploy needs calibration images (normalised training inputs) for the ranges "
                              "of float-to-int8 boundaries; use sgq_bench.deploy.calibration_inputs(dataset)")
-        return deploy_pact(model, calibration, engine)
+        return deploy_pact(model, calibration, engine, float_residual)

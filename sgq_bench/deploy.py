@@ -217,6 +217,58 @@ class QuantAdd(nn.Module):
         return f"scale={self.scale:.5g}, zero_point={self.zero_point}, relu={self.relu}"
 
 
+def onednn_float_output_available() -> bool:
+    """Whether oneDNN's int8 conv with a float output (the x86 PT2E lowering kernel) is in this torch."""
+    return hasattr(torch.ops.onednn, "qconv2d_pointwise") and torch.backends.mkldnn.is_available()
+
+
+class Int8ConvFloatOut(nn.Module):
+    """int8 x int8 conv (oneDNN) whose int32 accumulator comes back as float, not requantized to 8 bits.
+
+    Why: where the fake-quant model adds a float conv output to a residual *before* PACT rounds the
+    sum, an 8-bit requantized conv output moves sums across rounding boundaries, and on a residual
+    network those one-level errors compound block after block. The accumulator times the scales is
+    what the fake-quant conv computes, so the sum and its PACT rounding match.
+    """
+
+    def __init__(self, conv: nn.Conv2d, weight_int: torch.Tensor, scales: torch.Tensor,
+                 bias: torch.Tensor | None, x_scale: float, x_zero_point: int) -> None:
+        super().__init__()
+        self.weight_int, self.scales = weight_int.to(torch.int8), scales.float()
+        self.bias = None if bias is None else bias.detach().float()
+        self.x_scale, self.x_zero_point = float(x_scale), int(x_zero_point)
+        self.conv_args = ([*conv.stride], [*conv.padding], [*conv.dilation], conv.groups)
+        self.w_zero_point = torch.zeros(weight_int.shape[0], dtype=torch.long)
+        self.packed = torch.ops.onednn.qconv_prepack(self.weight_int, self.scales, self.x_scale, self.x_zero_point,
+                                                     *self.conv_args, None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xu8 = x.int_repr() if x.is_quantized else x
+        stride, padding, dilation, groups = self.conv_args
+        return torch.ops.onednn.qconv2d_pointwise(
+            xu8, self.x_scale, self.x_zero_point, self.packed, self.scales, self.w_zero_point, self.bias,
+            stride, padding, dilation, groups, 1.0, 0, torch.float32, "none", [], "")
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:  # the packed weight is an opaque oneDNN blob
+        conv = nn.Conv2d(1, 1, 1)
+        conv.stride, conv.padding, conv.dilation, conv.groups = (*self.conv_args[:3], self.conv_args[3])
+        return Int8ConvFloatOut, (conv, self.weight_int, self.scales, self.bias, self.x_scale, self.x_zero_point)
+
+
+class PactQuantize(nn.Module):
+    """float -> PACT grid: clip to [0, alpha], round to ``levels`` steps (quint8, zero point 0)."""
+
+    def __init__(self, alpha: float, levels: int) -> None:
+        super().__init__()
+        self.alpha, self.levels = float(alpha), int(levels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return quantize(torch.clamp(x, 0.0, self.alpha), self.alpha / self.levels, 0)
+
+    def extra_repr(self) -> str:
+        return f"alpha={self.alpha:.5g}, levels={self.levels}"
+
+
 class DeployedModel(nn.Module):
     """A real int8 model plus how it was made; runs under the engine its weights were packed for.
 

@@ -126,8 +126,8 @@ def _calibrated_random_pact(model: nn.Module, quantizer: PACTQuantizer, x: torch
     return model
 
 
-@pytest.mark.parametrize("bits", [(4, 4), (8, 8)])
-def test_resnet20_residual_adds_and_bn_folding(bits: tuple[int, int]) -> None:
+@pytest.mark.parametrize("bits,float_residual", [((4, 4), False), ((8, 8), False), ((4, 4), True)])
+def test_resnet20_residual_adds_and_bn_folding(bits: tuple[int, int], float_residual: bool) -> None:
     """resnet20 exercises what mnist_cnn does not: BN folding, quantized residual adds, padded shortcuts."""
     torch.manual_seed(0)
 
@@ -136,9 +136,12 @@ def test_resnet20_residual_adds_and_bn_folding(bits: tuple[int, int]) -> None:
 
     q = PACTQuantizer(w_bits=bits[0], a_bits=bits[1])
     model = _calibrated_random_pact(resnet20(Cifar()), q, torch.randn(48, 3, 32, 32))
-    int8 = q.deploy(model, calibration=torch.randn(48, 3, 32, 32))
+    if float_residual and not dp.onednn_float_output_available():
+        pytest.skip("oneDNN int8 conv with float output not in this torch")
+    int8 = q.deploy(model, calibration=torch.randn(48, 3, 32, 32), float_residual=float_residual)
     assert len(int8.info["int8_layers"]) == 18 and all("BN folded" in s for s in int8.info["int8_layers"])
-    assert int8.info["float_ops"] == ["pool"]  # shortcuts (slice + zero pad) and adds stay int8
+    if not float_residual:
+        assert int8.info["float_ops"] == ["pool"]  # shortcuts (slice + zero pad) and adds stay int8
     x = torch.randn(64, 3, 32, 32)
     with torch.inference_mode():
         fq, out = model(x), int8(x)
