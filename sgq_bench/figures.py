@@ -203,15 +203,19 @@ def pareto_figures(srows: list[SummaryRow], fig_dir: Path) -> list[Path]:
                 best = ys[i]
                 front_x.append(xs[i])
                 front_y.append(ys[i])
-        ax.step(front_x, front_y, where="post", color="grey", ls=":", lw=1.2, label="Pareto front", zorder=2)
+        ax.step(front_x, front_y, where="post", color="grey", ls=":", lw=1.2, zorder=2)
+        ax.scatter(front_x, front_y, s=260, facecolors="none", edgecolors="tab:red", lw=1.5, zorder=4,
+                   label="Pareto front (smaller and more accurate)")
         ax.set_xscale("log")
-        plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
-        ax.xaxis.set_major_formatter(plain)
-        ax.xaxis.set_minor_formatter(plain)
-        ax.tick_params(axis="x", which="minor", labelsize=7)
+        lo, hi = xs.min() / 2, xs.max() * 2
+        ticks = [c * 10.0**k for k in range(-2, 9) for c in (1, 2, 5) if lo <= c * 10.0**k <= hi]
+        ax.set_xticks(ticks)
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.set_xlim(lo, hi)
         ax.set_xlabel("model size packed at declared bits (KiB, log scale)", fontsize=9)
         ax.set_ylabel("test accuracy", fontsize=9)
-        ax.margins(x=0.25, y=0.15)
+        ax.margins(y=0.15)
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8, loc="lower right")
         ax.set_title(f"{dataset} / {model}: accuracy vs size vs faithfulness", fontsize=10)
