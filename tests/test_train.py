@@ -29,7 +29,7 @@ def test_every_reference_method_learns_synthetic_above_90_percent(method, tmp_pa
 
 
 def test_training_is_reproducible_and_checkpoint_is_reloaded(tmp_path):
-    spec = _spec("sgt_pact")
+    spec = replace(_spec("sgt_pact"), recipe=replace(RECIPE, epochs=1, train_size=256))
     a = load_or_train(spec, checkpoint_dir=tmp_path / "a", progress=False)
     b = load_or_train(spec, checkpoint_dir=tmp_path / "b", progress=False)
     for (k, va), vb in zip(a.model.state_dict().items(), b.model.state_dict().values()):
