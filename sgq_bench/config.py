@@ -258,7 +258,7 @@ DEFAULT_METHODS = ["baseline", "pact", "sgt", "sgt_pact"]
 def suite_path(name_or_path: str) -> Path:
     """A suite name (``configs/<name>.toml``) or a path to a TOML file."""
     p = Path(name_or_path)
-    if p.suffix == ".toml" or p.exists():
+    if p.suffix == ".toml" or p.is_file():  # a folder that happens to share a suite's name is not a suite
         if not p.is_file():
             raise UsageError(f"suite file {str(p)!r} does not exist")
         return p
