@@ -18,9 +18,13 @@ def pact_quantize(x: torch.Tensor, alpha: torch.Tensor, bits: int) -> torch.Tens
     Written with ``torch.where`` so autograd gives the PACT gradients: d y/d x = 1 on [0, alpha), and the
     rounding passes gradients straight through.
     """
-    y = torch.where(x >= alpha, alpha.expand_as(x), F.relu(x))
     levels = 2**bits - 1
     scale = alpha / levels
+    if not (torch.is_grad_enabled() and (x.requires_grad or alpha.requires_grad)):
+        # Inference: the same grid values in four in-place passes instead of about ten (evaluation
+        # and attribution-free metrics spend most of their time here on CPU).
+        return torch.clamp(x, min=0.0).clamp_(max=alpha).div_(scale).round_().mul_(scale)
+    y = torch.where(x >= alpha, alpha.expand_as(x), F.relu(x))
     return y + (torch.round(y / scale) * scale - y).detach()
 
 

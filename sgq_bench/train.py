@@ -7,6 +7,7 @@ so a cache hit is always the same model and any change trains a new one.
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from dataclasses import dataclass, field
@@ -117,9 +118,16 @@ def accuracy(model: nn.Module, dataset: Dataset, split: Split, device: torch.dev
     """Top-1 accuracy over the whole split, in eval mode."""
     was = model.training
     model.eval()
+    if device.type == "cpu" and any(p.dim() == 4 for p in model.parameters()):
+        # oneDNN convolutions are ~1.5x faster channels-last on CPU; a copy leaves the caller's model as is.
+        fast = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    else:
+        fast = model
     correct = 0
     for x, y in batches(dataset, split, batch_size, device):
-        correct += int((model(x).argmax(1) == y).sum())
+        if fast is not model:
+            x = x.contiguous(memory_format=torch.channels_last)
+        correct += int((fast(x).argmax(1) == y).sum())
     model.train(was)
     return correct / len(split)
 

@@ -113,3 +113,14 @@ def test_out_of_range_bits_are_usage_errors_naming_value_and_range(bad):
         PACTQuantizer(**bad)
     key, value = next(iter(bad.items()))
     assert f"{key}={value!r}" in str(err.value) and "allowed range" in str(err.value)
+
+
+def test_inference_path_gives_the_training_path_values():
+    torch.manual_seed(0)
+    x = torch.randn(4, 8, 5, 5) * 3
+    alpha = torch.tensor(2.5, requires_grad=True)
+    train_out = pact_quantize(x, alpha, 3)
+    with torch.no_grad():
+        fast = pact_quantize(x, alpha, 3)
+    torch.testing.assert_close(fast, train_out.detach(), atol=1e-6, rtol=0)
+    assert len(torch.unique(fast)) <= 8
