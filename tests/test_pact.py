@@ -8,10 +8,9 @@ from torch import nn
 
 from baselines.pact_layers import PACTReLU, QuantConv2d, QuantLinear, dorefa_weight, pact_quantize
 from baselines.quantizers import PACTQuantizer
-from sgq_bench.data import Synthetic
+from sgq_bench.data import CIFAR10, MNIST, Synthetic
 from sgq_bench.errors import UsageError
 from sgq_bench.models import mnist_cnn, resnet20, test_cnn
-from sgq_bench.data import MNIST, CIFAR10
 
 
 def test_pact_forward_matches_formula_on_hand_made_inputs():
