@@ -19,14 +19,14 @@ import numpy as np
 import torch
 
 from sgq_bench.api import EvalContext
-from sgq_bench.evaluate import _fast_copy, eval_split
+from sgq_bench.evaluate import eval_split
 from sgq_bench.explainers import Gradient
 from sgq_bench.metrics import _common
 from sgq_bench.metrics.deletion import DeletionAUC, InsertionAUC, MorfAccuracy
 from sgq_bench.metrics.faithfulness import FaithfulnessCorrelation, Infidelity
 from sgq_bench.metrics.road import RoadLerf, RoadMorf
 from sgq_bench.metrics.sparsity import Complexity, Sparseness, TopKMass
-from sgq_bench.train import TrainSpec, load_dataset, load_or_train, resolve_device
+from sgq_bench.train import TrainSpec, channels_last_copy, load_dataset, load_or_train, resolve_device
 
 
 def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
@@ -65,7 +65,7 @@ def run_metrics_bench(spec: TrainSpec, n: int = 256, data_root: Any = None, devi
     dev = resolve_device(device)
     dataset = load_dataset(spec.dataset, spec.dataset_params)
     split = eval_split(dataset, n, 0, data_root)
-    model = _fast_copy(load_or_train(spec, data_root=data_root, device=dev, checkpoint_dir=checkpoint_dir,
+    model = channels_last_copy(load_or_train(spec, data_root=data_root, device=dev, checkpoint_dir=checkpoint_dir,
                                      progress=False).model.eval(), dev)
     x = dataset.normalize(split.images.to(dev))
     y = split.labels.to(dev)
