@@ -8,9 +8,11 @@ fake-quant layer up to float rounding of the int32 accumulator's requantization.
 
 What is not exact, and is reported in ``DeployedModel.info``:
 
-* **Float-to-int8 boundaries.** The first quantized layer's input comes from a float ReLU (the first
-  conv stays float), and a residual add's conv branch is a float value in the fake-quant model; both
-  are quantized to 8 bits with ranges calibrated on training images.
+* **Float-to-int8 boundaries**, only for models trained with ``boundary_bits=0``: the first quantized
+  layer's input then comes from a float ReLU (the first conv stays float) and a residual add's conv
+  branch is a float value; both are quantized to 8 bits with ranges calibrated on training images.
+  With the default ``boundary_bits=8`` the trained model already rounds both onto the grids used here
+  (an 8-bit PACT after the float layer; ``ResidualQuantBatchNorm2d`` before each add), so they are exact.
 * **W8.** ``k = 8`` gives integers up to ±255, which do not fit int8. Each output channel whose
   integers exceed 127 is requantized to the nearest point of a per-channel int8 grid (step
   ``max|w_c| / 127`` instead of ``2 max|w| / 255``); channels within ±127 stay exact.
@@ -32,7 +34,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from baselines.pact_layers import PACTReLU, QuantConv2d, QuantLinear, dorefa_weight
+from baselines.pact_layers import PACTReLU, QuantConv2d, QuantLinear, ResidualQuantBatchNorm2d, dorefa_weight
 from sgq_bench import deploy as dp
 
 _TRANSPARENT_MODULES = (nn.MaxPool2d, nn.Dropout, nn.Dropout2d, nn.Flatten, nn.Identity, nn.ReLU)
@@ -45,7 +47,8 @@ class _Tracer(fx.Tracer):
     """Keeps the fake-quant layers as leaves so the converter sees them whole."""
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, (QuantConv2d, QuantLinear, PACTReLU)) or super().is_leaf_module(m, qualname)
+        return (isinstance(m, (QuantConv2d, QuantLinear, PACTReLU, ResidualQuantBatchNorm2d))
+                or super().is_leaf_module(m, qualname))
 
 
 def trace(model: nn.Module) -> fx.GraphModule:
@@ -195,6 +198,7 @@ class _Converter:
         act, qp, clamp = self.pact_output(last)
         x, xqp = self.as_quant(node.args[0])
         if (self.float_residual and act is None and isinstance(layer, nn.Conv2d) and self.feeds_add(last)
+                and not isinstance(bn, ResidualQuantBatchNorm2d)  # trained with an 8-bit residual: keep it
                 and dp.onednn_float_output_available()):
             name = node.target.replace(".", "_") + "_int8_float_out"
             self.owned[name] = dp.Int8ConvFloatOut(layer, ints, scales, bias, *xqp)
@@ -203,7 +207,9 @@ class _Converter:
                                             + ", float output into a residual add)")
             self.done.update(n.name for n in (node, bn_node) if n is not None)
             return
-        if act is None:
+        if act is None and isinstance(bn, ResidualQuantBatchNorm2d):  # trained on this grid: exact
+            qp = (float(bn.out_scale()), 128)
+        elif act is None:
             lo, hi = self.stats[last.name]
             qp = dp.affine_qparams(lo, hi)
             self.info["calibrated"].append(f"{last.name}: [{lo:.4g}, {hi:.4g}] -> scale {qp[0]:.4g}, zp {qp[1]}")
@@ -279,15 +285,24 @@ class _Converter:
         self.set_quant(node, out, self.qparams[src.name])
         return True
 
+    def pact_from_float(self, node: fx.Node, module: PACTReLU, x: fx.Node) -> None:
+        """A PACT layer on a float value: clip and round onto its grid (quint8, zero point 0) -- exactly the
+        fake-quant op, so the int8 layers after it see the values the trained model saw."""
+        if module.act_bits > 8:
+            raise dp.DeployUnavailable(f"int8 deployment supports activation bits <= 8, not {module.act_bits}")
+        alpha, levels = float(module.alpha.detach()), 2**module.act_bits - 1
+        out = self.emit(dp.PactQuantize(alpha, levels), (x,), "pact_" + node.target)
+        self.set_quant(node, out, (alpha / levels, 0))
+
     def float_op(self, node: fx.Node) -> None:
         args = fx.node.map_arg(node.args, self.as_float)
         kwargs = fx.node.map_arg(node.kwargs, self.as_float)
         if node.op == "call_module":
             name = node.target.replace(".", "_")
             module = self.modules[node.target]
-            if isinstance(module, PACTReLU):
-                raise dp.DeployUnavailable(f"pact deploy: PACT layer {node.target} does not follow a quantized "
-                                           "conv/linear or add; not supported")
+            if isinstance(module, PACTReLU):  # a float value entering the quantized part (boundary PACT)
+                self.pact_from_float(node, module, args[0])
+                return
             bn_node = self.sole_user(node, nn.BatchNorm2d) if type(module) is nn.Conv2d else None
             if bn_node is not None:  # float conv + BN: folded, as the int8 layers are
                 module = fuse_conv_bn_eval(module, self.modules[bn_node.target])

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import operator
 from typing import Any
 
 import torch
-from torch import nn
+from torch import fx, nn
 
-from baselines.pact_layers import PACTReLU, quantized_copy
+from baselines.pact_layers import PACTReLU, quantized_copy, residual_quant_copy
 from sgq_bench.api import Param, Quantizer
 
 
@@ -18,6 +19,28 @@ class NoQuantizer(Quantizer):
 
     def prepare(self, model: nn.Module) -> nn.Module:
         return model
+
+
+def residual_batchnorms(model: nn.Module) -> dict[str, str]:
+    """{BatchNorm name: its conv's name} for each BatchNorm2d that directly follows a Conv2d and whose output
+    enters an add (a residual join), from the model's torch.fx graph; {} if the model cannot be traced."""
+    try:
+        graph = fx.Tracer().trace(model)
+    except Exception:  # data-dependent control flow etc.: no residual boundaries
+        return {}
+    modules = dict(model.named_modules())
+    adds = {operator.add, torch.add}
+    out = {}
+    for node in graph.nodes:
+        if node.op != "call_module" or not isinstance(modules.get(node.target), nn.BatchNorm2d):
+            continue
+        src = node.args[0] if node.args else None
+        if not (isinstance(src, fx.Node) and src.op == "call_module" and isinstance(modules.get(src.target), nn.Conv2d)):
+            continue
+        if any((u.op == "call_function" and u.target in adds) or (u.op == "call_method" and u.target == "add")
+               for u in node.users):
+            out[node.target] = src.target
+    return out
 
 
 def _set_submodule(root: nn.Module, dotted: str, new: nn.Module) -> None:
@@ -36,6 +59,11 @@ class PACTQuantizer(Quantizer):
         "alpha_init": Param(10.0, "initial PACT clipping level", low=0.0, low_open=True),
         "alpha_decay": Param(1e-4, "minimum L2 weight decay on alpha", low=0.0),
         "quantize_first_last": Param(False, "also quantize the first conv and the last linear layer"),
+        "boundary_bits": Param(8, "bits where a float value enters the quantized part: the ReLU after a float "
+                               "layer that feeds a quantized one becomes an 8-bit PACT, and a quantized conv's "
+                               "BatchNorm output that enters a residual add is fake-quantized to 8 bits, as a "
+                               "real int8 deployment must; 0 leaves both float (the deployment then "
+                               "calibrates them and no longer matches exactly)", choices=(0, 8)),
     }
 
     def bits(self) -> tuple[int, int]:
@@ -45,21 +73,31 @@ class PACTQuantizer(Quantizer):
         """Swap conv/linear layers for fake-quant ones and each ReLU that follows one for PACT.
 
         "Follows" is read from module registration order, which the reference models keep equal to
-        forward order; first and last weight layers stay float unless ``quantize_first_last``.
+        forward order; first and last weight layers stay float unless ``quantize_first_last``. With
+        ``boundary_bits`` (default 8), a ReLU after a float layer that a quantized layer follows becomes an
+        8-bit PACT, and BatchNorms after quantized convs whose output enters a residual add (read from the
+        torch.fx graph; skipped if the model cannot be traced) are fake-quantized to 8 bits.
         """
         named = list(model.named_modules())
         layers = [n for n, m in named if isinstance(m, (nn.Conv2d, nn.Linear))]
         if not layers:
             raise ValueError("pact: the model has no Conv2d/Linear layer to quantize")
         keep_float = set() if self.quantize_first_last else {layers[0], layers[-1]}
-        last_layer_quantized = False
+        quantized_after = {n: any(q not in keep_float for q in layers[i + 1:]) for i, n in enumerate(layers)}
+        residual_bns = residual_batchnorms(model) if self.boundary_bits else {}
+        last_layer, last_layer_quantized = None, False
         for name, module in named:
             if isinstance(module, (nn.Conv2d, nn.Linear)):
-                last_layer_quantized = name not in keep_float
+                last_layer, last_layer_quantized = name, name not in keep_float
                 if last_layer_quantized:
                     _set_submodule(model, name, quantized_copy(module, self.w_bits))
             elif isinstance(module, nn.ReLU) and last_layer_quantized:
                 _set_submodule(model, name, PACTReLU(self.a_bits, self.alpha_init))
+            elif (isinstance(module, nn.ReLU) and self.boundary_bits and last_layer is not None
+                  and quantized_after[last_layer]):
+                _set_submodule(model, name, PACTReLU(self.boundary_bits, self.alpha_init))
+            elif isinstance(module, nn.BatchNorm2d) and residual_bns.get(name) not in (None, *keep_float):
+                _set_submodule(model, name, residual_quant_copy(module))
         return model
 
     def param_groups(self, model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from sgq_bench.api import EvalContext
+from sgq_bench.batching import max_batch
 from sgq_bench.evaluate import eval_split
 from sgq_bench.explainers import Gradient
 from sgq_bench.metrics import _common
@@ -26,7 +27,7 @@ from sgq_bench.metrics.deletion import DeletionAUC, InsertionAUC, MorfAccuracy
 from sgq_bench.metrics.faithfulness import FaithfulnessCorrelation, Infidelity
 from sgq_bench.metrics.road import RoadLerf, RoadMorf
 from sgq_bench.metrics.sparsity import Complexity, Sparseness, TopKMass
-from sgq_bench.train import TrainSpec, channels_last_copy, load_dataset, load_or_train, resolve_device
+from sgq_bench.train import TrainSpec, inference_copy, load_dataset, load_or_train, resolve_device
 
 
 def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
@@ -35,8 +36,10 @@ def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
     return out, time.perf_counter() - t0
 
 
-def forward_floor(model: torch.nn.Module, like: torch.Tensor, n_images: int, chunk: int = _common.MAX_IMAGES) -> float:
-    """Seconds to classify ``n_images`` random inputs shaped like ``like`` in chunks of ``chunk``."""
+def forward_floor(model: torch.nn.Module, like: torch.Tensor, n_images: int, chunk: int | None = None) -> float:
+    """Seconds to classify ``n_images`` random inputs shaped like ``like`` in chunks of ``chunk`` (default: the
+    model's ``max_batch``, the size every metric's passes use)."""
+    chunk = chunk or max_batch(model, like)
     if n_images <= 0:
         return 0.0
     g = torch.Generator().manual_seed(0)
@@ -65,7 +68,7 @@ def run_metrics_bench(spec: TrainSpec, n: int = 256, data_root: Any = None, devi
     dev = resolve_device(device)
     dataset = load_dataset(spec.dataset, spec.dataset_params)
     split = eval_split(dataset, n, 0, data_root)
-    model = channels_last_copy(load_or_train(spec, data_root=data_root, device=dev, checkpoint_dir=checkpoint_dir,
+    model = inference_copy(load_or_train(spec, data_root=data_root, device=dev, checkpoint_dir=checkpoint_dir,
                                      progress=False).model.eval(), dev)
     x = dataset.normalize(split.images.to(dev))
     y = split.labels.to(dev)

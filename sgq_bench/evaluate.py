@@ -22,13 +22,15 @@ import torch
 from sgq_bench import _registry
 from sgq_bench._io import append_jsonl
 from sgq_bench.api import Dataset, EvalContext, Explainer, Metric, MetricResult, Split
+from sgq_bench.batching import forward as batched_forward
+from sgq_bench.batching import keep_freed_memory
 from sgq_bench.data import subset
 from sgq_bench.errors import UsageError
 from sgq_bench.plugins import row_plugins
 from sgq_bench.provenance import provenance
 from sgq_bench.train import (
     TrainSpec,
-    channels_last_copy,
+    inference_copy,
     load_dataset,
     load_or_train,
     load_split,
@@ -109,6 +111,7 @@ def evaluate_cell(
     Names and parameters are validated before any model is loaded or trained.
     """
     device = resolve_device(device)
+    keep_freed_memory()
     metric_objs: dict[str, Metric] = _build(metrics, _registry.metrics, metric_params, "metric")
     explainer_objs: dict[str, Explainer] = _build(explainers, _registry.explainers, None, "explainer")
     results_path = Path(results_path)
@@ -153,7 +156,7 @@ def evaluate_cell(
         res = metric_objs[name].compute(ctx, None)
         emit(NO_EXPLAINER, {}, name, metric_objs[name], res, time.perf_counter() - t0)
 
-    fast = channels_last_copy(model, device)  # model-level metrics above get the original
+    fast = inference_copy(model, device)  # model-level metrics above get the original
     fctx = EvalContext(model=fast, dataset=dataset, x=x, y=y, device=device, spec=spec, quantizer=quantizer,
                        data_root=data_root, checkpoint_dir=checkpoint_dir, seed=eval_seed)
     for ename, explainer in explainer_objs.items():
@@ -161,8 +164,7 @@ def evaluate_cell(
             continue
         explainer.setup(dataset)
         t0 = time.perf_counter()
-        with torch.no_grad():
-            target = fast(x).argmax(1)
+        target = batched_forward(fast, x).argmax(1)
         attr = explainer.attribute(fast, x, target).detach()  # same weights; channels-last is faster
         t_attr = time.perf_counter() - t0
         _log(progress, f"  {ename:<22} attributions {tuple(attr.shape)} ({t_attr:.1f} s)")

@@ -4,8 +4,9 @@ Every explainer attributes ``logits[target]``; the harness passes the model's pr
 ``target`` (a saliency map explains what the model decided). Quantized models are explained through
 their fake-quant form, whose straight-through estimators give the gradients.
 
-Inputs are processed in chunks of at most ``MAX_IMAGES`` model inputs per pass (noise samples and
-integration steps count as inputs), which bounds memory whatever the evaluation size.
+Inputs are processed in chunks of at most ``max_batch(model, x)`` model inputs per pass (noise samples
+and integration steps count as inputs), which bounds memory whatever the evaluation size and keeps CPU
+passes in the size range where they are fastest (see ``sgq_bench.batching``).
 """
 
 from __future__ import annotations
@@ -18,8 +19,7 @@ from captum.attr import IntegratedGradients, LayerAttribution, LayerGradCam, Noi
 from torch import nn
 
 from sgq_bench.api import Dataset, Explainer, Param
-
-MAX_IMAGES = 1024  # model inputs per forward/backward pass (memory cap)
+from sgq_bench.batching import max_batch
 
 
 def _chunks(n: int, size: int) -> Iterator[slice]:
@@ -28,9 +28,9 @@ def _chunks(n: int, size: int) -> Iterator[slice]:
 
 
 def _batched(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x: torch.Tensor, target: torch.Tensor,
-             inputs_per_image: int = 1) -> torch.Tensor:
-    """Run ``fn`` on chunks of (x, target) so that one pass sees at most MAX_IMAGES model inputs."""
-    size = max(1, MAX_IMAGES // inputs_per_image)
+             inputs_per_image: int = 1, limit: int = 1024) -> torch.Tensor:
+    """Run ``fn`` on chunks of (x, target) so that one pass sees at most ``limit`` model inputs."""
+    size = max(1, limit // inputs_per_image)
     out = [fn(x[s].detach().requires_grad_(True), target[s]).detach() for s in _chunks(x.shape[0], size)]
     return torch.cat(out) if out else torch.empty_like(x)
 
@@ -62,7 +62,8 @@ class Gradient(Explainer):
 
     def attribute(self, model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         sal = Saliency(model)
-        return _batched(lambda xb, tb: sal.attribute(xb, target=tb, abs=self.abs), x, target)
+        return _batched(lambda xb, tb: sal.attribute(xb, target=tb, abs=self.abs), x, target,
+                        limit=max_batch(model, x))
 
 
 class InputXGradient(Explainer):
@@ -73,7 +74,7 @@ class InputXGradient(Explainer):
 
     def attribute(self, model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         ixg = CaptumInputXGradient(model)
-        return _batched(lambda xb, tb: ixg.attribute(xb, target=tb), x, target)
+        return _batched(lambda xb, tb: ixg.attribute(xb, target=tb), x, target, limit=max_batch(model, x))
 
 
 class IntegratedGradientsExplainer(Explainer):
@@ -91,14 +92,15 @@ class IntegratedGradientsExplainer(Explainer):
 
     def attribute(self, model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         ig = IntegratedGradients(model)
+        limit = max_batch(model, x)
 
         def run(xb: torch.Tensor, tb: torch.Tensor) -> torch.Tensor:
             base = black_baseline(self.dataset, xb) if self.baseline == "black" else torch.zeros_like(xb[:1])
             base = base.expand_as(xb).contiguous()
             return ig.attribute(xb, baselines=base, target=tb, n_steps=self.n_steps, method=self.method,
-                                internal_batch_size=MAX_IMAGES)
+                                internal_batch_size=limit)
 
-        return _batched(run, x, target, inputs_per_image=self.n_steps)
+        return _batched(run, x, target, inputs_per_image=self.n_steps, limit=limit)
 
 
 class SmoothGrad(Explainer):
@@ -126,9 +128,9 @@ class SmoothGrad(Explainer):
             with torch.random.fork_rng(devices=devices):
                 torch.manual_seed(self.seed * 1_000_003 + next(counter))
                 return nt.attribute(xb, nt_type="smoothgrad", nt_samples=self.n_samples, stdevs=stdev,
-                                    target=tb, abs=self.abs, nt_samples_batch_size=MAX_IMAGES)
+                                    target=tb, abs=self.abs, nt_samples_batch_size=self.n_samples)
 
-        return _batched(run, x, target, inputs_per_image=self.n_samples)
+        return _batched(run, x, target, inputs_per_image=self.n_samples, limit=max_batch(model, x))
 
 
 class GradCAM(Explainer):
@@ -146,7 +148,7 @@ class GradCAM(Explainer):
             a = LayerAttribution.interpolate(a, tuple(xb.shape[2:]), "bilinear")
             return a.expand(-1, xb.shape[1], -1, -1).contiguous()
 
-        return _batched(run, x, target)
+        return _batched(run, x, target, limit=max_batch(model, x))
 
 
 class RandomExplainer(Explainer):

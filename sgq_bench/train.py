@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from sgq_bench import _registry
 from sgq_bench._io import atomic_torch_save, stable_hash
 from sgq_bench.api import Dataset, Objective, Quantizer, Split, TrainContext
+from sgq_bench.batching import max_batch
 from sgq_bench.config import Recipe
 from sgq_bench.data import batches, cache_dir, subset
 from sgq_bench.errors import TrainingDiverged, UsageError
@@ -113,23 +114,29 @@ def lr_factor(recipe: Recipe, step: int, steps_per_epoch: int) -> float:
     return 1.0
 
 
-def channels_last_copy(model: nn.Module, device: torch.device) -> nn.Module:
-    """An eval-mode channels-last copy for CPU inference (oneDNN convolutions are ~1.5x faster; same
-    values up to float summation order); the model itself when not on CPU or without 4-D weights."""
-    if device.type != "cpu" or not any(p.dim() == 4 for p in model.parameters()):
-        return model
-    return copy.deepcopy(model).to(memory_format=torch.channels_last).eval()
+def inference_copy(model: nn.Module, device: torch.device) -> nn.Module:
+    """An eval-mode copy with frozen parameters (requires_grad False: explainers need input gradients
+    only, and quantizers may then reuse their quantized weights across passes), channels-last on CPU
+    when the model has 4-D weights (oneDNN convolutions are ~1.5x faster). Same values up to float
+    summation order; the model itself is left untouched."""
+    fast = copy.deepcopy(model).eval().requires_grad_(False)
+    if device.type == "cpu" and any(p.dim() == 4 for p in model.parameters()):
+        fast = fast.to(memory_format=torch.channels_last)
+    return fast
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, dataset: Dataset, split: Split, device: torch.device, batch_size: int = 1000) -> float:
-    """Top-1 accuracy over the whole split, in eval mode."""
+def accuracy(model: nn.Module, dataset: Dataset, split: Split, device: torch.device,
+             batch_size: int | None = None) -> float:
+    """Top-1 accuracy over the whole split, in eval mode (``batch_size`` default: ``max_batch``)."""
     was = model.training
     model.eval()
-    fast = channels_last_copy(model, device)
+    fast = inference_copy(model, device)
+    if batch_size is None:
+        batch_size = max_batch(fast, dataset.normalize(split.images[:1].to(device)))
     correct = 0
     for x, y in batches(dataset, split, batch_size, device):
-        if fast is not model:
+        if device.type == "cpu" and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         correct += int((fast(x).argmax(1) == y).sum())
     model.train(was)

@@ -26,14 +26,14 @@ def test_size_bytes_of_w4a4_mnist_cnn_by_hand() -> None:
     conv2 = 64 * 32 * 3 * 3 * 4 // 8 + 64 * 4 + 4  # 18432 weights at 4 bits, fp32 bias, fp32 scale: 9476
     fc1 = 9216 * 128 * 4 // 8 + 128 * 4 + 4  # 1179648 weights at 4 bits: 590340
     fc2 = (10 * 128 + 10) * 4  # float last layer: 5160
-    alphas = 2 * 4  # relu2, relu3 (relu1 follows the float conv1 and stays a ReLU)
-    assert conv1 + conv2 + fc1 + fc2 + alphas == 606264
+    alphas = 3 * 4  # relu2, relu3 (4-bit) and relu1 (the 8-bit boundary PACT after the float conv1)
+    assert conv1 + conv2 + fc1 + fc2 + alphas == 606268
     ctx = EvalContext(model=model, dataset=MNIST(), x=torch.zeros(1, 1, 28, 28), y=torch.zeros(1),
                       device=torch.device("cpu"), quantizer=PACTQuantizer())
-    assert _registry.metrics.get("size_bytes")().compute(ctx).value == 606264
+    assert _registry.metrics.get("size_bytes")().compute(ctx).value == 606268
     fp32 = (1 * 9 * 32 + 32 + 32 * 9 * 64 + 64 + 9216 * 128 + 128 + 128 * 10 + 10) * 4
-    assert _registry.metrics.get("compression")().compute(ctx).value == pytest.approx(fp32 / 606264)
-    assert _registry.metrics.get("params")().compute(ctx).value == fp32 // 4 + 2
+    assert _registry.metrics.get("compression")().compute(ctx).value == pytest.approx(fp32 / 606268)
+    assert _registry.metrics.get("params")().compute(ctx).value == fp32 // 4 + 3
 
 
 def test_size_of_a_float_model_is_four_bytes_per_parameter() -> None:
@@ -44,16 +44,18 @@ def test_size_of_a_float_model_is_four_bytes_per_parameter() -> None:
 def test_bops_of_w4a4_test_cnn_by_hand() -> None:
     model = PACTQuantizer(w_bits=4, a_bits=4).prepare(test_cnn(Synthetic()))  # 1x16x16 in, 4 classes
     conv1 = (8 * 16 * 16) * (1 * 3 * 3) * 32 * 32  # float: 18432 MACs
-    conv2 = (16 * 16 * 16) * (8 * 3 * 3) * 4 * 4  # 294912 MACs at W4 x A4
-    fc1 = 32 * (16 * 4 * 4) * 4 * 4  # after MaxPool(4): 256 features -> 32
+    conv2 = (16 * 16 * 16) * (8 * 3 * 3) * 4 * 8  # 294912 MACs at W4 x A8 (input: the 8-bit boundary PACT)
+    fc1 = 32 * (16 * 4 * 4) * 4 * 4  # after MaxPool(4): 256 features -> 32, input from a 4-bit PACT
     fc2 = 4 * 32 * 32 * 32  # float last layer
-    assert conv1 + conv2 + fc1 + fc2 == 23855104
+    assert conv1 + conv2 + fc1 + fc2 == 28573696
     res = count_bops(model, torch.randn(5, 1, 16, 16), act_bits=4)
-    assert res["bops"] == 23855104 and res["macs"] == 18432 + 294912 + 8192 + 128
+    assert res["bops"] == 28573696 and res["macs"] == 18432 + 294912 + 8192 + 128
     assert [r["layer"] for r in res["layers"]] == ["conv1", "conv2", "fc1", "fc2"]
     ctx = EvalContext(model=model, dataset=Synthetic(), x=torch.randn(3, 1, 16, 16), y=torch.zeros(3),
                       device=torch.device("cpu"), quantizer=PACTQuantizer(w_bits=4, a_bits=4))
-    assert _registry.metrics.get("bops")().compute(ctx).value == 23855104
+    assert _registry.metrics.get("bops")().compute(ctx).value == 28573696
+    plain = PACTQuantizer(w_bits=4, a_bits=4, boundary_bits=0).prepare(test_cnn(Synthetic()))
+    assert count_bops(plain, torch.randn(1, 1, 16, 16), act_bits=4)["bops"] == 28573696 - 294912 * 4 * 4
 
 
 def test_bops_count_layers_as_often_as_they_run() -> None:

@@ -43,7 +43,7 @@ def test_integrated_gradients_black_baseline(setup, monkeypatch):
     black = torch.full_like(ctx.x, (0 - ctx.dataset.mean[0]) / ctx.dataset.std[0])
     ref = IntegratedGradients(model).attribute(ctx.x, baselines=black, target=target, n_steps=32)
     torch.testing.assert_close(ex.attribute(model, ctx.x, target), ref, rtol=1e-4, atol=1e-6)
-    monkeypatch.setattr(E, "MAX_IMAGES", 40)  # chunks of 1 image x 32 steps: same numbers
+    monkeypatch.setattr(E, "max_batch", lambda m, x: 40)  # chunks of 1 image x 32 steps: same numbers
     torch.testing.assert_close(ex.attribute(model, ctx.x, target), ref, rtol=1e-4, atol=1e-6)
 
 
@@ -58,7 +58,7 @@ def test_smoothgrad_is_noise_tunnel_with_seeded_rng(setup):
     sigma = 0.15 * (1 / ctx.dataset.std[0])
     ref = NoiseTunnel(Saliency(model)).attribute(ctx.x.clone().requires_grad_(), nt_type="smoothgrad",
                                                  nt_samples=16, stdevs=sigma, target=target,
-                                                 nt_samples_batch_size=E.MAX_IMAGES, abs=False)
+                                                 nt_samples_batch_size=16, abs=False)
     torch.testing.assert_close(ours, ref)
     assert not torch.equal(ours, E.SmoothGrad(seed=4).attribute(model, ctx.x, target))
 

@@ -6,7 +6,14 @@ import pytest
 import torch
 from torch import nn
 
-from baselines.pact_layers import PACTReLU, QuantConv2d, QuantLinear, dorefa_weight, pact_quantize
+from baselines.pact_layers import (
+    PACTReLU,
+    QuantConv2d,
+    QuantLinear,
+    ResidualQuantBatchNorm2d,
+    dorefa_weight,
+    pact_quantize,
+)
 from baselines.quantizers import PACTQuantizer
 from sgq_bench.data import CIFAR10, MNIST, Synthetic
 from sgq_bench.errors import UsageError
@@ -63,8 +70,9 @@ def test_pact_transform_keeps_first_and_last_float_and_swaps_following_relus():
     model = PACTQuantizer(w_bits=4, a_bits=2).prepare(mnist_cnn(MNIST()))
     assert type(model.conv1) is nn.Conv2d and type(model.fc2) is nn.Linear
     assert isinstance(model.conv2, QuantConv2d) and isinstance(model.fc1, QuantLinear)
-    assert type(model.relu1) is nn.ReLU  # follows the float first conv
+    assert isinstance(model.relu1, PACTReLU) and model.relu1.act_bits == 8  # boundary: float conv1 -> conv2
     assert isinstance(model.relu2, PACTReLU) and isinstance(model.relu3, PACTReLU)
+    assert type(PACTQuantizer(boundary_bits=0).prepare(mnist_cnn(MNIST())).relu1) is nn.ReLU
     assert model.relu2.act_bits == 2 and model.conv2.weight_bits == 4
     full = PACTQuantizer(quantize_first_last=True).prepare(mnist_cnn(MNIST()))
     assert isinstance(full.conv1, QuantConv2d) and isinstance(full.fc2, QuantLinear)
@@ -75,7 +83,11 @@ def test_resnet20_pact_quantizes_every_inner_conv():
     model = PACTQuantizer().prepare(resnet20(CIFAR10()))
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
     assert sum(isinstance(c, QuantConv2d) for c in convs) == len(convs) - 1 == 18
-    assert sum(isinstance(m, PACTReLU) for m in model.modules()) == 18
+    assert sum(isinstance(m, PACTReLU) for m in model.modules()) == 19  # 18 + the boundary after conv1
+    residual = [n for n, m in model.named_modules() if isinstance(m, ResidualQuantBatchNorm2d)]
+    assert residual == [f"layer{s}.{b}.bn2" for s in (1, 2, 3) for b in range(3)]  # each BN entering an add
+    plain = PACTQuantizer(boundary_bits=0).prepare(resnet20(CIFAR10()))
+    assert not any(isinstance(m, ResidualQuantBatchNorm2d) for m in plain.modules())
     assert 0.26e6 < sum(p.numel() for p in model.parameters() if p.dim() > 1) < 0.28e6
 
 
@@ -91,8 +103,10 @@ def test_each_quantized_layer_uses_at_most_2k_weights_and_activations(w_bits, a_
     x = torch.randn(64, 1, 16, 16)
     model(x)
     assert acts, "no PACT activation ran"
-    for out in acts.values():
-        assert len(torch.unique(out)) <= 2**a_bits
+    for name, out in acts.items():
+        bits = model.get_submodule(name).act_bits
+        assert bits == (8 if name == "relu1" else a_bits)  # relu1: the boundary after the float first layer
+        assert len(torch.unique(out)) <= 2**bits
     for mod in model.modules():
         if isinstance(mod, (QuantConv2d, QuantLinear)):
             assert len(torch.unique(dorefa_weight(mod.weight, w_bits))) <= 2**w_bits

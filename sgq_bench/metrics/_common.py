@@ -16,9 +16,8 @@ import torch
 from torch import nn
 
 from sgq_bench.api import EvalContext, Param
+from sgq_bench.batching import MAX_IMAGES, forward
 from sgq_bench.errors import UsageError
-
-MAX_IMAGES = 2048  # model inputs per forward pass (memory cap: activations of the perturbed batch)
 
 FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
@@ -90,12 +89,6 @@ def rank_positions(scores: torch.Tensor, descending: bool = True) -> torch.Tenso
     return pos
 
 
-@torch.inference_mode()
-def forward(model: nn.Module, x: torch.Tensor, chunk: int = MAX_IMAGES) -> torch.Tensor:
-    """Logits of ``x`` in chunks of at most ``chunk`` images."""
-    return torch.cat([model(x[s:s + chunk]) for s in range(0, x.shape[0], chunk)])
-
-
 def clean_logits(ctx: EvalContext) -> torch.Tensor:
     """Logits of the unperturbed evaluation inputs (one forward per cell)."""
     if "clean_logits" not in ctx.cache:
@@ -124,7 +117,8 @@ def masked_logits(model: nn.Module, pos: torch.Tensor, ks: Sequence[int], inside
     """Logits (len(ks), B, K) of images showing ``inside`` on pixels ranked < k and ``outside`` elsewhere.
 
     ``pos`` is (B, H*W) from ``rank_positions``; ``inside``/``outside`` broadcast to (B, C, H, W).
-    Steps and images are stacked into batches of at most ``chunk`` inputs.
+    Steps and images are stacked into batches of at most ``chunk`` inputs, which ``forward`` splits into
+    passes of the model's ``max_batch``.
     """
     b, n = pos.shape
     shape = torch.broadcast_shapes(inside.shape, outside.shape)
@@ -144,7 +138,7 @@ def masked_logits(model: nn.Module, pos: torch.Tensor, ks: Sequence[int], inside
             kk = kt[k0:k0 + sc].view(-1, 1, 1, 1, 1)
             with one_thread(pos.device):  # data preparation: small memory-bound ops
                 xs = torch.where(p < kk, ins.unsqueeze(0), outs.unsqueeze(0)).reshape(-1, *shape[1:])
-            rows.append(model(xs).view(kk.shape[0], nb, -1).float())
+            rows.append(forward(model, xs).view(kk.shape[0], nb, -1).float())
         out.append(torch.cat(rows))
     return torch.cat(out, dim=1)
 

@@ -47,7 +47,9 @@ def packed_size(model: nn.Module) -> dict[str, int]:
     The ``weight`` of a module with ``weight_bits`` is packed at that many bits (``ceil(n * k / 8)``)
     plus one fp32 scale; every other parameter (float layers, biases, BatchNorm affine, alphas) is
     fp32. BatchNorm running statistics are buffers and not counted: deployment folds them into the
-    conv (what remains per channel is the affine pair, which is counted).
+    conv (what remains per channel is the affine pair, which is counted). A module that rounds its
+    output onto a grid of its own (declared by an ``out_scale`` method, e.g. pact's residual
+    BatchNorm) stores one more fp32 scale.
     """
     quantized = floats = scales = 0
     for module in model.modules():
@@ -58,6 +60,8 @@ def packed_size(model: nn.Module) -> dict[str, int]:
             else:
                 floats += 4 * p.numel()
         if bits is not None and bits < 32 and getattr(module, "weight", None) is not None:
+            scales += SCALE_BYTES
+        if callable(getattr(module, "out_scale", None)):
             scales += SCALE_BYTES
     return {"total": quantized + floats + scales, "quantized_weights": quantized, "fp32_params": floats,
             "scales": scales}
@@ -74,21 +78,28 @@ def count_bops(model: nn.Module, x: torch.Tensor, act_bits: int) -> dict[str, An
     """BOPs per image = sum over Conv2d/Linear calls of MACs x weight bits x activation bits.
 
     Counted with forward hooks on the real module graph (one image through ``model``), so shared or
-    skipped layers count as often as they run. A layer with ``weight_bits`` < 32 multiplies by
-    ``act_bits`` (the quantizer's declared activation bits); float layers count 32 x 32.
+    skipped layers count as often as they run. A layer with ``weight_bits`` < 32 multiplies by the
+    ``act_bits`` of the activation quantizer that ran last before it (its input's precision: e.g. an
+    8-bit boundary PACT after a float first layer), else by ``act_bits`` (the quantizer's declared
+    activation bits); float layers count 32 x 32.
     """
     layers: list[dict[str, Any]] = []
+    last_act: list[int] = []
+
+    def act_hook(module: nn.Module, inputs: Any, out: Any) -> None:
+        last_act[:] = [int(module.act_bits)]
 
     def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], out: torch.Tensor, name: str) -> None:
         per_out = module.in_channels // module.groups * math.prod(module.kernel_size) \
             if isinstance(module, nn.Conv2d) else module.in_features
         macs = out.numel() // out.shape[0] * per_out
         wb = getattr(module, "weight_bits", 32)
-        ab = act_bits if wb < 32 else 32
+        ab = (last_act[0] if last_act else act_bits) if wb < 32 else 32
         layers.append({"layer": name, "macs": macs, "w_bits": wb, "a_bits": ab, "bops": macs * wb * ab})
 
     handles = [m.register_forward_hook(lambda mod, i, o, n=n: hook(mod, i, o, n))
                for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    handles += [m.register_forward_hook(act_hook) for m in model.modules() if isinstance(getattr(m, "act_bits", None), int)]
     was = model.training
     try:
         model.eval()

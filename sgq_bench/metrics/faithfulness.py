@@ -11,10 +11,11 @@ from __future__ import annotations
 import torch
 
 from sgq_bench.api import EvalContext, Metric, MetricResult, Param
+from sgq_bench.batching import MAX_IMAGES
 from sgq_bench.metrics._common import (
-    MAX_IMAGES,
     clean_logits,
     fill_value,
+    forward,
     k_of,
     one_thread,
     predicted,
@@ -76,7 +77,7 @@ class FaithfulnessCorrelation(Metric):
                             mask.scatter_(2, rr, True)
                             xs = torch.where(mask.view(rr.shape[0], nb, 1, h, w), fill, ctx.x[sl].unsqueeze(0))
                             xs = xs.view(-1, c, h, w)
-                        out = ctx.model(xs).float().view(rr.shape[0], nb, -1)
+                        out = forward(ctx.model, xs).float().view(rr.shape[0], nb, -1)
                         pert = out.gather(2, cls[sl].view(1, -1, 1).expand(rr.shape[0], -1, 1)).squeeze(2)
                         deltas[sl, r0:r0 + per] = (base[sl].view(1, -1) - pert).T
             ctx.cache[key] = (idx, deltas)
@@ -126,7 +127,7 @@ class Infidelity(Metric):
                 for s in range(0, b, per):
                     sl = slice(s, s + per)
                     xs = (ctx.x[sl].unsqueeze(1) - noise[sl]).flatten(0, 1)
-                    out = ctx.model(xs).float().view(-1, n, clean_logits(ctx).shape[1])
+                    out = forward(ctx.model, xs).float().view(-1, n, clean_logits(ctx).shape[1])
                     pert = out.gather(2, cls[sl].view(-1, 1, 1).expand(-1, n, 1)).squeeze(2)
                     diffs[sl] = base[sl].view(-1, 1) - pert
             ctx.cache[key] = (noise, diffs)

@@ -19,8 +19,8 @@ from __future__ import annotations
 import torch
 
 from sgq_bench.api import EvalContext, Metric, MetricResult, Param
+from sgq_bench.batching import MAX_IMAGES
 from sgq_bench.metrics._common import (
-    MAX_IMAGES,
     FractionsMixin,
     forward,
     fractions_param,
