@@ -37,3 +37,23 @@ def test_same_seed_same_numbers(maps):
     a = [FaithfulnessCorrelation().compute(context(ctx.model, n=64), grad).value for _ in range(2)]
     b = [RoadMorf().compute(context(ctx.model, n=64), grad).value for _ in range(2)]
     assert a[0] == a[1] and b[0] == b[1]
+
+
+@pytest.mark.slow
+def test_gradient_beats_random_on_real_mnist(data_root, tmp_path):
+    """The same sanity on real MNIST: mnist_cnn trained 1 epoch on 10,000 images, 200 test images,
+    through the evaluation entry point (so batching, caching and the inference copy are covered)."""
+    from sgq_bench.cli import build_parser
+    from sgq_bench.cli_train import spec_from_args
+    from sgq_bench.evaluate import evaluate_cell
+
+    args = build_parser().parse_args(["train", "--dataset", "mnist", "--method", "baseline", "--train-size", "10000",
+                                      "--data-root", str(data_root)])
+    names = ["deletion_auc", "insertion_auc", "road_morf", "faithfulness_correlation"]
+    rows = evaluate_cell(spec_from_args(args), explainers=["gradient", "random"], metrics=names, eval_size=200,
+                         data_root=data_root, checkpoint_dir=tmp_path, results_path=tmp_path / "r.jsonl",
+                         progress=False)
+    value = {(r["explainer"], r["metric"]): r["value"] for r in rows}
+    for r in rows:
+        g, rnd = value[("gradient", r["metric"])], value[("random", r["metric"])]
+        assert (g > rnd) if r["higher_is_better"] else (g < rnd), f"{r['metric']}: gradient {g} vs random {rnd}"
