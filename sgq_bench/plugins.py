@@ -28,6 +28,7 @@ from sgq_bench.api import (
     Split,
     TrainContext,
 )
+from sgq_bench.batching import forward, max_batch
 from sgq_bench.params import Param
 
 
@@ -141,6 +142,8 @@ __all__ = [
     "TrainContext",
     "ROLES",
     "available",
+    "forward",
+    "max_batch",
     "plugins_label",
     "provenance",
     "refresh",
