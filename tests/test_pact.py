@@ -137,3 +137,46 @@ def test_inference_path_gives_the_training_path_values():
         fast = pact_quantize(x, alpha, 3)
     torch.testing.assert_close(fast, train_out.detach(), atol=1e-6, rtol=0)
     assert len(torch.unique(fast)) <= 8
+
+
+def test_residual_batchnorm_rounds_onto_the_int8_grid_with_a_tracked_range():
+    torch.manual_seed(0)
+    model = PACTQuantizer().prepare(resnet20(CIFAR10()))
+    bn = model.layer1[0].bn2
+    assert isinstance(bn, ResidualQuantBatchNorm2d) and float(bn.out_range) == 0.0
+    x = torch.randn(4, 16, 8, 8, requires_grad=True)
+    bn.train()
+    y = bn(x)  # the first call sets the range to the batch's max|y|
+    first = float(bn.out_range)
+    assert first > 0
+    steps = y / bn.out_scale()
+    assert torch.allclose(steps, steps.round(), atol=1e-3) and steps.min() >= -128 and steps.max() <= 127
+    y.sum().backward()  # straight-through: inside the range the gradient is BatchNorm's own
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+    bn(3 * x.detach())  # training: moving average towards the larger peak
+    assert first < float(bn.out_range) < 3 * first
+    bn.eval()
+    kept = float(bn.out_range)
+    bn(10 * x.detach())  # eval: the range is used, not updated
+    assert float(bn.out_range) == kept
+
+
+def test_untraceable_models_get_no_residual_boundaries():
+    class Branchy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 4, 3, padding=1)
+            self.bn = nn.BatchNorm2d(4)
+            self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
+            self.bn2 = nn.BatchNorm2d(4)
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, x):
+            h = self.bn(self.conv(x))
+            if h.sum() > 0:  # data-dependent control flow: torch.fx cannot trace it
+                h = h + self.bn2(self.conv2(h))
+            return self.fc(h.mean((2, 3)))
+
+    model = PACTQuantizer().prepare(Branchy())
+    assert not any(isinstance(m, ResidualQuantBatchNorm2d) for m in model.modules())
+    assert isinstance(model.conv2, QuantConv2d)
