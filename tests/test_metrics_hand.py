@@ -108,3 +108,18 @@ def test_roar_and_kar_run_end_to_end_through_the_training_loop():
         res = cls(fractions=(0.5,), epochs=1, train_size=128).compute(ctx, None)
         assert res.curve["x"] == [0.5] and 0.0 <= res.curve["y"][0] <= 1.0
         assert res.extra["resolved_params"] == {"epochs": 1, "train_size": 128}
+
+
+def test_to_list_matches_six_significant_digit_formatting():
+    import math
+
+    import numpy as np
+
+    from sgq_bench.metrics._common import to_list
+
+    rng = np.random.default_rng(0)
+    vals = np.concatenate([rng.standard_normal(20000) * 10.0 ** rng.integers(-12, 12, 20000),
+                           [0.0, 1000.0, 1e-7, 0.5, -2.5e10, float("nan"), float("inf")]])
+    ours = to_list(torch.from_numpy(vals))
+    ref = [float(f"{v:.6g}") for v in vals.tolist()]
+    assert all(a == b or (math.isnan(a) and math.isnan(b)) for a, b in zip(ours, ref))
