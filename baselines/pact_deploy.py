@@ -118,6 +118,13 @@ def int8_weight(layer: QuantConv2d | QuantLinear, bn: nn.BatchNorm2d | None) -> 
     return ints.to(torch.int8), scales, None if bias is None else bias.float(), int(over.sum())
 
 
+def pact_grid(module: PACTReLU) -> tuple[float, int]:
+    """(alpha, levels) of a PACT layer's output grid, which must fit quint8 (at most 8 bits)."""
+    if module.act_bits > 8:
+        raise dp.DeployUnavailable(f"int8 deployment supports activation bits <= 8, not {module.act_bits}")
+    return float(module.alpha.detach()), 2**module.act_bits - 1
+
+
 class _Converter:
     """Walks the fake-quant FX graph and emits the int8 graph, tracking which values are quantized."""
 
@@ -178,11 +185,7 @@ class _Converter:
         act = self.sole_user(last, PACTReLU)
         if act is None:
             return None, None, None
-        mod: PACTReLU = self.modules[act.target]
-        if mod.act_bits > 8:
-            raise dp.DeployUnavailable(f"int8 deployment supports activation bits <= 8, not {mod.act_bits}")
-        alpha = float(mod.alpha.detach())
-        levels = 2**mod.act_bits - 1
+        alpha, levels = pact_grid(self.modules[act.target])
         return act, (alpha / levels, 0), (alpha if levels < 255 else None)
 
     # nodes ------------------------------------------------------------------
@@ -240,8 +243,7 @@ class _Converter:
             if act is None:
                 self.env[node.name] = out
                 return True
-            alpha = float(self.modules[act.target].alpha.detach())
-            out = self.emit(dp.PactQuantize(alpha, round(alpha / qp[0])), (out,), "pact_" + act.name)
+            out = self.emit(dp.PactQuantize(*pact_grid(self.modules[act.target])), (out,), "pact_" + act.name)
             self.done.update((node.name, act.name))
             self.set_quant(act, out, qp)
             return True
@@ -288,9 +290,7 @@ class _Converter:
     def pact_from_float(self, node: fx.Node, module: PACTReLU, x: fx.Node) -> None:
         """A PACT layer on a float value: clip and round onto its grid (quint8, zero point 0) -- exactly the
         fake-quant op, so the int8 layers after it see the values the trained model saw."""
-        if module.act_bits > 8:
-            raise dp.DeployUnavailable(f"int8 deployment supports activation bits <= 8, not {module.act_bits}")
-        alpha, levels = float(module.alpha.detach()), 2**module.act_bits - 1
+        alpha, levels = pact_grid(module)
         out = self.emit(dp.PactQuantize(alpha, levels), (x,), "pact_" + node.target)
         self.set_quant(node, out, (alpha / levels, 0))
 

@@ -96,14 +96,19 @@ class QuantLinear(nn.Linear):
         return super().extra_repr() + f", weight_bits={self.weight_bits}"
 
 
+def _sharing_copy(module: nn.Module, cls: type[nn.Module]) -> nn.Module:
+    """A ``cls`` instance sharing ``module``'s attributes, parameters, buffers and children (no copies)."""
+    new = cls.__new__(cls)
+    new.__dict__ = module.__dict__.copy()
+    new._parameters = module._parameters.copy()
+    new._buffers = module._buffers.copy()
+    new._modules = module._modules.copy()
+    return new
+
+
 def quantized_copy(layer: nn.Module, bits: int) -> nn.Module:
     """A QuantConv2d/QuantLinear sharing the float layer's parameters."""
-    cls = QuantConv2d if isinstance(layer, nn.Conv2d) else QuantLinear
-    new = cls.__new__(cls)
-    new.__dict__ = layer.__dict__.copy()
-    new._parameters = layer._parameters.copy()
-    new._buffers = layer._buffers.copy()
-    new._modules = layer._modules.copy()
+    new = _sharing_copy(layer, QuantConv2d if isinstance(layer, nn.Conv2d) else QuantLinear)
     new.weight_bits = bits
     return new
 
@@ -149,11 +154,7 @@ class ResidualQuantBatchNorm2d(nn.BatchNorm2d):
 
 def residual_quant_copy(bn: nn.BatchNorm2d) -> ResidualQuantBatchNorm2d:
     """A ResidualQuantBatchNorm2d sharing ``bn``'s parameters and statistics, range not yet tracked."""
-    new = ResidualQuantBatchNorm2d.__new__(ResidualQuantBatchNorm2d)
-    new.__dict__ = bn.__dict__.copy()
-    new._parameters = bn._parameters.copy()
-    new._buffers = bn._buffers.copy()
-    new._modules = bn._modules.copy()
+    new = _sharing_copy(bn, ResidualQuantBatchNorm2d)
     new.register_buffer("out_range", torch.zeros((), device=bn.weight.device if bn.weight is not None else None))
     new._range_known = False
     return new

@@ -28,7 +28,7 @@ def _chunks(n: int, size: int) -> Iterator[slice]:
 
 
 def _batched(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x: torch.Tensor, target: torch.Tensor,
-             inputs_per_image: int = 1, limit: int = 1024) -> torch.Tensor:
+             inputs_per_image: int = 1, *, limit: int) -> torch.Tensor:
     """Run ``fn`` on chunks of (x, target) so that one pass sees at most ``limit`` model inputs."""
     size = max(1, limit // inputs_per_image)
     out = [fn(x[s].detach().requires_grad_(True), target[s]).detach() for s in _chunks(x.shape[0], size)]

@@ -60,6 +60,9 @@ class _LSQWeightMixin:
     def quantized_weight(self) -> torch.Tensor:
         return lsq_quantize(self.weight, self.step, self.q_n, self.q_p, self.grad_scale)
 
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", weight_bits={self.weight_bits}"  # type: ignore[misc]
+
 
 class LSQConv2d(_LSQWeightMixin, nn.Conv2d):
     """Conv2d with LSQ-quantized weights (signed, ``weight_bits`` bits)."""
@@ -76,9 +79,6 @@ class LSQConv2d(_LSQWeightMixin, nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._conv_forward(x, self.quantized_weight(), self.bias)
 
-    def extra_repr(self) -> str:
-        return super().extra_repr() + f", weight_bits={self.weight_bits}"
-
 
 class LSQLinear(_LSQWeightMixin, nn.Linear):
     """Linear with LSQ-quantized weights (signed, ``weight_bits`` bits)."""
@@ -92,9 +92,6 @@ class LSQLinear(_LSQWeightMixin, nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.quantized_weight(), self.bias)
-
-    def extra_repr(self) -> str:
-        return super().extra_repr() + f", weight_bits={self.weight_bits}"
 
 
 class LSQReLU(nn.Module):
