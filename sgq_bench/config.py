@@ -8,6 +8,7 @@ against the registries here, at load time, so a bad suite fails before any train
 
 from __future__ import annotations
 
+import math
 import sys
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -27,6 +28,7 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 OPTIMIZERS = ("sgd", "adadelta", "adam")
 SCHEDULES = ("none", "step", "cosine")
+PRECISIONS = ("fp32", "bf16", "auto")
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,8 @@ class Recipe:
     batch_size: int = 64
     train_size: int | None = None  # None: the whole training split; else a seeded subset
     grad_clip: float | None = None
+    precision: str = "fp32"  # fp32 | bf16 (autocast) | auto (bf16 where the device has it, else fp32)
+    channels_last: bool = False  # NHWC training tensors (oneDNN's fast layout on CPU)
 
     def validate(self, where: str) -> Recipe:
         checks = [
@@ -60,6 +64,8 @@ class Recipe:
             ("batch_size", _int(self.batch_size) and self.batch_size >= 1, "an integer >= 1"),
             ("train_size", self.train_size is None or (_int(self.train_size) and self.train_size >= 1),
              "an integer >= 1 (or absent for the whole split)"),
+            ("precision", self.precision in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),
+            ("channels_last", isinstance(self.channels_last, bool), "true or false"),
             ("grad_clip", self.grad_clip is None or (_num(self.grad_clip) and self.grad_clip > 0), "a number > 0"),
         ]
         for key, ok, allowed in checks:
@@ -72,7 +78,8 @@ class Recipe:
 
 
 def _num(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+    """A finite real number (NaN passes every comparison's negation, inf passes ``> 0``)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _int(v: Any) -> bool:

@@ -24,10 +24,23 @@ class DataNotFoundError(SgqBenchError):
     exit_code = 2
 
 
+class CheckpointError(SgqBenchError):
+    """A checkpoint file is unreadable or fails its checksum: its weights are never used."""
+
+    exit_code = 1
+
+
 class TrainingDiverged(SgqBenchError):
     """The training loss became NaN or infinite."""
 
     exit_code = 1
+
+
+def warn(message: str) -> None:
+    """A one-line warning on stderr (stdout carries results only)."""
+    import sys
+
+    print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
 def did_you_mean(name: str, choices: Iterable[str], n: int = 3) -> str:

@@ -8,8 +8,12 @@ so a cache hit is always the same model and any change trains a new one.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
+import signal
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,16 +22,18 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from sgq_bench import _registry
-from sgq_bench._io import atomic_torch_save, stable_hash
+from sgq_bench import _registry, checkpoints
+from sgq_bench._io import stable_hash
 from sgq_bench.api import Dataset, Objective, Quantizer, Split, TrainContext
 from sgq_bench.batching import max_batch
 from sgq_bench.config import Recipe
-from sgq_bench.data import batches, cache_dir, subset
-from sgq_bench.errors import TrainingDiverged, UsageError
+from sgq_bench.data import batches, cache_dir, load_dataset, load_split, split_fingerprint, subset
+from sgq_bench.errors import SgqBenchError, TrainingDiverged, UsageError, warn
 from sgq_bench.methods import Method
 
-TRAIN_CODE_VERSION = "1"  # bump when a change to this loop changes the weights it produces
+# Bump when a change to this loop changes the weights it produces. "2": the key holds the training data's
+# fingerprint and the resolved precision/layout (fp32 weights are the same as version "1" produced).
+TRAIN_CODE_VERSION = "2"
 
 
 @dataclass(frozen=True)
@@ -41,7 +47,7 @@ class TrainSpec:
     seed: int = 0
     dataset_params: dict[str, Any] = field(default_factory=dict)
 
-    def key_material(self) -> dict[str, Any]:
+    def key_material(self, data_fingerprint: str = "") -> dict[str, Any]:
         m = self.method.resolved()
         versions = {
             kind: _registry.registry(kind).entry(name).version or "local"
@@ -57,31 +63,35 @@ class TrainSpec:
             "seed": self.seed,
             "train_code_version": TRAIN_CODE_VERSION,
             "plugin_versions": versions,
+            **({"train_data_sha256": data_fingerprint} if data_fingerprint else {}),
         }
 
-    def key(self) -> str:
-        return stable_hash(self.key_material())[:20]
+    def key(self, data_fingerprint: str = "") -> str:
+        """Content hash of the spec; with the training data's fingerprint it keys the checkpoint."""
+        return stable_hash(self.key_material(data_fingerprint))[:20]
 
 
-def checkpoint_path(spec: TrainSpec, root: Path | None = None) -> Path:
+def checkpoint_path(spec: TrainSpec, root: Path | None = None, data_fingerprint: str = "") -> Path:
     root = Path(root) if root is not None else cache_dir() / "checkpoints"
-    return root / f"{spec.dataset}-{spec.model}-{spec.method.name}-s{spec.seed}-{spec.key()}.pt"
+    return root / f"{spec.dataset}-{spec.model}-{spec.method.name}-s{spec.seed}-{spec.key(data_fingerprint)}.pt"
 
 
-def load_dataset(name: str, params: dict[str, Any] | None = None) -> Dataset:
-    return _registry.datasets.get(name)(**(params or {}))
+def bf16_supported(device: torch.device) -> bool:
+    """Native bf16 matmuls: CUDA with bf16, or a CPU whose oneDNN has bf16 kernels (AVX512-BF16/AMX)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
-_SPLITS: dict[tuple, Split] = {}
-
-
-def load_split(dataset: Dataset, train: bool, data_root: Any = None) -> Split:
-    """Load a split once per process (keyed by dataset, params and resolved root)."""
-    root = dataset.resolve_root(data_root)
-    key = (dataset.name, stable_hash(dataset.config), str(root), train)
-    if key not in _SPLITS:
-        _SPLITS[key] = dataset.load(root, train)
-    return _SPLITS[key]
+def resolve_precision(recipe: Recipe, device: torch.device) -> Recipe:
+    """The recipe with ``precision = "auto"`` made concrete for ``device`` (it decides the weights, so
+    the checkpoint key holds the resolved value)."""
+    if recipe.precision != "auto":
+        return recipe
+    return dataclasses.replace(recipe, precision="bf16" if bf16_supported(device) else "fp32")
 
 
 def build_model(spec: TrainSpec, dataset: Dataset) -> tuple[nn.Module, Quantizer, Objective]:
@@ -151,6 +161,47 @@ class TrainResult:
     meta: dict[str, Any]
 
 
+class _StopFlag:
+    """SIGINT/SIGTERM during training only set a flag; the loop saves its state at the next step boundary
+    and then raises KeyboardInterrupt. Why: an exception raised inside backward or the optimizer step
+    would leave half-updated weights; a second signal interrupts at once."""
+
+    def __init__(self) -> None:
+        self.raised = False
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopFlag:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        if self.raised:
+            raise KeyboardInterrupt(f"signal {signum}")
+        self.raised = True
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def _rng_state(device: torch.device, data_gen: torch.Generator, obj_gen: torch.Generator) -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "data": data_gen.get_state(), "objective": obj_gen.get_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict[str, Any], device: torch.device, data_gen: torch.Generator,
+                   obj_gen: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    data_gen.set_state(state["data"])
+    obj_gen.set_state(state["objective"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
 def train_model(
     model: nn.Module,
     quantizer: Quantizer,
@@ -163,9 +214,22 @@ def train_model(
     *,
     desc: str = "train",
     progress: bool = True,
+    state_path: Path | None = None,
+    test_split: Split | None = None,
+    on_step: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
-    """Fit ``model`` in place with ``objective`` following ``recipe``; returns loss/time statistics."""
+    """Fit ``model`` in place with ``objective`` following ``recipe``; returns loss/time statistics.
+
+    With ``state_path``, the full training state (model, optimizer, RNG streams, position in the epoch)
+    is written there atomically after every epoch and on SIGINT/SIGTERM, and a run that finds the file
+    continues from it: the final weights are bit-identical on CPU to an uninterrupted run. With
+    ``test_split``, test accuracy is recorded after each epoch (``history``) without touching any RNG.
+    ``on_step(step, total)`` is called after each optimizer step (progress across processes, tests).
+    """
+    recipe = resolve_precision(recipe, device)
     model.to(device).train()
+    if recipe.channels_last:
+        model.to(memory_format=torch.channels_last)
     opt = make_optimizer(recipe, quantizer.param_groups(model, recipe.weight_decay))
     base_lrs = [g["lr"] for g in opt.param_groups]
     data_gen = torch.Generator().manual_seed(seed * 7919 + 1)
@@ -173,40 +237,107 @@ def train_model(
     ctx = TrainContext(generator=obj_gen)
     steps_per_epoch = len(split) // recipe.batch_size or 1
     total = steps_per_epoch * recipe.epochs
-    bar = tqdm(total=total, desc=desc, disable=not progress, leave=False, mininterval=1.0)
+    autocast = recipe.precision == "bf16"
+    state = _resume_state(state_path)
+    history: list[dict[str, Any]] = []
+    start_epoch, skip, step, elapsed, last_loss = 0, 0, 0, 0.0, float("nan")
+    epoch_gen_state = data_gen.get_state()
+    resumed_at = int(state["step"]) if state is not None else 0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        start_epoch, skip, step = int(state["epoch"]), int(state["batch"]), int(state["step"])
+        elapsed, last_loss = float(state["elapsed"]), float(state["last_loss"])
+        history = list(state["history"])
+        epoch_gen_state = state["epoch_data_rng"]
+    bar = tqdm(total=total, initial=step, desc=desc, disable=not progress, leave=False, mininterval=1.0)
     running = torch.zeros((), device=device)
-    started, step, last_loss = time.perf_counter(), 0, float("nan")
+    started = time.perf_counter() - elapsed
     check_every = 1 if device.type == "cpu" else 20
-    for epoch in range(recipe.epochs):
-        ctx.epoch = epoch
-        for x, y in batches(dataset, split, recipe.batch_size, device, shuffle=True,
-                            augment=True, generator=data_gen, drop_last=len(split) >= recipe.batch_size):
-            f = lr_factor(recipe, step, steps_per_epoch)
-            for g, lr in zip(opt.param_groups, base_lrs):
-                g["lr"] = lr * f
-            ctx.step = step
-            out = objective.compute(model, x, y, ctx)
-            opt.zero_grad(set_to_none=True)
-            out.loss.backward()
-            if recipe.grad_clip:
-                nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
-            opt.step()
-            running = running + out.loss.detach()
-            step += 1
-            if step % check_every == 0 or step == total:
-                last_loss = float(running) / check_every
-                running.zero_()
-                if not math.isfinite(last_loss):
+
+    def snapshot(epoch: int, batch: int, gen_at_epoch_start: torch.Tensor) -> None:
+        if state_path is None:
+            return
+        checkpoints.save(state_path, {
+            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "optimizer": opt.state_dict(), "rng": _rng_state(device, data_gen, obj_gen),
+            "epoch_data_rng": gen_at_epoch_start, "epoch": epoch, "batch": batch, "step": step,
+            "elapsed": time.perf_counter() - started, "last_loss": last_loss, "history": history,
+        })
+
+    with _StopFlag() as stop:
+        for epoch in range(start_epoch, recipe.epochs):
+            ctx.epoch = epoch
+            data_gen.set_state(epoch_gen_state)
+            it = batches(dataset, split, recipe.batch_size, device, shuffle=True, augment=True,
+                         generator=data_gen, drop_last=len(split) >= recipe.batch_size)
+            for _ in range(skip):  # resuming mid-epoch: replay the data stream up to where it stopped
+                next(it)
+            if state is not None:
+                _set_rng_state(state["rng"], device, data_gen, obj_gen)
+                state = None
+            batch_no = skip
+            skip = 0
+            for x, y in it:
+                if recipe.channels_last and x.dim() == 4:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                f = lr_factor(recipe, step, steps_per_epoch)
+                for g, lr in zip(opt.param_groups, base_lrs):
+                    g["lr"] = lr * f
+                ctx.step = step
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                    out = objective.compute(model, x, y, ctx)
+                opt.zero_grad(set_to_none=True)
+                out.loss.backward()
+                if recipe.grad_clip:
+                    nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
+                opt.step()
+                running = running + out.loss.detach().float()
+                step += 1
+                batch_no += 1
+                if step % check_every == 0 or step == total:
+                    last_loss = float(running) / check_every
+                    running.zero_()
+                    if not math.isfinite(last_loss):
+                        bar.close()
+                        raise TrainingDiverged(
+                            f"{desc}: loss became {last_loss} at epoch {epoch + 1}, step {step}/{total} "
+                            f"(lr {opt.param_groups[0]['lr']:.3g}); lower the learning rate or check the method"
+                        )
+                bar.update(1)
+                if step % 50 == 0:
+                    bar.set_postfix(loss=f"{last_loss:.3f}", refresh=False)
+                if on_step is not None:
+                    on_step(step, total)
+                if stop.raised:
+                    snapshot(epoch, batch_no, epoch_gen_state)
                     bar.close()
-                    raise TrainingDiverged(
-                        f"{desc}: loss became {last_loss} at epoch {epoch + 1}, step {step}/{total} "
-                        f"(lr {opt.param_groups[0]['lr']:.3g}); lower the learning rate or check the method"
-                    )
-            bar.update(1)
-            if step % 50 == 0:
-                bar.set_postfix(loss=f"{last_loss:.3f}", refresh=False)
+                    raise KeyboardInterrupt(f"{desc}: stopped at step {step}/{total}"
+                                            + (f"; state saved to {state_path}" if state_path else ""))
+            record = {"epoch": epoch + 1, "train_loss": last_loss, "seconds": time.perf_counter() - started}
+            if test_split is not None and recipe.epochs > 1:
+                record["test_accuracy"] = accuracy(model, dataset, test_split, device)
+            history.append(record)
+            epoch_gen_state = data_gen.get_state()
+            if epoch + 1 < recipe.epochs:
+                snapshot(epoch + 1, 0, epoch_gen_state)
     bar.close()
-    return {"train_seconds": time.perf_counter() - started, "steps": step, "final_loss": last_loss}
+    return {"train_seconds": time.perf_counter() - started, "steps": step, "final_loss": last_loss,
+            "precision": recipe.precision, "channels_last": recipe.channels_last, "history": history,
+            "resumed_at_step": resumed_at}
+
+
+def _resume_state(path: Path | None) -> dict[str, Any] | None:
+    """The saved mid-training state at ``path``, or None (absent; or unreadable, which is reported and
+    discarded: a damaged partial state only costs the epochs since the start)."""
+    if path is None or not Path(path).exists():
+        return None
+    try:
+        return checkpoints.load(path)
+    except SgqBenchError as exc:
+        warn(f"{exc}; training starts from epoch 0")
+        checkpoints.remove(path)
+        return None
 
 
 def load_or_train(
@@ -217,22 +348,34 @@ def load_or_train(
     checkpoint_dir: Path | None = None,
     progress: bool = True,
     force: bool = False,
+    on_step: Callable[[int, int], None] | None = None,
 ) -> TrainResult:
-    """The trained model for ``spec``: loaded from its checkpoint when present, else trained and saved."""
+    """The trained model for ``spec``: loaded from its verified checkpoint when present, else trained
+    (resuming from a partial state if a previous training was stopped) and saved."""
     device = resolve_device(device)
+    spec = dataclasses.replace(spec, recipe=resolve_precision(spec.recipe, device))
     dataset = load_dataset(spec.dataset, spec.dataset_params)
-    path = checkpoint_path(spec, checkpoint_dir)
+    full = load_split(dataset, True, data_root)
+    fingerprint = split_fingerprint(full)
+    path = checkpoint_path(spec, checkpoint_dir, fingerprint)
     model, quantizer, objective = build_model(spec, dataset)
     if path.exists() and not force:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
+        blob = checkpoints.load(path)
         model.load_state_dict(blob["state_dict"])
         return TrainResult(model.to(device).eval(), path, True, blob["meta"])
-    split = subset(load_split(dataset, True, data_root), spec.recipe.train_size, seed=spec.seed + 104729)
+    split = subset(full, spec.recipe.train_size, seed=spec.seed + 104729)
+    partial = checkpoints.partial_path(path)
+    if force:
+        checkpoints.remove(partial)
+    test = load_split(dataset, False, data_root) if spec.recipe.epochs > 1 else None
     stats = train_model(model, quantizer, objective, dataset, split, spec.recipe, spec.seed, device,
-                        desc=f"{spec.dataset}/{spec.model}/{spec.method.name}/s{spec.seed}", progress=progress)
-    meta = {"key": spec.key(), "spec": spec.key_material(), "train_size": len(split), **stats}
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    atomic_torch_save(path, {"state_dict": state, "meta": meta})
+                        desc=f"{spec.dataset}/{spec.model}/{spec.method.name}/s{spec.seed}", progress=progress,
+                        state_path=partial, test_split=test, on_step=on_step)
+    meta = {"key": spec.key(fingerprint), "spec": spec.key_material(fingerprint), "train_size": len(split),
+            "train_data_sha256": fingerprint, **stats}
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    checkpoints.save(path, {"state_dict": state, "meta": meta})
+    checkpoints.remove(partial)
     return TrainResult(model.eval(), path, False, meta)
 
 

@@ -67,3 +67,67 @@ def test_non_finite_loss_is_a_clear_error(tmp_path):
     with pytest.raises(TrainingDiverged, match=r"loss became (nan|inf).*epoch 1, step \d+/\d+"):
         load_or_train(spec, checkpoint_dir=tmp_path, progress=False)
     assert not list(tmp_path.glob("*.pt"))
+
+
+def _state(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("method,stop_at", [("sgt_pact", 5), ("baseline", 32), ("pact", 40)])
+def test_training_stopped_by_sigterm_resumes_bit_identical(method, stop_at, tmp_path):
+    """SIGTERM mid-epoch (step 5), at an epoch boundary (32 steps per epoch) and in epoch 2: the state is
+    saved, a second call resumes from it, and the weights equal an uninterrupted run's exactly."""
+    import os
+    import signal
+
+    spec = _spec(method, recipe=replace(RECIPE, epochs=2, train_size=1024))
+    whole = load_or_train(spec, checkpoint_dir=tmp_path / "whole", progress=False)
+
+    def kill(step, total):
+        if step == stop_at:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with pytest.raises(KeyboardInterrupt, match="state saved"):
+        load_or_train(spec, checkpoint_dir=tmp_path / "cut", progress=False, on_step=kill)
+    partial = list((tmp_path / "cut").glob("*.partial.pt"))
+    assert len(partial) == 1 and not [p for p in (tmp_path / "cut").glob("*.pt") if p not in partial]
+    resumed = load_or_train(spec, checkpoint_dir=tmp_path / "cut", progress=False)
+    assert resumed.meta["resumed_at_step"] == stop_at
+    for (k, a), b in zip(_state(whole.model).items(), _state(resumed.model).values()):
+        assert torch.equal(a, b), k
+    assert not list((tmp_path / "cut").glob("*.partial.pt")), "partial state is removed once the final file exists"
+    assert [h["epoch"] for h in resumed.meta["history"]] == [1, 2]
+    assert all(0 <= h["test_accuracy"] <= 1 for h in resumed.meta["history"])
+
+
+def test_damaged_checkpoint_is_refused_with_one_line_naming_it(tmp_path):
+    from sgq_bench.errors import CheckpointError
+
+    spec = replace(_spec("baseline"), recipe=replace(RECIPE, epochs=1, train_size=256))
+    res = load_or_train(spec, checkpoint_dir=tmp_path, progress=False)
+    data = bytearray(res.path.read_bytes())
+    blob = torch.load(res.path, weights_only=True)
+    w = blob["payload"]["state_dict"]["conv1.weight"] if "conv1.weight" in blob["payload"]["state_dict"] else \
+        next(iter(blob["payload"]["state_dict"].values()))
+    needle = w.flatten()[:4].numpy().tobytes()
+    at = bytes(data).index(needle)
+    data[at:at + 8] = b"\x00\x00\x80\x7f" * 2  # two weights become inf
+    res.path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=f"{res.path.name}.*failed its checksum"):
+        load_or_train(spec, checkpoint_dir=tmp_path, progress=False)
+    res.path.write_bytes(bytes(data[: len(data) // 2]))
+    with pytest.raises(CheckpointError, match=f"{res.path.name} is unreadable") as info:
+        load_or_train(spec, checkpoint_dir=tmp_path, progress=False)
+    assert "weights_only" not in str(info.value) and "\n" not in str(info.value)
+
+
+def test_bf16_channels_last_recipe_trains_and_is_keyed_apart(tmp_path):
+    from sgq_bench.train import bf16_supported, resolve_precision
+
+    spec = replace(_spec("sgt_pact"), recipe=replace(RECIPE, epochs=1, train_size=256, precision="bf16",
+                                                     channels_last=True))
+    res = load_or_train(spec, checkpoint_dir=tmp_path, progress=False)
+    assert res.meta["precision"] == "bf16" and res.meta["channels_last"] is True
+    assert spec.key() != replace(spec, recipe=replace(spec.recipe, precision="fp32")).key()
+    auto = resolve_precision(replace(RECIPE, precision="auto"), torch.device("cpu"))
+    assert auto.precision == ("bf16" if bf16_supported(torch.device("cpu")) else "fp32")
