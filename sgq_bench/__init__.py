@@ -1,73 +1,58 @@
 """sgq-bench: does saliency-guided training, PACT quantization, or both, give efficient AND
-interpretable image classifiers? One protocol, every method, numbers with provenance."""
+interpretable image classifiers? One protocol, every method, numbers with provenance.
 
-from sgq_bench._registry import (
-    Registry,
-    datasets,
-    explainers,
-    metrics,
-    models,
-    objectives,
-    quantizers,
-    registry,
-)
-from sgq_bench.api import (
-    Dataset,
-    EvalContext,
-    Explainer,
-    Metric,
-    MetricResult,
-    Objective,
-    ObjectiveOutput,
-    Param,
-    Plugin,
-    Quantizer,
-    Split,
-    TrainContext,
-)
-from sgq_bench.config import Recipe, Suite, load_suite
-from sgq_bench.errors import SgqBenchError, UsageError
-from sgq_bench.methods import Method, builtin_methods, get_method
-from sgq_bench.plugins import provenance, register
-from sgq_bench.runner import RunResult, run
-from sgq_bench.train import TrainSpec, accuracy, load_or_train
+This module is the one public API, for users and plugin authors alike::
+
+    import sgq_bench as sb
+    sb.run("quick"); df = sb.load_results("runs/quick")
+    from sgq_bench import Param, Quantizer, register      # a plugin
+
+Names are loaded on first use (PEP 562), so ``import sgq_bench`` and the CLI's ``--help`` stay free of
+torch; the modules they come from are private (``_base``, ``_registry``, ...) or documented
+subpackages (``config``, ``metrics.functional``, ``report``).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "Dataset",
-    "EvalContext",
-    "Explainer",
-    "Method",
-    "Metric",
-    "MetricResult",
-    "Objective",
-    "ObjectiveOutput",
-    "Param",
-    "Plugin",
-    "Quantizer",
-    "Recipe",
-    "RunResult",
-    "Registry",
-    "SgqBenchError",
-    "Split",
-    "Suite",
-    "TrainContext",
-    "TrainSpec",
-    "UsageError",
-    "accuracy",
-    "builtin_methods",
-    "datasets",
-    "explainers",
-    "get_method",
-    "load_or_train",
-    "load_suite",
-    "metrics",
-    "models",
-    "objectives",
-    "provenance",
-    "quantizers",
-    "register",
-    "registry",
-    "run",
-]
+_EXPORTS = {
+    # plugin base classes and types
+    "Dataset": "sgq_bench._base", "EvalContext": "sgq_bench._base", "Explainer": "sgq_bench._base",
+    "Metric": "sgq_bench._base", "MetricResult": "sgq_bench._base", "Objective": "sgq_bench._base",
+    "ObjectiveOutput": "sgq_bench._base", "Plugin": "sgq_bench._base", "Quantizer": "sgq_bench._base",
+    "Split": "sgq_bench._base", "TrainContext": "sgq_bench._base", "Param": "sgq_bench._params",
+    # registries and registration
+    "Registry": "sgq_bench._registry", "registry": "sgq_bench._registry", "datasets": "sgq_bench._registry",
+    "explainers": "sgq_bench._registry", "metrics": "sgq_bench._registry", "models": "sgq_bench._registry",
+    "objectives": "sgq_bench._registry", "quantizers": "sgq_bench._registry",
+    "register": "sgq_bench._plugins", "plugin_provenance": "sgq_bench._plugins",
+    # helpers for plugin authors: batched, memory-safe forward passes
+    "forward": "sgq_bench._batching", "max_batch": "sgq_bench._batching",
+    # configuration, training, running, results
+    "Method": "sgq_bench.config.methods", "builtin_methods": "sgq_bench.config.methods",
+    "get_method": "sgq_bench.config.methods", "Recipe": "sgq_bench.config.suite", "Suite": "sgq_bench.config.suite",
+    "load_suite": "sgq_bench.config.suite", "TrainSpec": "sgq_bench.train", "accuracy": "sgq_bench.train",
+    "load_or_train": "sgq_bench.train", "RunResult": "sgq_bench.runner", "run": "sgq_bench.runner",
+    "load_results": "sgq_bench.results", "provenance": "sgq_bench._provenance",
+    # errors
+    "SgqBenchError": "sgq_bench.errors", "UsageError": "sgq_bench.errors",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'sgq_bench' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

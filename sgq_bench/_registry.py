@@ -27,7 +27,7 @@ T = TypeVar("T")
 
 KINDS = ("quantizers", "objectives", "models", "datasets", "explainers", "metrics")
 
-# Which sgq_bench.api base class each kind's plugins subclass (models are plain factories).
+# Which sgq_bench._base base class each kind's plugins subclass (models are plain factories).
 _BASES = {
     "quantizers": "Quantizer",
     "objectives": "Objective",
@@ -111,18 +111,18 @@ def check_kind(kind: str, obj: Any) -> str | None:
     """Why ``obj`` cannot serve as a ``kind`` plugin, or None when it can.
 
     Quantizers, objectives, datasets, explainers and metrics are subclasses of the matching
-    ``sgq_bench.api`` class (the harness instantiates them with the declared params); models are
+    ``sgq_bench._base`` class (the harness instantiates them with the declared params); models are
     factories ``fn(dataset) -> nn.Module``.
     """
     if kind == "models" or kind not in _BASES:
         return None if callable(obj) else f"is {type(obj).__name__}, expected a callable fn(dataset) -> nn.Module"
-    from sgq_bench import api  # late: keeps discovery free of torch until a plugin is used
+    from sgq_bench import _base as api  # late: keeps discovery free of torch until a plugin is used
 
     base = getattr(api, _BASES[kind])
     if isinstance(obj, type) and issubclass(obj, base):
         return None
     what = obj.__name__ if isinstance(obj, type) else f"a {type(obj).__name__} instance"
-    return f"is {what}, expected a subclass of sgq_bench.api.{base.__name__}"
+    return f"is {what}, expected a subclass of sgq_bench._base.{base.__name__}"
 
 
 @dataclass

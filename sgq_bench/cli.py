@@ -76,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``sgq-bench`` console script."""
     try:
         args = build_parser().parse_args(argv)
-        from sgq_bench.batching import keep_freed_memory
+        from sgq_bench._batching import keep_freed_memory
 
         keep_freed_memory()  # CPU passes reuse freed pages instead of faulting in new ones (2x faster)
         return int(args.func(args) or 0)

@@ -16,8 +16,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from sgq_bench._provenance import provenance
 from sgq_bench.cli_train import add_train_args, spec_from_args
-from sgq_bench.data import batches
+from sgq_bench.data import batches, load_dataset, load_split
 from sgq_bench.deploy import backend_info, calibration_inputs, deploy_with
 from sgq_bench.errors import UsageError
 from sgq_bench.metrics.efficiency import (
@@ -29,8 +30,7 @@ from sgq_bench.metrics.efficiency import (
     parse_batch_sizes,
     time_models,
 )
-from sgq_bench.provenance import provenance
-from sgq_bench.train import TrainSpec, load_dataset, load_or_train, load_split
+from sgq_bench.train import TrainSpec, load_or_train
 
 
 @torch.inference_mode()

@@ -10,7 +10,7 @@ from typing import Any
 from sgq_bench import _registry
 from sgq_bench.cli import parse_value
 from sgq_bench.cli_train import add_train_args, spec_from_args
-from sgq_bench.config import load_suite
+from sgq_bench.config.suite import load_suite
 from sgq_bench.errors import UsageError
 
 DEFAULT_EXPLAINERS = ("gradient", "integrated_gradients", "smoothgrad", "random")
@@ -103,7 +103,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_metrics(args: argparse.Namespace) -> int:
-    from sgq_bench.bench_metrics import run_metrics_bench
+    from sgq_bench.bench.metrics import run_metrics_bench
 
     spec = spec_from_args(args)
     run_metrics_bench(spec, n=args.n, data_root=args.data_root, device=args.device,

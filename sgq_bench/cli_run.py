@@ -55,7 +55,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from sgq_bench.report import write_report
+    from sgq_bench.report.tables import write_report
 
     print(write_report(Path(args.dir), figures=not args.no_figures))
     return 0

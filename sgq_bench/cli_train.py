@@ -8,10 +8,11 @@ from pathlib import Path
 from sgq_bench import _registry
 from sgq_bench._registry import describe
 from sgq_bench.cli import parse_assignments, parse_bits
-from sgq_bench.config import load_suite, override_recipe
+from sgq_bench.config.suite import load_suite, override_recipe
+from sgq_bench.config.methods import builtin_methods
+from sgq_bench.data import load_dataset, load_split
 from sgq_bench.errors import UsageError, did_you_mean
-from sgq_bench.methods import builtin_methods
-from sgq_bench.train import TrainSpec, accuracy, load_dataset, load_or_train, load_split, resolve_device
+from sgq_bench.train import TrainSpec, accuracy, load_or_train, resolve_device
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -67,7 +68,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_train(args: argparse.Namespace) -> int:
-    from sgq_bench.bench_train import run_train_bench
+    from sgq_bench.bench.train import run_train_bench
 
     spec = spec_from_args(args)
     run_train_bench(spec, data_root=args.data_root, device=resolve_device(args.device),

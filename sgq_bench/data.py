@@ -15,8 +15,8 @@ import numpy as np
 import torch
 
 from sgq_bench import _registry
+from sgq_bench._base import Dataset, Param, Split
 from sgq_bench._io import stable_hash
-from sgq_bench.api import Dataset, Param, Split
 from sgq_bench.errors import DataNotFoundError
 
 ENV_VAR = "SGQ_BENCH_DATA"

@@ -339,8 +339,7 @@ def calibration_inputs(dataset: Any, data_root: Any = None, n: int = 512, seed: 
     Falls back to ``fallback`` (e.g. the evaluation inputs) only when the training split cannot be
     loaded, with a warning, so a metric still runs on a data-less machine.
     """
-    from sgq_bench.data import subset
-    from sgq_bench.train import load_split
+    from sgq_bench.data import load_split, subset
 
     try:
         split = subset(load_split(dataset, True, data_root), n, seed=seed + 7)
@@ -368,7 +367,7 @@ def deploy_with(quantizer: Any, model: nn.Module, calibration: torch.Tensor | No
 
 
 def _base_quantizer() -> type:
-    from sgq_bench.api import Quantizer
+    from sgq_bench._base import Quantizer
 
     return Quantizer
 

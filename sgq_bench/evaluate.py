@@ -20,14 +20,14 @@ from typing import Any
 import torch
 
 from sgq_bench import _registry
+from sgq_bench._base import Dataset, EvalContext, Explainer, Metric, MetricResult, Split
+from sgq_bench._batching import forward as batched_forward
+from sgq_bench._batching import keep_freed_memory
 from sgq_bench._io import append_jsonl
-from sgq_bench.api import Dataset, EvalContext, Explainer, Metric, MetricResult, Split
-from sgq_bench.batching import forward as batched_forward
-from sgq_bench.batching import keep_freed_memory
+from sgq_bench._plugins import row_plugins
+from sgq_bench._provenance import provenance
 from sgq_bench.data import subset
 from sgq_bench.errors import UsageError
-from sgq_bench.plugins import row_plugins
-from sgq_bench.provenance import provenance
 from sgq_bench.train import (
     TrainSpec,
     inference_copy,

@@ -6,7 +6,7 @@ their fake-quant form, whose straight-through estimators give the gradients.
 
 Inputs are processed in chunks of at most ``max_batch(model, x)`` model inputs per pass (noise samples
 and integration steps count as inputs), which bounds memory whatever the evaluation size and keeps CPU
-passes in the size range where they are fastest (see ``sgq_bench.batching``).
+passes in the size range where they are fastest (see ``sgq_bench._batching``).
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from captum.attr import InputXGradient as CaptumInputXGradient
 from captum.attr import IntegratedGradients, LayerAttribution, LayerGradCam, NoiseTunnel, Saliency
 from torch import nn
 
-from sgq_bench.api import Dataset, Explainer, Param
-from sgq_bench.batching import max_batch
+from sgq_bench._base import Dataset, Explainer, Param
+from sgq_bench._batching import max_batch
 
 
 def _chunks(n: int, size: int) -> Iterator[slice]:

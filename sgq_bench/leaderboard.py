@@ -19,7 +19,7 @@ from typing import Any
 
 from sgq_bench._io import atomic_write_text
 from sgq_bench.errors import UsageError, did_you_mean
-from sgq_bench.report import BASELINE, FAMILY_ORDER, aggregate, load_rows
+from sgq_bench.report.tables import BASELINE, FAMILY_ORDER, aggregate, load_rows
 
 KEY_COLUMNS = ("dataset", "suite", "suite_version", "model", "method", "quantizer", "objective", "bits", "explainer")
 # ``plugins``: "dist==version; ..." of the non-built-in plugins behind a row (docs/plugins.md); optional
@@ -41,7 +41,7 @@ def rows_from_run(out: Path) -> dict[str, list[dict[str, str]]]:
     summary rows with explainer ``-``) are repeated in each of its explainer rows, so every row can
     be ranked on its own. A method scored without explainers gets one row with explainer ``-``.
     """
-    from sgq_bench.plugins import plugins_label, row_plugins
+    from sgq_bench._plugins import plugins_label, row_plugins
 
     raw = load_rows(out)
     srows, columns = aggregate(raw, n_boot=0)

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sgq_bench.api import Dataset
+from sgq_bench._base import Dataset
 
 
 class MnistCNN(nn.Sequential):

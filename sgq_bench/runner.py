@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from sgq_bench._io import append_jsonl, atomic_write_text, stable_hash
-from sgq_bench.config import Suite, load_suite
+from sgq_bench._provenance import provenance
+from sgq_bench.config.suite import Suite, load_suite
 from sgq_bench.errors import UsageError, did_you_mean
-from sgq_bench.provenance import provenance
 from sgq_bench.train import TrainSpec
 
 ONLY_FIELDS = ("dataset", "model", "method", "seed")
@@ -167,7 +167,8 @@ def save_attribution_samples(cell: Cell, out: Path, *, device: Any = "cpu", data
     import torch
 
     from sgq_bench import _registry
-    from sgq_bench.train import load_dataset, load_or_train, load_split, resolve_device
+    from sgq_bench.data import load_dataset, load_split
+    from sgq_bench.train import load_or_train, resolve_device
 
     dev = resolve_device(device)
     model = load_or_train(cell.spec, data_root=data_root, device=dev, checkpoint_dir=checkpoint_dir,
@@ -306,7 +307,7 @@ def run(
     only = parse_only(only) if isinstance(only, str) or only is None else only
     cells = expand(suite, only)
     resolve_device(device)
-    from sgq_bench.plugins import report_broken
+    from sgq_bench._plugins import report_broken
 
     report_broken(log)  # installed-but-broken plugins: one line each, and the run goes on
     out = Path(out) if out is not None else Path("runs") / suite.name
@@ -397,7 +398,7 @@ def _run_cells(suite: Suite, cells: list[Cell], out: Path, only: dict[str, set[s
     wall = time.perf_counter() - started
     result = RunResult(out, len(cells), len(todo) - len(failed), len(cells) - len(todo), failed, wall)
     if report and results_path.exists():
-        from sgq_bench.report import write_report
+        from sgq_bench.report.tables import write_report
 
         result.summary_md = write_report(out, figures=figures)
     return result

@@ -23,13 +23,13 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from sgq_bench import _registry, checkpoints
+from sgq_bench._base import Dataset, Objective, Quantizer, Split, TrainContext
+from sgq_bench._batching import max_batch
 from sgq_bench._io import stable_hash
-from sgq_bench.api import Dataset, Objective, Quantizer, Split, TrainContext
-from sgq_bench.batching import max_batch
-from sgq_bench.config import Recipe
+from sgq_bench.config.suite import Recipe
+from sgq_bench.config.methods import Method
 from sgq_bench.data import batches, cache_dir, load_dataset, load_split, split_fingerprint, subset
 from sgq_bench.errors import SgqBenchError, TrainingDiverged, UsageError, warn
-from sgq_bench.methods import Method
 
 # Bump when a change to this loop changes the weights it produces. "2": the key holds the training data's
 # fingerprint and the resolved precision/layout (fp32 weights are the same as version "1" produced).

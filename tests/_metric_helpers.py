@@ -6,10 +6,11 @@ from functools import lru_cache
 
 import torch
 
-from sgq_bench.api import EvalContext
-from sgq_bench.config import load_suite
+from sgq_bench._base import EvalContext
+from sgq_bench.config.suite import load_suite
+from sgq_bench.data import load_dataset
 from sgq_bench.evaluate import eval_split
-from sgq_bench.train import TrainSpec, build_model, load_dataset, load_or_train
+from sgq_bench.train import TrainSpec, build_model, load_or_train
 
 
 def smoke_spec(method: str = "baseline") -> TrainSpec:

@@ -7,7 +7,7 @@ import platform
 import torch
 from torch import nn
 
-from sgq_bench import batching
+from sgq_bench import _batching as batching
 from sgq_bench.data import MNIST
 from sgq_bench.models import mnist_cnn
 

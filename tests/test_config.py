@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sgq_bench.config import load_suite, parse_bits
+from sgq_bench.config.suite import load_suite, parse_bits
 from sgq_bench.errors import UsageError
 
 MINIMAL = """

@@ -10,16 +10,16 @@ import pytest
 import torch
 from torch import nn
 
-from baselines.pact_deploy import int8_weight
-from baselines.pact_layers import PACTReLU, dorefa_weight, quantized_copy
-from baselines.quantizers import NoQuantizer, PACTQuantizer
 from sgq_bench import deploy as dp
+from sgq_bench.builtin.pact_deploy import int8_weight
+from sgq_bench.builtin.pact_layers import PACTReLU, dorefa_weight, quantized_copy
+from sgq_bench.builtin.quantizers import NoQuantizer, PACTQuantizer
 from sgq_bench.cli import build_parser, main
 from sgq_bench.cli_train import spec_from_args
-from sgq_bench.data import Synthetic
+from sgq_bench.data import Synthetic, load_dataset, load_split
 from sgq_bench.errors import UsageError
 from sgq_bench.models import resnet20
-from sgq_bench.train import checkpoint_path, load_dataset, load_or_train, load_split
+from sgq_bench.train import checkpoint_path, load_or_train
 
 pytestmark = pytest.mark.skipif(not dp.available_engines(), reason="no quantized CPU engine in this torch")
 

@@ -5,17 +5,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-from baselines.quantizers import NoQuantizer, PACTQuantizer
 from sgq_bench import _registry
 from sgq_bench import deploy as dp
-from sgq_bench.api import EvalContext
+from sgq_bench._base import EvalContext
+from sgq_bench.builtin.quantizers import NoQuantizer, PACTQuantizer
 from sgq_bench.cli import build_parser
 from sgq_bench.cli_train import spec_from_args
-from sgq_bench.data import MNIST, Synthetic
+from sgq_bench.data import MNIST, Synthetic, load_split
 from sgq_bench.errors import UsageError
 from sgq_bench.metrics.efficiency import count_bops, packed_size
 from sgq_bench.models import mnist_cnn, test_cnn
-from sgq_bench.train import load_or_train, load_split
+from sgq_bench.train import load_or_train
 
 EFFICIENCY = ("params", "size_bytes", "compression", "bops", "latency_ms", "throughput", "peak_memory_mb")
 

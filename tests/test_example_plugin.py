@@ -111,7 +111,7 @@ def test_lsq_values_lie_on_the_learned_grid(plugin_site: Path) -> None:
 
 
 def test_rrr_penalises_only_the_masked_input_gradients(plugin_site: Path) -> None:
-    from sgq_bench.api import TrainContext
+    from sgq_bench._base import TrainContext
     from sgq_bench.data import Synthetic
 
     torch.manual_seed(0)

@@ -10,7 +10,7 @@ from _metric_helpers import context, smoke_spec, trained, untrained
 
 from sgq_bench import _registry
 from sgq_bench.errors import UsageError
-from sgq_bench.metrics import _common
+from sgq_bench.metrics import functional as _common
 from sgq_bench.metrics.deletion import DeletionAUC, InsertionAUC, gaussian_blur
 from sgq_bench.metrics.roar import Kar, Roar, masked_split
 from sgq_bench.metrics.sparsity import TopKMass, entropy, gini
@@ -82,10 +82,10 @@ def test_gaussian_blur_preserves_constant_interior():
 def test_masked_split_replaces_with_train_mean():
     spec = smoke_spec()
     ds = _registry.datasets.get("synthetic")(**spec.dataset_params)
-    from sgq_bench.train import load_split
+    from sgq_bench.data import load_split
 
     split = load_split(ds, False)
-    from sgq_bench.api import Split
+    from sgq_bench._base import Split
 
     small = Split(split.images[:3], split.labels[:3])
     scores = torch.arange(256.0).repeat(3, 1)  # pixel 255 ranks first
@@ -115,7 +115,7 @@ def test_to_list_matches_six_significant_digit_formatting():
 
     import numpy as np
 
-    from sgq_bench.metrics._common import to_list
+    from sgq_bench.metrics.functional import to_list
 
     rng = np.random.default_rng(0)
     vals = np.concatenate([rng.standard_normal(20000) * 10.0 ** rng.integers(-12, 12, 20000),

@@ -18,7 +18,7 @@ from _metric_helpers import context, untrained
 from captum.metrics import infidelity as captum_infidelity
 from quantus.functions.perturb_func import noisy_linear_imputation
 
-from sgq_bench.metrics import _common
+from sgq_bench.metrics import functional as _common
 from sgq_bench.metrics.deletion import DeletionAUC, MorfAccuracy
 from sgq_bench.metrics.faithfulness import FaithfulnessCorrelation, Infidelity
 from sgq_bench.metrics.road import RoadLerf, RoadMorf, linear_impute

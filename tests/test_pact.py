@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from baselines.pact_layers import (
+from sgq_bench.builtin.pact_layers import (
     PACTReLU,
     QuantConv2d,
     QuantLinear,
@@ -14,7 +14,7 @@ from baselines.pact_layers import (
     dorefa_weight,
     pact_quantize,
 )
-from baselines.quantizers import PACTQuantizer
+from sgq_bench.builtin.quantizers import PACTQuantizer
 from sgq_bench.data import CIFAR10, MNIST, Synthetic
 from sgq_bench.errors import UsageError
 from sgq_bench.models import mnist_cnn, resnet20, test_cnn

@@ -15,10 +15,11 @@ import torch
 from torch import nn
 
 from sgq_bench import _registry
-from sgq_bench.api import EvalContext, Metric, MetricResult, TrainContext
-from sgq_bench.config import Recipe
-from sgq_bench.methods import Method
-from sgq_bench.train import TrainSpec, load_dataset, load_or_train, load_split
+from sgq_bench._base import EvalContext, Metric, MetricResult, TrainContext
+from sgq_bench.config.suite import Recipe
+from sgq_bench.config.methods import Method
+from sgq_bench.data import load_dataset, load_split
+from sgq_bench.train import TrainSpec, load_or_train
 
 DATA_PARAMS = {"train_n": 64, "test_n": 32}
 

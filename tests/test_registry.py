@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from sgq_bench import _registry
+from sgq_bench._base import Metric, MetricResult, Quantizer
 from sgq_bench._registry import Registry, check_kind
-from sgq_bench.api import Metric, MetricResult, Quantizer
 from sgq_bench.errors import UsageError
 
 
@@ -35,7 +35,7 @@ def fake_distribution(root: Path, dist: str, version: str, entry_points: dict[st
 
 
 GOOD = """
-from sgq_bench.api import Metric, MetricResult
+from sgq_bench._base import Metric, MetricResult
 
 class Good(Metric):
     '''A fine metric.'''
@@ -100,7 +100,7 @@ def test_in_process_registration_decorator_and_call():
 
 def test_registration_checks_the_kind():
     reg = Registry("quantizers")
-    with pytest.raises(UsageError, match="expected a subclass of sgq_bench.api.Quantizer"):
+    with pytest.raises(UsageError, match="expected a subclass of sgq_bench._base.Quantizer"):
         reg.register("bad", Metric)
     with pytest.raises(UsageError, match="without spaces"):
         reg.register("two words", Quantizer)
@@ -110,7 +110,7 @@ def test_registration_checks_the_kind():
 
 def test_registered_class_of_an_installed_package_carries_its_version():
     reg = Registry("quantizers")
-    from baselines.quantizers import NoQuantizer
+    from sgq_bench.builtin.quantizers import NoQuantizer
 
     reg.register("none_again", NoQuantizer)
     entry = reg.entry("none_again")

@@ -10,7 +10,7 @@ import pytest
 from _results import grid, row, write_run
 from scipy import stats as sp
 
-from sgq_bench.report import aggregate, to_csv, to_markdown, write_report
+from sgq_bench.report.tables import aggregate, to_csv, to_markdown, write_report
 
 
 def cells_of(srows, method, explainer, metric):

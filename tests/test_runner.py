@@ -10,7 +10,7 @@ import pytest
 
 from sgq_bench import runner
 from sgq_bench.cli import main
-from sgq_bench.config import load_suite
+from sgq_bench.config.suite import load_suite
 from sgq_bench.errors import UsageError
 from sgq_bench.runner import expand, parse_only
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats as sp
 
-from sgq_bench.stats import mean_per_sample, paired_bootstrap_p, summarize, welch_p
+from sgq_bench.report.stats import mean_per_sample, paired_bootstrap_p, summarize, welch_p
 
 
 def test_summary_matches_scipy_t_interval():

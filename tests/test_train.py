@@ -7,10 +7,11 @@ from dataclasses import replace
 import pytest
 import torch
 
-from sgq_bench.config import Recipe
+from sgq_bench.config.suite import Recipe
+from sgq_bench.config.methods import get_method
+from sgq_bench.data import load_dataset, load_split
 from sgq_bench.errors import TrainingDiverged
-from sgq_bench.methods import get_method
-from sgq_bench.train import TrainSpec, accuracy, checkpoint_path, load_dataset, load_or_train, load_split
+from sgq_bench.train import TrainSpec, accuracy, checkpoint_path, load_or_train
 
 RECIPE = Recipe(optimizer="adam", lr=3e-3, epochs=2, batch_size=32)
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from sgq_bench.api import EvalContext, Metric, MetricResult
+from sgq_bench._base import EvalContext, Metric, MetricResult
+from sgq_bench.data import load_split
 from sgq_bench.train import accuracy as split_accuracy
-from sgq_bench.train import load_split
 
 
 class Accuracy(Metric):

@@ -16,8 +16,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from sgq_bench.api import EvalContext, Metric, MetricResult, Param
-from sgq_bench.metrics._common import (
+from sgq_bench._base import EvalContext, Metric, MetricResult, Param
+from sgq_bench.metrics.functional import (
     FractionsMixin,
     attr_store,
     clean_logits,

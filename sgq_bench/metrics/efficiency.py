@@ -24,10 +24,10 @@ import torch
 from torch import nn
 
 from sgq_bench import _registry
-from sgq_bench.api import EvalContext, Metric, MetricResult, Param
+from sgq_bench._base import EvalContext, Metric, MetricResult, Param
+from sgq_bench._provenance import provenance
 from sgq_bench.deploy import DeployUnavailable, backend_info, deployed_for
 from sgq_bench.errors import UsageError
-from sgq_bench.provenance import provenance
 
 VARIANTS = ("fp32", "fake_quant", "int8")
 SCALE_BYTES = 4  # one fp32 scale per layer stored at k bits (PACT/DoReFa: max|w|)

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import torch
 
-from sgq_bench.api import EvalContext, Metric, MetricResult, Param
-from sgq_bench.batching import MAX_IMAGES
-from sgq_bench.metrics._common import (
+from sgq_bench._base import EvalContext, Metric, MetricResult, Param
+from sgq_bench._batching import MAX_IMAGES
+from sgq_bench.metrics.functional import (
     clean_logits,
     fill_value,
     forward,

@@ -16,9 +16,9 @@ from typing import Any
 
 import torch
 
-from sgq_bench.api import EvalContext, Metric, MetricResult, Param, Split
-from sgq_bench.data import batches, subset
-from sgq_bench.metrics._common import (
+from sgq_bench._base import EvalContext, Metric, MetricResult, Param, Split
+from sgq_bench.data import batches, load_split, subset
+from sgq_bench.metrics.functional import (
     FractionsMixin,
     fractions_param,
     k_of,
@@ -26,7 +26,7 @@ from sgq_bench.metrics._common import (
     rank_positions,
     trapezoid_auc,
 )
-from sgq_bench.train import accuracy, build_model, load_split, train_model
+from sgq_bench.train import accuracy, build_model, train_model
 
 ROAR_FRACTIONS = (0.1, 0.3, 0.5, 0.7, 0.9)
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from sgq_bench.api import EvalContext, Metric, MetricResult, Param
-from sgq_bench.metrics._common import k_of, pixel_scores, to_list
+from sgq_bench._base import EvalContext, Metric, MetricResult, Param
+from sgq_bench.metrics.functional import k_of, pixel_scores, to_list
 
 
 def sorted_rows(x: torch.Tensor) -> torch.Tensor:

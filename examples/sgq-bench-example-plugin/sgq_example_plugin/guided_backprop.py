@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from captum.attr import GuidedBackprop as CaptumGuidedBackprop
 from torch import nn
 
-from sgq_bench.plugins import Explainer
+from sgq_bench import Explainer
 
 
 def _relu_like(module: nn.Module) -> bool:

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sgq_bench.plugins import Param, Quantizer
+from sgq_bench import Param, Quantizer
 
 
 def _scale_grad(t: torch.Tensor, g: float) -> torch.Tensor:

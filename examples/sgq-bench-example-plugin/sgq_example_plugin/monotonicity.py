@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from sgq_bench.plugins import EvalContext, Metric, MetricResult, Param
+from sgq_bench import EvalContext, Metric, MetricResult, Param
 
 
 def pixel_scores(attributions: torch.Tensor) -> torch.Tensor:

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sgq_bench.plugins import Objective, ObjectiveOutput, Param, TrainContext
+from sgq_bench import Objective, ObjectiveOutput, Param, TrainContext
 
 
 def wrong_reason_mask(x: torch.Tensor, mask: str, border: int) -> torch.Tensor:

@@ -8,8 +8,8 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from baselines.pact_layers import PACTReLU, quantized_copy, residual_quant_copy
-from sgq_bench.api import Param, Quantizer
+from sgq_bench._base import Param, Quantizer
+from sgq_bench.builtin.pact_layers import PACTReLU, quantized_copy, residual_quant_copy
 
 
 class NoQuantizer(Quantizer):
@@ -117,7 +117,7 @@ class PACTQuantizer(Quantizer):
         ``calibration`` (normalised training images) sets the ranges where a float value enters an int8
         layer (the first quantized layer's input, residual branches); without it those are unknown.
         """
-        from baselines.pact_deploy import deploy_pact
+        from sgq_bench.builtin.pact_deploy import deploy_pact
         from sgq_bench.errors import UsageError
 
         if calibration is None:

@@ -18,16 +18,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from sgq_bench.api import EvalContext
-from sgq_bench.batching import max_batch
+from sgq_bench._base import EvalContext
+from sgq_bench._batching import max_batch
+from sgq_bench.data import load_dataset
 from sgq_bench.evaluate import eval_split
 from sgq_bench.explainers import Gradient
-from sgq_bench.metrics import _common
+from sgq_bench.metrics import functional as _common
 from sgq_bench.metrics.deletion import DeletionAUC, InsertionAUC, MorfAccuracy
 from sgq_bench.metrics.faithfulness import FaithfulnessCorrelation, Infidelity
 from sgq_bench.metrics.road import RoadLerf, RoadMorf
 from sgq_bench.metrics.sparsity import Complexity, Sparseness, TopKMass
-from sgq_bench.train import TrainSpec, inference_copy, load_dataset, load_or_train, resolve_device
+from sgq_bench.train import TrainSpec, inference_copy, load_or_train, resolve_device
 
 
 def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:

@@ -18,7 +18,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from sgq_bench.report import BASELINE, SummaryRow, curves_by_method  # noqa: E402
+from sgq_bench.report.tables import BASELINE, SummaryRow, curves_by_method  # noqa: E402
 
 CURVE_METRICS = ("deletion_auc", "insertion_auc", "morf_accuracy", "road_morf", "road_lerf")
 CURVE_LABELS = {

@@ -34,8 +34,14 @@ import torch.nn.functional as F
 from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from baselines.pact_layers import PACTReLU, QuantConv2d, QuantLinear, ResidualQuantBatchNorm2d, dorefa_weight
 from sgq_bench import deploy as dp
+from sgq_bench.builtin.pact_layers import (
+    PACTReLU,
+    QuantConv2d,
+    QuantLinear,
+    ResidualQuantBatchNorm2d,
+    dorefa_weight,
+)
 
 _TRANSPARENT_MODULES = (nn.MaxPool2d, nn.Dropout, nn.Dropout2d, nn.Flatten, nn.Identity, nn.ReLU)
 _TRANSPARENT_FUNCTIONS = {operator.getitem, torch.flatten, F.relu, torch.relu, F.max_pool2d, F.dropout}

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sgq_bench.api import Objective, ObjectiveOutput, Param, TrainContext
+from sgq_bench._base import Objective, ObjectiveOutput, Param, TrainContext
 
 
 class CrossEntropy(Objective):

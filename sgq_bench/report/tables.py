@@ -2,7 +2,7 @@
 
 One summary row per (dataset, model, method, explainer); one column group per metric (and variant,
 e.g. ``latency_ms[int8@bs128]``) with mean, std, n, 95% t-CI across seeds and a p-value against the
-``baseline`` method of the same dataset, model and explainer (see ``sgq_bench.stats``). Model-level
+``baseline`` method of the same dataset, model and explainer (see ``sgq_bench.report.stats``). Model-level
 metrics (accuracy, efficiency) sit in the rows whose explainer is ``-``.
 """
 
@@ -18,7 +18,7 @@ from typing import Any
 
 from sgq_bench._io import atomic_write_text
 from sgq_bench.errors import UsageError
-from sgq_bench.stats import Summary, mean_per_sample, paired_bootstrap_p, summarize, welch_p
+from sgq_bench.report.stats import Summary, mean_per_sample, paired_bootstrap_p, summarize, welch_p
 
 BASELINE = "baseline"
 FAMILY_ORDER = ("accuracy", "deletion", "road", "roar", "sparsity", "faithfulness", "efficiency")
@@ -237,7 +237,7 @@ def write_report(out: Path, *, figures: bool = True, n_boot: int = 5000) -> str:
     atomic_write_text(out / "summary.csv", to_csv(srows, columns))
     atomic_write_text(out / "summary.md", md + "\n")
     if figures:
-        from sgq_bench.figures import write_figures
+        from sgq_bench.report.figures import write_figures
 
         write_figures(out, rows, srows)
     return md

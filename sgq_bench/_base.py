@@ -2,7 +2,7 @@
 
 A third-party package subclasses these and registers them under the entry-point groups
 ``sgq_bench.quantizers``, ``sgq_bench.objectives``, ``sgq_bench.datasets``, ``sgq_bench.models``,
-``sgq_bench.explainers`` and ``sgq_bench.metrics`` (see docs/plugins.md; ``sgq_bench.plugins`` re-exports
+``sgq_bench.explainers`` and ``sgq_bench.metrics`` (see docs/plugins.md; ``sgq_bench._plugins`` re-exports
 everything a plugin needs). The reference methods in ``baselines/`` use exactly this API.
 
 The contract in one paragraph: the harness instantiates each plugin class with the parameters a suite
@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from sgq_bench.params import Param, resolve_params
+from sgq_bench._params import Param, resolve_params
 
 
 class Plugin:

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from sgq_bench.api import EvalContext, Param
-from sgq_bench.batching import MAX_IMAGES, forward
+from sgq_bench._base import EvalContext, Param
+from sgq_bench._batching import MAX_IMAGES, forward
 from sgq_bench.errors import UsageError
 
 FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)

@@ -15,16 +15,16 @@ from pathlib import Path
 from typing import Any
 
 from sgq_bench._io import stable_hash
+from sgq_bench._params import resolve_params
+from sgq_bench.config.methods import Method, get_method, method_from_table
 from sgq_bench.errors import UsageError, did_you_mean
-from sgq_bench.methods import Method, get_method, method_from_table
-from sgq_bench.params import resolve_params
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+CONFIG_DIR = Path(__file__).resolve().parent.parent.parent / "configs"
 
 OPTIMIZERS = ("sgd", "adadelta", "adam")
 SCHEDULES = ("none", "step", "cosine")

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from sgq_bench import _registry
-from sgq_bench.api import Objective, Quantizer
+from sgq_bench._base import Objective, Quantizer
 from sgq_bench.errors import UsageError, did_you_mean
 
 if sys.version_info >= (3, 11):

@@ -1,8 +1,8 @@
-"""The plugin API in one import: base classes, result types and registration helpers.
+"""Registration helpers behind ``sgq_bench.register`` and the plugin provenance recorded in rows.
 
-A plugin package needs nothing else from sgq-bench::
+A plugin package imports everything it needs from the public API::
 
-    from sgq_bench.plugins import Param, Quantizer, register
+    from sgq_bench import Param, Quantizer, register
 
 Installed packages register through entry points (``[project.entry-points."sgq_bench.quantizers"]`` in
 their ``pyproject.toml``; see docs/plugins.md); a notebook or a test calls :func:`register`. Both end
@@ -14,22 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from sgq_bench._registry import KINDS, Entry, Registry, refresh, registry
-from sgq_bench.api import (
-    Dataset,
-    EvalContext,
-    Explainer,
-    Metric,
-    MetricResult,
-    Objective,
-    ObjectiveOutput,
-    Plugin,
-    Quantizer,
-    Split,
-    TrainContext,
-)
-from sgq_bench.batching import forward, max_batch
-from sgq_bench.params import Param
+from sgq_bench._registry import KINDS, registry
 
 
 def register(kind: str, name: str | None = None, obj: Any = None, *, replace: bool = False) -> Any:
@@ -55,7 +40,7 @@ def available(kind: str) -> list[str]:
     return registry(kind).names()
 
 
-def provenance(kind: str, name: str) -> dict[str, str]:
+def plugin_provenance(kind: str, name: str) -> dict[str, str]:
     """``{"name", "distribution", "version"}`` of a plugin, read from metadata without importing it.
 
     This is what result rows and leaderboards record, so a number names the release that made it.
@@ -124,31 +109,3 @@ def report_broken(log: Any = None) -> list[str]:
     return lines
 
 
-__all__ = [
-    "KINDS",
-    "Dataset",
-    "Entry",
-    "EvalContext",
-    "Explainer",
-    "Metric",
-    "MetricResult",
-    "Objective",
-    "ObjectiveOutput",
-    "Param",
-    "Plugin",
-    "Quantizer",
-    "Registry",
-    "Split",
-    "TrainContext",
-    "ROLES",
-    "available",
-    "forward",
-    "max_batch",
-    "plugins_label",
-    "provenance",
-    "refresh",
-    "register",
-    "registry",
-    "report_broken",
-    "row_plugins",
-]

@@ -1,0 +1,1 @@
+"""Reports of a run directory: statistics (``stats``), tables (``tables``) and figures (``figures``)."""
