@@ -24,7 +24,13 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent.parent / "configs"
+# Where suite names are looked up, in order: the clone's top-level configs/ (the folder people edit;
+# only when this package is the source tree of a clone, i.e. a pyproject.toml sits next to configs/),
+# then the copy of it that the wheel ships (build_hooks.py puts configs/*.toml there).
+_REPO = Path(__file__).resolve().parent.parent.parent
+PACKAGED_SUITES_DIR = Path(__file__).resolve().parent / "suites"
+CONFIG_DIR = _REPO / "configs" if (_REPO / "pyproject.toml").is_file() and (_REPO / "configs").is_dir() else None
+SUITE_DIRS = tuple(d for d in (CONFIG_DIR, PACKAGED_SUITES_DIR) if d is not None)
 
 OPTIMIZERS = ("sgd", "adadelta", "adam")
 SCHEDULES = ("none", "step", "cosine")
@@ -263,17 +269,20 @@ DEFAULT_METHODS = ["baseline", "pact", "sgt", "sgt_pact"]
 
 
 def suite_path(name_or_path: str) -> Path:
-    """A suite name (``configs/<name>.toml``) or a path to a TOML file."""
+    """A suite name (``configs/<name>.toml`` in a clone, else the packaged copy) or a path to a TOML file."""
     p = Path(name_or_path)
     if p.suffix == ".toml" or p.is_file():  # a folder that happens to share a suite's name is not a suite
         if not p.is_file():
             raise UsageError(f"suite file {str(p)!r} does not exist")
         return p
-    candidate = CONFIG_DIR / f"{name_or_path}.toml"
-    if candidate.is_file():
-        return candidate
-    known = sorted(f.stem for f in CONFIG_DIR.glob("*.toml")) if CONFIG_DIR.is_dir() else []
-    raise UsageError(f"unknown suite {name_or_path!r} (looked in {CONFIG_DIR}).{did_you_mean(name_or_path, known)}")
+    dirs = [d for d in SUITE_DIRS if d.is_dir()]
+    for d in dirs:
+        candidate = d / f"{name_or_path}.toml"
+        if candidate.is_file():
+            return candidate
+    known = sorted({f.stem for d in dirs for f in d.glob("*.toml")})
+    looked = " and ".join(str(d) for d in SUITE_DIRS)
+    raise UsageError(f"unknown suite {name_or_path!r} (looked in {looked}).{did_you_mean(name_or_path, known)}")
 
 
 def load_suite(name_or_path: str, overrides: dict[str, Any] | None = None) -> Suite:
