@@ -186,6 +186,9 @@ class Explainer(Plugin):
     """
 
     dataset: Dataset | None = None
+    # True when the attributions ignore the model (the ``random`` control): ROAR/KAR with a fixed learner
+    # then share one set of retrains across every cell of a dataset and seed.
+    model_independent: ClassVar[bool] = False
 
     def setup(self, dataset: Dataset) -> None:
         """Called by the harness before ``attribute`` with the dataset whose normalisation ``x`` uses.

@@ -154,77 +154,6 @@ def done_keys(out: Path) -> set[str]:
     return {r["key"] for r in read_jsonl(out / "cells.jsonl") if r.get("status") == "done" and "key" in r}
 
 
-def save_attribution_samples(cell: Cell, out: Path, *, device: Any = "cpu", data_root: Any = None,
-                             checkpoint_dir: Any = None) -> Path | None:
-    """Attributions of a few fixed test images for the saliency-grid figure (``DIR/attributions/``).
-
-    Why recompute here: metric rows keep numbers, not maps; a handful of images per cell is cheap and
-    the same images (a seeded pick from the test split, identical for every method) make the grid
-    comparable across rows. As in the evaluation, each map explains the model's predicted class.
-    """
-    if not cell.explainers:
-        return None
-    import torch
-
-    from sgq_bench import _registry
-    from sgq_bench.data import load_dataset, load_split
-    from sgq_bench.train import load_or_train, resolve_device
-
-    dev = resolve_device(device)
-    model = load_or_train(cell.spec, data_root=data_root, device=dev, checkpoint_dir=checkpoint_dir,
-                          progress=False).model.eval()
-    dataset = load_dataset(cell.spec.dataset, cell.spec.dataset_params)
-    test = load_split(dataset, False, data_root)
-    g = torch.Generator().manual_seed(cell.eval_seed + 7)
-    idx = torch.randperm(len(test), generator=g)[:N_SALIENCY_IMAGES].sort().values
-    images, labels = test.images[idx], test.labels[idx]
-    x = dataset.normalize(images.to(dev))
-    with torch.no_grad():
-        pred = model(x).argmax(1)
-    maps = {}
-    for name in cell.explainers:
-        explainer = _registry.explainers.get(name)()
-        if hasattr(explainer, "setup"):
-            explainer.setup(dataset)
-        maps[name] = explainer.attribute(model, x, pred).detach().float().cpu()
-    pred = pred.cpu()
-    path = out / "attributions" / f"{cell.slug}.pt"
-    from sgq_bench._io import atomic_torch_save
-
-    atomic_torch_save(path, {"cell": cell.id, "method": cell.spec.method.name, "method_label": cell.spec.method.label(),
-                             "dataset": cell.spec.dataset, "seed": cell.spec.seed, "index": idx, "images": images,
-                             "labels": labels, "pred": pred, "attributions": maps})
-    return path
-
-
-def run_cell(cell: Cell, out: Path, *, device: Any = "cpu", data_root: Any = None, checkpoint_dir: Any = None,
-             progress: bool = True) -> int:
-    """Score one cell into ``out/results.jsonl``; returns the number of rows it produced.
-
-    Pure in its inputs: everything that determines the numbers is in ``cell``; ``out`` only says
-    where they go. Rows already present (a resumed cell) are skipped by ``evaluate_cell``.
-    """
-    from sgq_bench.evaluate import evaluate_cell
-
-    rows = evaluate_cell(
-        cell.spec,
-        explainers=list(cell.explainers),
-        metrics=list(cell.metrics),
-        eval_size=cell.eval_size,
-        metric_params=cell.metric_params,
-        device=device,
-        data_root=data_root,
-        checkpoint_dir=checkpoint_dir,
-        results_path=out / "results.jsonl",
-        suite=cell.suite,
-        suite_version=cell.suite_version,
-        progress=progress,
-        eval_seed=cell.eval_seed,
-    )
-    save_attribution_samples(cell, out, device=device, data_root=data_root, checkpoint_dir=checkpoint_dir)
-    return len(rows)
-
-
 @dataclass
 class RunResult:
     """What a run did: where, how many cells ran / were skipped / failed, how long it took."""
@@ -259,8 +188,12 @@ def _manifest(out: Path, suite: Suite, only: dict[str, set[str]], device: Any) -
     else:
         manifest = {"fingerprint": suite.fingerprint(), "runs": []}
     manifest["suite"] = suite.as_dict()
+    for earlier in manifest["runs"]:  # we hold the lock: a run still 'running' was killed (SIGKILL, power)
+        if earlier.get("status") == "running":
+            earlier.update(status="killed", note=f"found running by the run started {_now()}; its process "
+                           "ended without recording (SIGKILL or a crash); its finished cells are kept")
     manifest["runs"].append({
-        "started": _now(), "finished": None, "status": "running",
+        "started": _now(), "finished": None, "status": "running", "pid": os.getpid(),
         "only": {k: sorted(v) for k, v in only.items()}, "provenance": provenance(device),
     })
     return manifest
@@ -279,6 +212,10 @@ def run(
     report: bool = True,
     figures: bool = True,
     threads: int | None = None,
+    executor: str = "serial",
+    address: str | None = None,
+    workers: int | None = None,
+    lock_timeout_s: float | None = None,
     log: Callable[[str], None] = print,
 ) -> RunResult:
     """Run (or resume) a suite into ``out`` and write its report; the Python twin of ``sgq-bench run``.
@@ -289,10 +226,13 @@ def run(
         only: ``"dataset=mnist,method=sgt"`` or its parsed form; restricts the cells run now.
         overrides: dotted ``--set`` keys applied before validation.
         device, data_root, checkpoint_dir: passed to training and evaluation.
-        progress: tqdm bars (the current cell and overall).
+        progress: tqdm bars (tasks across all workers).
         report, figures: write ``summary.{csv,md}`` (and ``figures/``) at the end.
-        threads: torch intra-op threads for this run (restored afterwards; recorded in the manifest).
-            On a shared or oversubscribed CPU, 1 is often several times faster than the default.
+        threads: torch intra-op threads per task (restored afterwards; recorded in the manifest). On a
+            shared or oversubscribed CPU, 1 is often several times faster than the default.
+        executor: ``serial`` (this process) or ``ray`` (``address`` joins a running cluster; default: a
+            local one with ``workers`` task slots).
+        lock_timeout_s: how long to wait for another run writing ``out`` (None: as long as it takes).
         log: where one-line status messages go.
 
     Returns:
@@ -307,32 +247,73 @@ def run(
     only = parse_only(only) if isinstance(only, str) or only is None else only
     cells = expand(suite, only)
     resolve_device(device)
+    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
+        raise UsageError(f"--threads {threads!r} must be an integer >= 1")
+    if workers is not None and (not isinstance(workers, int) or workers < 1):
+        raise UsageError(f"--workers {workers!r} must be an integer >= 1")
+    if executor == "ray":
+        from sgq_bench.executors import check_importable_plugins
+
+        check_importable_plugins(suite_plugin_names(suite))
     from sgq_bench._plugins import report_broken
 
     report_broken(log)  # installed-but-broken plugins: one line each, and the run goes on
     out = Path(out) if out is not None else Path("runs") / suite.name
     check_writable(out)
-    results_path = out / "results.jsonl"
-    if results_path.exists():
-        from sgq_bench.evaluate import read_results
+    from sgq_bench._lock import run_lock
 
-        read_results(results_path)  # a corrupted line stops us here, before anything is written
-    finished = done_keys(out)
-    if threads is not None and (not isinstance(threads, int) or threads < 1):
-        raise UsageError(f"--threads {threads!r} must be an integer >= 1")
-    import torch
+    with run_lock(out, timeout_s=lock_timeout_s, log=log):
+        _remove_stale_temps(out)
+        results_path = out / "results.jsonl"
+        _read_results(results_path)  # a corrupted line stops us here, before anything is written
+        finished = done_keys(out)
+        import torch
 
-    old_threads = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    old_term = _terminate_as_interrupt()
+        old_threads = torch.get_num_threads()
+        if threads:
+            torch.set_num_threads(threads)
+        old_term = _terminate_as_interrupt()
+        try:
+            result = _run_graph(suite, cells, out, only, device, data_root, checkpoint_dir, progress, finished,
+                                threads, executor, address, workers, log)
+        finally:
+            torch.set_num_threads(old_threads)
+            if old_term is not None:
+                signal.signal(signal.SIGTERM, old_term)
+        if report and results_path.exists():
+            from sgq_bench.report.tables import write_report
+
+            result.summary_md = write_report(out, figures=figures)
+    return result
+
+
+def suite_plugin_names(suite: Suite) -> dict[str, set[str]]:
+    """Every plugin name a suite uses, by registry kind."""
+    names: dict[str, set[str]] = {"datasets": set(), "models": set(), "quantizers": set(), "objectives": set(),
+                                  "explainers": set(suite.explainers), "metrics": set(suite.metrics)}
+    for plan in suite.datasets:
+        names["datasets"].add(plan.name)
+        names["models"].add(plan.model)
+    for m in suite.methods:
+        names["quantizers"].add(m.quantizer)
+        names["objectives"].add(m.objective)
+    return names
+
+
+def _read_results(path: Path) -> None:
     try:
-        return _run_cells(suite, cells, out, only, device, data_root, checkpoint_dir, progress, report, figures,
-                          finished, log)
-    finally:
-        torch.set_num_threads(old_threads)
-        if old_term is not None:
-            signal.signal(signal.SIGTERM, old_term)
+        from sgq_bench.results import read_rows
+    except ImportError:  # pragma: no cover - transitional
+        from sgq_bench.evaluate import read_results as read_rows
+    read_rows(path)
+
+
+def _remove_stale_temps(out: Path) -> None:
+    try:
+        from sgq_bench._io import remove_stale_temps
+    except ImportError:  # pragma: no cover - transitional
+        return
+    remove_stale_temps(out)
 
 
 def _terminate_as_interrupt() -> Any:
@@ -350,55 +331,115 @@ def _terminate_as_interrupt() -> Any:
     return signal.signal(signal.SIGTERM, handler)
 
 
-def _run_cells(suite: Suite, cells: list[Cell], out: Path, only: dict[str, set[str]], device: Any, data_root: Any,
-               checkpoint_dir: Any, progress: bool, report: bool, figures: bool, finished: set[str],
-               log: Callable[[str], None]) -> RunResult:
-    """The loop of ``run`` once inputs are validated: manifest, cells in order, errors, report."""
+def _safe_append(path: Path, rows: list[dict[str, Any]], log: Callable[[str], None]) -> bool:
+    """Append bookkeeping rows; a full or read-only disk is reported in one line and the run goes on."""
+    try:
+        append_jsonl(path, rows)
+        return True
+    except OSError as exc:
+        log(f"could not write {path} ({exc.strerror or exc}); the run goes on")
+        return False
+
+
+def _write_rows(out: Path, rows: list[dict[str, Any]]) -> None:
+    try:
+        from sgq_bench.results import append_rows
+    except ImportError:  # pragma: no cover - transitional
+        append_rows = append_jsonl
+    append_rows(out / "results.jsonl", rows)
+
+
+def _run_graph(suite: Suite, cells: list[Cell], out: Path, only: dict[str, set[str]], device: Any, data_root: Any,
+               checkpoint_dir: Any, progress: bool, finished: set[str], threads: int | None, executor_name: str,
+               address: str | None, workers: int | None, log: Callable[[str], None]) -> RunResult:
+    """The driver: build the task graph, feed ready tasks to the executor, write what comes back.
+
+    The driver is the only writer of ``out``: workers return rows and saliency samples. A task that
+    raises fails the cells that need it; the other cells go on.
+    """
     from tqdm.auto import tqdm
 
-    results_path = out / "results.jsonl"
+    from sgq_bench._io import atomic_torch_save
+    from sgq_bench.executors import make_executor
+    from sgq_bench.tasks import ExecContext, build_graph, samples_path
+
     manifest = _manifest(out, suite, only, device)
+    run_info = manifest["runs"][-1]
+    run_info.update(executor=executor_name, address=address, threads=threads)
     atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=2, default=str))
     todo = [c for c in cells if c.key() not in finished]
+    by_id = {c.id: c for c in todo}
+    graph = build_graph(todo, data_root=data_root, checkpoint_dir=checkpoint_dir, device=device)
+    counts = {k: sum(1 for t in graph.values() if t.kind == k) for k in ("train", "rank", "retrain", "evaluate")}
     log(f"suite {suite.name} v{suite.version}: {len(cells)} cells, {len(cells) - len(todo)} already done, "
-        f"{len(todo)} to run -> {out}")
+        f"{len(todo)} to run -> {out} (tasks: " + ", ".join(f"{n} {k}" for k, n in counts.items()) + ")")
     started = time.perf_counter()
-    failed: list[str] = []
+    failed: dict[str, str] = {}
     status = "interrupted"
-    bar = tqdm(total=len(cells), initial=len(cells) - len(todo), desc="suite", unit="cell",
-               disable=not progress, position=0, dynamic_ncols=True)
+    ctx = ExecContext(device=str(device), data_root=data_root, checkpoint_dir=checkpoint_dir, threads=threads,
+                      progress=progress and executor_name == "serial")
+    ex = make_executor(executor_name, ctx, address=address, workers=workers)
+    bar = tqdm(total=len(graph), desc="tasks", unit="task", disable=not progress, position=0, dynamic_ncols=True)
+    remaining = dict(graph)
+    done_tasks: set[str] = set()
+    submitted: set[str] = set()
+    users = {k: sum(1 for t in graph.values() if k in t.deps) for k in graph}
     try:
-        for cell in todo:
-            bar.set_description(f"cell {cell.id}")
-            t0 = time.perf_counter()
-            try:
-                n = run_cell(cell, out, device=device, data_root=data_root, checkpoint_dir=checkpoint_dir,
-                             progress=progress)
-            except Exception as exc:  # one failing cell must not stop the others
-                failed.append(cell.id)
-                append_jsonl(out / "errors.jsonl", [{
-                    "cell": cell.id, "key": cell.key(), "error": type(exc).__name__,
-                    "message": str(exc).splitlines()[0] if str(exc) else "", "traceback": traceback.format_exc(),
-                    "time": _now(),
-                }])
-                log(f"cell {cell.id} FAILED: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
-            else:
-                append_jsonl(out / "cells.jsonl", [{
-                    "cell": cell.id, "key": cell.key(), "status": "done", "rows": n,
-                    "time_s": round(time.perf_counter() - t0, 3), "finished": _now(),
-                }])
-            bar.update(1)
+        while remaining:
+            for key, task in list(remaining.items()):
+                if key in submitted:
+                    continue
+                if any(d in graph and d not in done_tasks for d in task.deps):
+                    if any(d in failed for d in task.deps):
+                        failed[key] = failed[next(d for d in task.deps if d in failed)]
+                        remaining.pop(key)
+                        bar.update(1)
+                    continue
+                ex.submit(task)
+                submitted.add(key)
+            if not ex.pending():
+                break
+            for key, ok, value in ex.wait():
+                task = remaining.pop(key)
+                bar.update(1)
+                bar.set_description(f"{task.kind} {task.label}"[:60])
+                for d in task.deps:
+                    users[d] -= 1
+                    if users[d] == 0:
+                        ex.release(d)
+                if not ok:
+                    failed[key] = f"{type(value).__name__}: {str(value).splitlines()[0] if str(value) else ''}"
+                    for cid in task.cells:
+                        log(f"cell {cid} FAILED in {task.kind} {task.label}: {failed[key]}")
+                    _safe_append(out / "errors.jsonl", [{
+                        "cell": cid, "key": by_id[cid].key() if cid in by_id else None, "task": key,
+                        "error": type(value).__name__, "message": failed[key], "time": _now(),
+                        "traceback": "".join(traceback.format_exception(value)),
+                    } for cid in task.cells], log)
+                    continue
+                done_tasks.add(key)
+                if task.kind == "evaluate":
+                    cell = task.payload
+                    _write_rows(out, value["rows"])
+                    if value.get("samples") is not None:
+                        atomic_torch_save(samples_path(out, cell), value["samples"])
+                    _safe_append(out / "cells.jsonl", [{
+                        "cell": cell.id, "key": cell.key(), "status": "done", "rows": len(value["rows"]),
+                        "finished": _now()}], log)
         status = "failed" if failed else "done"
+    except KeyboardInterrupt:
+        ex.cancel()
+        raise
     finally:
         bar.close()
-        run_info = manifest["runs"][-1]
+        ex.close()
+        failed_cells = sorted({cid for k in failed for cid in graph[k].cells})
         run_info.update(finished=_now(), status=status, wall_s=round(time.perf_counter() - started, 1),
-                        cells_total=len(cells), cells_run=len(todo) - len(failed), cells_failed=failed)
-        atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=2, default=str))
+                        cells_total=len(cells), cells_run=len(todo) - len(failed_cells), cells_failed=failed_cells,
+                        tasks=counts)
+        try:
+            atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=2, default=str))
+        except OSError as exc:
+            log(f"could not update {out / 'manifest.json'} ({exc.strerror or exc})")
     wall = time.perf_counter() - started
-    result = RunResult(out, len(cells), len(todo) - len(failed), len(cells) - len(todo), failed, wall)
-    if report and results_path.exists():
-        from sgq_bench.report.tables import write_report
-
-        result.summary_md = write_report(out, figures=figures)
-    return result
+    return RunResult(out, len(cells), len(todo) - len(failed_cells), len(cells) - len(todo), failed_cells, wall)

@@ -1,61 +1,205 @@
 """ROAR and KAR (Hooker et al. 2019): remove (ROAR) or keep (KAR) the top-ranked fraction of pixels in
-the training AND test sets, retrain the same method from scratch, report the final model's test accuracy.
+the training AND test sets, retrain from scratch, report the final model's test accuracy per fraction.
 
-The ranking comes from the cell's explainer applied with the trained model to every training and test
-image (its predicted class as target); removed pixels take the per-channel train mean, i.e. 0 after
-normalisation, written exactly into a float copy of the split (``Dataset.normalize`` accepts floats in
-0..255). Retraining goes through the shared ``train_model`` loop with the cell's recipe (``epochs`` and
-``train_size`` may be reduced to fit a budget; both are recorded). A ``random`` explainer is the control:
-ROAR asks whether an explainer degrades accuracy more than random removal does.
+Protocol (docs/design.md, "ROAR/KAR"): the default retrainer is ONE FIXED LEARNER per dataset: the
+suite's reference architecture for the dataset, trained with cross-entropy (method ``baseline``) on the
+cell's recipe with the metric's ``epochs``/``train_size`` overrides. It is the same for every cell, so
+ROAR compares *rankings*, not how well each method relearns damaged images (Hooker et al. retrain one
+fixed model type). ``learner = "own"`` retrains the cell's own method instead. With the fixed learner a
+model-independent ranking (the ``random`` control) gives identical retrains for every cell of a dataset
+and seed, so they are computed once and shared through the task cache.
+
+Each retrain is a task keyed by content (``RetrainTask.key``): the ranking (explainer, its parameters,
+the explained model's key unless the explainer is model-independent, the training data's fingerprint,
+the tie-break seed), the fraction, remove/keep and the learner's spec. Its accuracy is stored in the task
+cache, so a rerun, a resumed run, another cell or another worker reuses it. Ranking ties (many exact
+zeros in gradient maps) are broken by one seeded random draw recorded in the key, never by pixel index.
+Removed pixels take the per-channel train mean (0 after normalisation).
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from sgq_bench._base import EvalContext, Metric, MetricResult, Param, Split
-from sgq_bench.data import batches, load_split, subset
-from sgq_bench.metrics.functional import (
-    FractionsMixin,
-    fractions_param,
-    k_of,
-    pixel_scores,
-    rank_positions,
-    trapezoid_auc,
-)
-from sgq_bench.train import accuracy, build_model, train_model
+from sgq_bench._io import atomic_write_text, stable_hash
+from sgq_bench.data import batches, cache_dir, load_dataset, load_split, split_fingerprint, subset
+from sgq_bench.errors import UsageError
+from sgq_bench.metrics.functional import FractionsMixin, fractions_param, k_of, pixel_scores, trapezoid_auc
 
 ROAR_FRACTIONS = (0.1, 0.3, 0.5, 0.7, 0.9)
+LEARNERS = ("fixed", "own")
 
 
-def split_attributions(ctx: EvalContext, split: Split, batch: int = 1000) -> torch.Tensor:
-    """The explainer's attributions of a whole split (predicted class), as per-pixel scores on CPU.
+def task_dir(checkpoint_dir: Any = None) -> Path:
+    """Where task results live: beside the checkpoints (a shared filesystem for multi-machine runs)."""
+    base = Path(checkpoint_dir) if checkpoint_dir else cache_dir() / "checkpoints"
+    return base / "tasks"
 
-    One ``attribute`` call for the whole split (explainers chunk internally by their memory cap), so a
-    seeded ``random`` ranking draws independent maps for every image instead of repeating per batch.
+
+def rank_with_random_ties(scores: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Position of every pixel in its image's descending ranking; ties ordered by a seeded random draw."""
+    noise = torch.rand(scores.shape, generator=generator)
+    order = torch.argsort(noise, dim=1)
+    order = order.gather(1, torch.argsort(scores.gather(1, order), dim=1, descending=True, stable=True))
+    pos = torch.empty_like(order)
+    pos.scatter_(1, order, torch.arange(scores.shape[1]).expand_as(order))
+    return pos
+
+
+@dataclass(frozen=True)
+class RankSpec:
+    """Which ranking of the training and test pixels: an explainer applied with a trained model."""
+
+    explainer: str
+    explainer_params: tuple[tuple[str, Any], ...]
+    model_spec: Any  # TrainSpec of the explained model; None when the explainer ignores the model
+    dataset: str
+    dataset_params: tuple[tuple[str, Any], ...]
+    train_size: int | None
+    subset_seed: int
+    tie_seed: int
+    data_root: Any = None
+
+    def key(self) -> str:
+        dataset = load_dataset(self.dataset, dict(self.dataset_params))
+        fp = split_fingerprint(load_split(dataset, True, self.data_root))
+        return stable_hash({
+            "explainer": self.explainer, "explainer_params": list(self.explainer_params),
+            "model": self.model_spec.key(fp) if self.model_spec is not None else None,
+            "dataset": self.dataset, "dataset_params": list(self.dataset_params), "train_data_sha256": fp,
+            "train_size": self.train_size, "subset_seed": self.subset_seed, "tie_seed": self.tie_seed,
+        })[:20]
+
+
+@dataclass(frozen=True)
+class RetrainTask:
+    """One retrain: the learner trained on data whose top (or all but top) ``fraction`` pixels are removed."""
+
+    rank: RankSpec
+    fraction: float
+    keep: bool
+    learner: Any  # TrainSpec of the retrained model (recipe incl. epochs/train_size overrides)
+
+    def key(self) -> str:
+        return stable_hash({"rank": self.rank.key(), "fraction": self.fraction, "keep": self.keep,
+                            "learner": self.learner.key()})[:20]
+
+    def path(self, checkpoint_dir: Any = None) -> Path:
+        return task_dir(checkpoint_dir) / "retrain" / f"{self.key()}.json"
+
+
+def read_retrain(task: RetrainTask, checkpoint_dir: Any = None) -> float | None:
+    """The stored accuracy of a finished retrain, or None (absent or unreadable: recomputed)."""
+    path = task.path(checkpoint_dir)
+    try:
+        acc = json.loads(path.read_text())["accuracy"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return float(acc) if isinstance(acc, (int, float)) and 0.0 <= acc <= 1.0 else None
+
+
+def split_scores(model: Any, explainer: Any, dataset: Any, split: Split, device: torch.device,
+                 batch: int = 1000) -> torch.Tensor:
+    """The explainer's per-pixel scores for a whole split (predicted class as target), on CPU.
+
+    One ``attribute`` call (explainers chunk internally), so a seeded ``random`` ranking draws independent
+    maps for every image instead of repeating per batch.
     """
-    ctx.model.eval()
-    x = torch.cat([xb for xb, _ in batches(ctx.dataset, split, batch, ctx.device)])
-    with torch.no_grad():
-        target = torch.cat([ctx.model(x[s:s + batch]).argmax(1) for s in range(0, x.shape[0], batch)])
-    return pixel_scores(ctx.explainer.attribute(ctx.model, x, target)).cpu()
+    x = torch.cat([xb for xb, _ in batches(dataset, split, batch, device)])
+    if model is None:
+        target = torch.zeros(x.shape[0], dtype=torch.long, device=device)
+    else:
+        model.eval()
+        with torch.no_grad():
+            target = torch.cat([model(x[s:s + batch]).argmax(1) for s in range(0, x.shape[0], batch)])
+    return pixel_scores(explainer.attribute(model, x, target)).cpu()
 
 
-def masked_split(dataset: Any, split: Split, scores: torch.Tensor, fraction: float, keep: bool) -> Split:
+def compute_rankings(rank: RankSpec, *, device: torch.device, checkpoint_dir: Any = None,
+                     model: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rank positions of every train and test pixel (0 = most important) for ``rank``."""
+    from sgq_bench import _registry
+    from sgq_bench.train import load_or_train
+
+    dataset = load_dataset(rank.dataset, dict(rank.dataset_params))
+    train = subset(load_split(dataset, True, rank.data_root), rank.train_size, seed=rank.subset_seed)
+    test = load_split(dataset, False, rank.data_root)
+    if model is None and rank.model_spec is not None:
+        model = load_or_train(rank.model_spec, data_root=rank.data_root, device=device,
+                              checkpoint_dir=checkpoint_dir, progress=False).model
+    explainer = _registry.explainers.get(rank.explainer)(**dict(rank.explainer_params))
+    explainer.setup(dataset)
+    g = torch.Generator().manual_seed(rank.tie_seed)
+    return tuple(rank_with_random_ties(split_scores(model, explainer, dataset, s, device), g) for s in (train, test))
+
+
+def masked_split(dataset: Any, split: Split, positions: torch.Tensor, fraction: float, keep: bool) -> Split:
     """A float copy of ``split`` (0..255 scale) whose top (ROAR) or all-but-top (KAR) pixels hold the mean."""
-    n = scores.shape[1]
-    pos = rank_positions(scores)
-    k = k_of(fraction, n)
-    top = pos < k
+    k = k_of(fraction, positions.shape[1])
+    top = positions < k
     replace_mask = ~top if keep else top
     c, h, w = split.images.shape[1:]
     mean = torch.tensor(dataset.mean, dtype=torch.float32).view(1, c, 1, 1) * 255.0
-    imgs = split.images.float()
-    imgs = torch.where(replace_mask.view(-1, 1, h, w), mean, imgs)
-    return Split(imgs, split.labels)
+    return Split(torch.where(replace_mask.view(-1, 1, h, w), mean, split.images.float()), split.labels)
+
+
+def run_retrain(task: RetrainTask, rankings: tuple[torch.Tensor, torch.Tensor], *, device: torch.device,
+                checkpoint_dir: Any = None) -> float:
+    """Train the learner on the masked training set, store and return its masked-test accuracy."""
+    from sgq_bench.train import accuracy, build_model, train_model
+
+    spec = task.learner
+    dataset = load_dataset(spec.dataset, spec.dataset_params)
+    train = subset(load_split(dataset, True, task.rank.data_root), spec.recipe.train_size, seed=task.rank.subset_seed)
+    test = load_split(dataset, False, task.rank.data_root)
+    model, quantizer, objective = build_model(spec, dataset)
+    train_model(model, quantizer, objective, dataset, masked_split(dataset, train, rankings[0], task.fraction, task.keep),
+                spec.recipe, spec.seed, device, desc=f"{'kar' if task.keep else 'roar'} t={task.fraction}",
+                progress=False)
+    acc = accuracy(model, dataset, masked_split(dataset, test, rankings[1], task.fraction, task.keep), device)
+    atomic_write_text(task.path(checkpoint_dir), json.dumps({"accuracy": acc, "fraction": task.fraction,
+                                                            "keep": task.keep, "learner": spec.key()}))
+    return acc
+
+
+def retrain_tasks(spec: Any, explainer: Any, *, fractions: tuple[float, ...], keep: bool, epochs: int = 0,
+                  train_size: int = 0, learner: str = "fixed", data_root: Any = None) -> list[RetrainTask]:
+    """The retrain tasks of one (cell, explainer, ROAR|KAR): what the runner schedules and the metric reads."""
+    from sgq_bench.config.methods import get_method
+    from sgq_bench.train import TrainSpec
+
+    if learner not in LEARNERS:
+        raise UsageError(f"roar/kar learner {learner!r} is invalid; expected one of {', '.join(LEARNERS)}")
+    recipe = spec.recipe
+    if epochs:
+        recipe = replace(recipe, epochs=epochs)
+    if train_size:
+        recipe = replace(recipe, train_size=train_size)
+    method = spec.method if learner == "own" else get_method("baseline").resolved()
+    learner_spec = TrainSpec(spec.dataset, spec.model, method, recipe, spec.seed, dict(spec.dataset_params))
+    independent = bool(getattr(explainer, "model_independent", False))
+    rank = RankSpec(explainer.name, tuple(sorted(dict(explainer.config).items())),
+                    None if independent else spec, spec.dataset, tuple(sorted(spec.dataset_params.items())),
+                    recipe.train_size, spec.seed + 104729, spec.seed * 7919 + 29, data_root)
+    return [RetrainTask(rank, float(f), keep, learner_spec) for f in fractions]
+
+
+def ensure_retrains(tasks: list[RetrainTask], *, device: torch.device, checkpoint_dir: Any = None,
+                    model: Any = None) -> list[float]:
+    """Accuracies of ``tasks``: read from the task cache, computing (once per ranking) what is missing."""
+    accs = [read_retrain(t, checkpoint_dir) for t in tasks]
+    missing = [i for i, a in enumerate(accs) if a is None]
+    if missing:
+        rankings = compute_rankings(tasks[0].rank, device=device, checkpoint_dir=checkpoint_dir, model=model)
+        for i in missing:
+            accs[i] = run_retrain(tasks[i], rankings, device=device, checkpoint_dir=checkpoint_dir)
+    return accs
 
 
 class _Roar(FractionsMixin, Metric):
@@ -66,37 +210,29 @@ class _Roar(FractionsMixin, Metric):
         "fractions": fractions_param(ROAR_FRACTIONS, "fractions of pixels removed (ROAR) / kept (KAR)"),
         "epochs": Param(0, "retraining epochs; 0 = the cell's recipe", low=0),
         "train_size": Param(0, "training images for the retrain; 0 = the cell's recipe", low=0),
+        "learner": Param("fixed", "who is retrained: 'fixed' (the dataset's reference architecture with "
+                         "cross-entropy, the same for every cell) or 'own' (the cell's method)",
+                         choices=LEARNERS),
     }
+
+    def tasks(self, spec: Any, explainer: Any, data_root: Any = None) -> list[RetrainTask]:
+        return retrain_tasks(spec, explainer, fractions=tuple(self.fractions), keep=self.keep, epochs=self.epochs,
+                             train_size=self.train_size, learner=self.learner, data_root=data_root)
 
     def compute(self, ctx: EvalContext, attributions: torch.Tensor | None) -> MetricResult:
         if ctx.explainer is None or ctx.spec is None:
-            from sgq_bench.errors import UsageError
-
             raise UsageError(f"metric {self.name!r} needs the explainer and the training spec in the context")
-        spec = ctx.spec
-        recipe = spec.recipe
-        if self.epochs:
-            recipe = replace(recipe, epochs=self.epochs)
-        if self.train_size:
-            recipe = replace(recipe, train_size=self.train_size)
-        train = subset(load_split(ctx.dataset, True, ctx.data_root), recipe.train_size, seed=spec.seed + 104729)
-        test = load_split(ctx.dataset, False, ctx.data_root)
-        key = ("roar_scores", id(ctx.explainer), len(train), recipe.train_size)
-        if key not in ctx.cache:  # shared by roar and kar
-            ctx.cache[key] = (split_attributions(ctx, train), split_attributions(ctx, test))
-        s_train, s_test = ctx.cache[key]
-        accs = []
-        for f in self.fractions:
-            model, quantizer, objective = build_model(spec, ctx.dataset)
-            train_model(model, quantizer, objective, ctx.dataset, masked_split(ctx.dataset, train, s_train, f, self.keep),
-                        recipe, spec.seed, ctx.device, desc=f"{self.name} t={f}", progress=False)
-            accs.append(accuracy(model, ctx.dataset, masked_split(ctx.dataset, test, s_test, f, self.keep), ctx.device))
-        fr = list(self.fractions)
-        y = torch.tensor(accs, dtype=torch.float64)
-        value = float(trapezoid_auc(fr, y))
-        return MetricResult(value=value, curve={"x": fr, "y": accs},
-                            extra={"resolved_params": {"epochs": recipe.epochs, "train_size": len(train)},
-                                   "final_epoch_accuracy": True})
+        tasks = self.tasks(ctx.spec, ctx.explainer, ctx.data_root)
+        accs = ensure_retrains(tasks, device=ctx.device, checkpoint_dir=ctx.checkpoint_dir, model=ctx.model)
+        fr = [t.fraction for t in tasks]
+        value = float(trapezoid_auc(fr, torch.tensor(accs, dtype=torch.float64)))
+        learner = tasks[0].learner
+        return MetricResult(value=value, curve={"x": fr, "y": accs}, extra={
+            "resolved_params": {"epochs": learner.recipe.epochs, "train_size": learner.recipe.train_size,
+                                "learner": self.learner, "learner_model": learner.model,
+                                "learner_method": learner.method.name},
+            "final_epoch_accuracy": True, "ties": "one seeded random tie-break",
+            "retrain_keys": [t.key() for t in tasks]})
 
 
 class Roar(_Roar):

@@ -1,0 +1,187 @@
+"""Executors run the task graph: ``serial`` in this process, ``ray`` on a Ray cluster (local or joined).
+
+Both answer the same three calls, so the driver (``sgq_bench.runner``) is one loop whatever runs the
+tasks: ``submit(task, dep_values)``, ``wait()`` -> finished ``(key, ok, value)`` triples, ``cancel()``.
+A dependency's value travels to its dependents inside the executor (a Ray ``ObjectRef`` for rankings,
+so a 50 MB ranking goes worker-to-worker and never through the driver).
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from typing import Any
+
+from sgq_bench.errors import UsageError
+from sgq_bench.tasks import ExecContext, Task, execute
+
+EXECUTORS = ("serial", "ray")
+SYSTEM_RETRIES = 3  # a worker that dies (node lost, OOM kill) is retried; an exception in a task is not
+
+
+class SerialExecutor:
+    """Runs each task in this process when asked to wait; values stay in memory."""
+
+    name = "serial"
+
+    def __init__(self, ctx: ExecContext) -> None:
+        self.ctx = ctx
+        self.queue: deque[tuple[Task, list[Any]]] = deque()
+        self.values: dict[str, Any] = {}
+
+    @property
+    def workers(self) -> int:
+        return 1
+
+    def submit(self, task: Task) -> None:
+        self.queue.append((task, [self.values.get(d) for d in task.deps]))
+
+    def wait(self) -> list[tuple[str, bool, Any]]:
+        task, deps = self.queue.popleft()
+        try:
+            value = execute(task, self.ctx, *deps)
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:  # the driver marks the task's cells failed and goes on
+            return [(task.key, False, exc)]
+        if task.kind == "rank":
+            self.values[task.key] = value
+        return [(task.key, True, _driver_value(task, value))]
+
+    def pending(self) -> int:
+        return len(self.queue)
+
+    def release(self, key: str) -> None:
+        self.values.pop(key, None)
+
+    def cancel(self) -> None:
+        self.queue.clear()
+
+    def close(self) -> None:
+        self.values.clear()
+
+
+def _driver_value(task: Task, value: Any) -> Any:
+    """What the driver keeps of a result: rows for evaluate, small values otherwise, never rankings."""
+    return None if task.kind == "rank" else value
+
+
+class RayExecutor:
+    """Each task is a Ray task asking for its threads as CPUs (and one GPU on CUDA).
+
+    Checkpoints and retrain results go to ``--checkpoint-dir``: with workers on several machines it must
+    be a shared filesystem. Only system failures are retried (``max_retries``); a task that raises is
+    reported failed at once.
+    """
+
+    name = "ray"
+
+    def __init__(self, ctx: ExecContext, *, address: str | None = None, workers: int | None = None) -> None:
+        try:
+            import ray
+        except ImportError:
+            raise UsageError("--executor ray needs Ray: pip install 'sgq-bench[ray]'") from None
+        self.ray = ray
+        self.ctx = ctx
+        threads = ctx.threads or 1
+        if not ray.is_initialized():
+            kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
+                                      "configure_logging": False}
+            if address:
+                kwargs["address"] = address
+            else:
+                kwargs["num_cpus"] = (workers or max(1, (os.cpu_count() or 1) // threads)) * threads
+            try:
+                ray.init(**kwargs)
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                raise UsageError(f"--address {address!r}: cannot join the Ray cluster ({exc})") from None
+            self._owns = True
+        else:
+            self._owns = False
+        gpu = str(ctx.device).startswith("cuda")
+        self.remote = ray.remote(_ray_execute).options(
+            num_cpus=threads, num_gpus=1 if gpu else 0, max_retries=SYSTEM_RETRIES, retry_exceptions=False)
+        self.refs: dict[Any, tuple[Task, Any]] = {}
+        self.values: dict[str, Any] = {}
+
+    @property
+    def workers(self) -> int:
+        cpus = self.ray.cluster_resources().get("CPU", 1)
+        return max(1, int(cpus // (self.ctx.threads or 1)))
+
+    def submit(self, task: Task) -> None:
+        ref = self.remote.remote(task, self.ctx, *[self.values.get(d) for d in task.deps])
+        self.refs[ref] = (task, ref)
+
+    def wait(self) -> list[tuple[str, bool, Any]]:
+        ready, _ = self.ray.wait(list(self.refs), num_returns=1, timeout=None)
+        done = []
+        for ref in ready:
+            task, _ = self.refs.pop(ref)
+            try:
+                value = self.ray.get(ref) if task.kind != "rank" else None
+                if task.kind == "rank":
+                    self.ray.get(ref)  # raises if the ranking failed; the ref itself goes to dependents
+                    self.values[task.key] = ref
+                done.append((task.key, True, value))
+            except KeyboardInterrupt:
+                raise
+            except Exception as exc:
+                done.append((task.key, False, _unwrap(exc)))
+        return done
+
+    def pending(self) -> int:
+        return len(self.refs)
+
+    def release(self, key: str) -> None:
+        self.values.pop(key, None)
+
+    def cancel(self) -> None:
+        for ref in list(self.refs):
+            try:
+                self.ray.cancel(ref, force=True)
+            except Exception:  # already finished or lost: nothing left to cancel
+                pass
+        self.refs.clear()
+
+    def close(self) -> None:
+        self.values.clear()
+        if self._owns:
+            self.ray.shutdown()
+
+
+def _ray_execute(task: Task, ctx: ExecContext, *deps: Any) -> Any:
+    """Worker side: Ray sets OMP_NUM_THREADS, but torch in a reused worker does not re-read it."""
+    return execute(task, ctx, *deps)
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    """The task's own exception when Ray wrapped it (RayTaskError.cause), else the Ray error."""
+    cause = getattr(exc, "cause", None)
+    return cause if isinstance(cause, BaseException) else exc
+
+
+def check_importable_plugins(names_by_kind: dict[str, set[str]]) -> None:
+    """Refuse plugins registered in this process (``register()``): a Ray worker cannot import them."""
+    from sgq_bench import _registry
+
+    bad = []
+    for kind, names in names_by_kind.items():
+        reg = _registry.registry(kind)
+        for name in sorted(names):
+            entry = reg.peek(name)
+            if entry is not None and entry.in_process:
+                bad.append(f"{kind[:-1]} {name!r}")
+    if bad:
+        raise UsageError(f"--executor ray cannot use in-process plugins ({', '.join(bad)}): workers cannot "
+                         "import them; install them as a package with entry points, or use --executor serial")
+
+
+def make_executor(name: str, ctx: ExecContext, *, address: str | None = None, workers: int | None = None) -> Any:
+    if name == "serial":
+        if address:
+            raise UsageError("--address needs --executor ray")
+        return SerialExecutor(ctx)
+    if name == "ray":
+        return RayExecutor(ctx, address=address, workers=workers)
+    raise UsageError(f"--executor {name!r} is invalid; expected one of {', '.join(EXECUTORS)}")
