@@ -15,7 +15,7 @@ from sgq_bench._base import Dataset
 
 
 class MnistCNN(nn.Sequential):
-    """The PyTorch MNIST example network (DESIGN.md §2); logits out."""
+    """The PyTorch MNIST example network (docs/design.md, "Models and recipes"); logits out."""
 
     explain_layer = "conv2"
 

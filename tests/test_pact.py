@@ -1,4 +1,4 @@
-"""PACT activations and rescaled DoReFa weights, against the formulas of DESIGN.md §2."""
+"""PACT activations and rescaled DoReFa weights, against the formulas of docs/design.md ("PACT quantizer")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Saliency-guided training objective, against DESIGN.md §2 and the official SGT code's semantics."""
+"""Saliency-guided training objective, against docs/design.md ("Saliency-guided objective") and the official
+SGT code's semantics."""
 
 from __future__ import annotations
 

@@ -29,7 +29,7 @@ def pact_quantize(x: torch.Tensor, alpha: torch.Tensor, bits: int) -> torch.Tens
 
 
 def dorefa_weight(w: torch.Tensor, bits: int) -> torch.Tensor:
-    """DoReFa ``bits``-bit weights rescaled by the layer's max|w| (DESIGN.md §2).
+    """DoReFa ``bits``-bit weights rescaled by the layer's max|w| (docs/design.md, "PACT quantizer").
 
     Plain DoReFa maps onto [-1, 1], which blows up BatchNorm-free nets; multiplying back by max|w|
     keeps the layer's scale. Values are odd multiples of max|w| / (2^k - 1): 2^k distinct values.
