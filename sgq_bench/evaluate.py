@@ -1,9 +1,12 @@
-"""The evaluation core: one cell (dataset x model x method x seed) -> result rows in a JSONL file.
+"""The evaluation core: one cell (dataset x model x method x seed) -> result rows.
 
-Attributions are computed once per explainer and shared by every metric of the cell (with the cell's
-forward cache, so metrics never repeat a forward pass); model-level metrics (accuracy, efficiency) run
-once per cell with explainer ``"-"``. Rows are appended atomically after each metric, and a rerun
-skips the (metric, explainer) pairs already present, so an interrupted evaluation resumes.
+Attributions are computed once per explainer, checked (finite, shaped like the input) and shared by
+every metric of the cell (with the cell's forward cache, so metrics never repeat a forward pass);
+model-level metrics (accuracy, efficiency) run once per cell with explainer ``"-"``. Rows are validated
+against the result schema (``sgq_bench.results``) and appended after each metric, and a rerun skips
+the (metric, explainer) pairs already present, so an interrupted evaluation resumes. With
+``results_path=None`` nothing is written: the rows are returned (a distributed worker's mode, where
+only the driver writes).
 """
 
 from __future__ import annotations
@@ -19,11 +22,11 @@ from typing import Any
 
 import torch
 
-from sgq_bench import _registry
+from sgq_bench import _registry, results
+from sgq_bench import explainers as _explainers
 from sgq_bench._base import Dataset, EvalContext, Explainer, Metric, MetricResult, Split
 from sgq_bench._batching import forward as batched_forward
 from sgq_bench._batching import keep_freed_memory
-from sgq_bench._io import append_jsonl
 from sgq_bench._plugins import row_plugins
 from sgq_bench._provenance import provenance
 from sgq_bench.data import subset
@@ -37,45 +40,74 @@ from sgq_bench.train import (
     resolve_device,
 )
 
-KEY_FIELDS = ("dataset", "model", "method", "seed", "checkpoint_key", "explainer", "metric", "eval_size",
-              "eval_seed")
-NO_EXPLAINER = "-"
+NO_EXPLAINER = results.NO_EXPLAINER
+PROTOCOL_FIELDS = ("suite", "suite_version", "eval_size", "eval_seed")  # one per dataset in a run directory
 
-
-def row_key(row: dict[str, Any]) -> tuple:
-    """The identity of a result for skip/resume: (dataset, model, method, seed, checkpoint_key, explainer,
-    metric, eval_size, eval_seed). Variant rows of one metric share it (they are written together)."""
-    return tuple(row.get(k) for k in KEY_FIELDS)
-
-
-def read_results(path: str | Path) -> list[dict[str, Any]]:
-    """All rows of a results JSONL file ([] if it does not exist); a corrupted line is a one-line
-    UsageError naming the file and line number."""
-    path = Path(path)
-    if not path.exists():
-        return []
-    rows = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise UsageError(
-                    f"{path}:{lineno}: corrupted results line ({exc.msg}); fix or delete that line"
-                ) from None
-            if not isinstance(row, dict):
-                raise UsageError(f"{path}:{lineno}: corrupted results line (not a JSON object)")
-            rows.append(row)
-    return rows
+# Kept while runner.py and cli_evaluate.py import them from here; new code imports sgq_bench.results.
+read_results = results.read_rows
+row_key = results.row_key
+KEY_FIELDS = results.KEY_FIELDS
 
 
 def eval_split(dataset: Dataset, eval_size: int, eval_seed: int = 0, data_root: Any = None) -> Split:
-    """The fixed evaluation subset of the test split: depends only on dataset, eval_size and eval_seed."""
-    if eval_size < 1:
-        raise UsageError(f"eval_size={eval_size} must be >= 1")
-    return subset(load_split(dataset, False, data_root), eval_size, seed=eval_seed * 7919 + 17)
+    """The fixed evaluation subset of the test split: depends only on dataset, eval_size and eval_seed.
+
+    An ``eval_size`` above the test split is refused rather than clamped, so that a row's ``eval_size``
+    is always the number of images actually evaluated.
+    """
+    if not isinstance(eval_size, int) or isinstance(eval_size, bool) or eval_size < 1:
+        raise UsageError(f"eval_size={eval_size!r} must be an integer >= 1")
+    test = load_split(dataset, False, data_root)
+    if eval_size > len(test):
+        name = getattr(dataset, "name", "") or type(dataset).__name__
+        raise UsageError(f"eval_size={eval_size} exceeds the {len(test)} images of the {name} test split; "
+                         f"use an eval_size <= {len(test)}")
+    return subset(test, eval_size, seed=eval_seed * 7919 + 17)
+
+
+def check_protocol(results_path: Path, existing: list[dict[str, Any]], base: dict[str, Any],
+                   fingerprint: str | None = None) -> None:
+    """Refuse to add rows of another protocol to a run directory (one line; nothing is written).
+
+    Why: a report averages every row of a (dataset, method, ...) group; rows of another suite version,
+    evaluation size or evaluation subset would be mixed in silently. The directory's ``manifest.json``
+    (written by the runner) and the rows already there must agree with ``base`` for this dataset.
+    """
+    manifest_path = Path(results_path).parent / "manifest.json"
+    if manifest_path.exists():
+        try:
+            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+            suite = manifest.get("suite") or {}
+        except (OSError, ValueError, AttributeError) as exc:
+            raise UsageError(f"{manifest_path}: not a readable run manifest ({exc}); fix or delete it") from None
+        where = f"{manifest_path.parent} was run with suite {suite.get('name')!r} v{suite.get('version')}"
+        if fingerprint is not None and manifest.get("fingerprint") not in (None, fingerprint):
+            raise UsageError(f"{where} (fingerprint {manifest.get('fingerprint')}), not this configuration "
+                             f"(fingerprint {fingerprint}); use another --out")
+        if (suite.get("name"), _str(suite.get("version"))) != (base["suite"], base["suite_version"]):
+            raise UsageError(f"{where}; refusing to add results of suite {base['suite']!r} "
+                             f"v{base['suite_version']}; use another --out")
+        plan = next((d for d in suite.get("datasets") or [] if d.get("name") == base["dataset"]), None)
+        if plan is not None and plan.get("eval_size") != base["eval_size"]:
+            raise UsageError(f"{where}, eval_size {plan.get('eval_size')} for {base['dataset']}; refusing to add "
+                             f"results at eval_size {base['eval_size']}; use another --out")
+        if suite.get("eval_seed") not in (None, base["eval_seed"]):
+            raise UsageError(f"{where}, eval_seed {suite.get('eval_seed')}; refusing to add results at eval_seed "
+                             f"{base['eval_seed']}; use another --out")
+    for r in existing:
+        if r["dataset"] != base["dataset"]:
+            continue
+        theirs = tuple(r.get(k) for k in PROTOCOL_FIELDS)
+        ours = tuple(base[k] for k in PROTOCOL_FIELDS)
+        if theirs != ours:
+            have = ", ".join(f"{k}={v!r}" for k, v in zip(PROTOCOL_FIELDS, theirs))
+            want = ", ".join(f"{k}={v!r}" for k, v in zip(PROTOCOL_FIELDS, ours))
+            raise UsageError(f"{results_path} holds {base['dataset']} results with {have}; refusing to add "
+                             f"results with {want}; use another --out")
+
+
+def _str(v: Any) -> str | None:
+    return None if v is None else str(v)
 
 
 def _build(names: Sequence[str], registry: Any, params: dict[str, dict] | None, kind: str) -> dict[str, Any]:
@@ -100,40 +132,50 @@ def evaluate_cell(
     device: str | torch.device = "cpu",
     data_root: Any = None,
     checkpoint_dir: Path | None = None,
-    results_path: Path,
+    results_path: Path | None,
+    done: set[tuple] | None = None,
     suite: str | None = None,
     suite_version: str | None = None,
+    fingerprint: str | None = None,
     progress: bool = True,
     eval_seed: int = 0,
 ) -> list[dict]:
-    """Evaluate one trained model; append rows to ``results_path`` and return the rows written now.
+    """Evaluate one trained model; return the rows produced now (appended to ``results_path`` unless None).
 
-    Names and parameters are validated before any model is loaded or trained.
+    Rows whose ``results.row_key`` is in ``done`` or already in ``results_path`` are skipped. Names,
+    parameters, ``eval_size`` and (when writing) the run directory's protocol (``check_protocol``;
+    ``fingerprint`` is the suite's) are validated before any model is loaded or trained.
     """
     device = resolve_device(device)
     keep_freed_memory()
     metric_objs: dict[str, Metric] = _build(metrics, _registry.metrics, metric_params, "metric")
     explainer_objs: dict[str, Explainer] = _build(explainers, _registry.explainers, None, "explainer")
-    results_path = Path(results_path)
     dataset = load_dataset(spec.dataset, spec.dataset_params)
     split = eval_split(dataset, eval_size, eval_seed, data_root)
     quantizer, _ = spec.method.build()
-    base = _cell_fields(spec, quantizer, eval_size, eval_seed, suite, suite_version)
-    done = {row_key(r) for r in read_results(results_path)}
+    base = _cell_fields(spec, quantizer, len(split), eval_seed, suite, suite_version)
+    skip = set(done or ())
+    if results_path is not None:
+        results_path = Path(results_path)
+        existing = results.read_rows(results_path)
+        check_protocol(results_path, existing, base, fingerprint)
+        skip |= {results.row_key(r) for r in existing}
 
     def todo(explainer: str, metric: str) -> bool:
-        return row_key({**base, "explainer": explainer, "metric": metric}) not in done
+        return results.row_key({**base, "explainer": explainer, "metric": metric}) not in skip
 
     model_level = [m for m, obj in metric_objs.items() if not obj.needs_attributions]
     attr_level = [m for m, obj in metric_objs.items() if obj.needs_attributions]
     pending_model = [m for m in model_level if todo(NO_EXPLAINER, m)]
     pending = {e: [m for m in attr_level if todo(e, m)] for e in explainer_objs}
     if not pending_model and not any(pending.values()):
-        _log(progress, f"{_cell_name(spec)}: all results present in {results_path}")
+        _log(progress, f"{_cell_name(spec)}: all results present" + (f" in {results_path}" if results_path else ""))
         return []
 
     trained = load_or_train(spec, data_root=data_root, device=device, checkpoint_dir=checkpoint_dir,
                             progress=progress)
+    base["precision"] = str(trained.meta.get("precision", "fp32"))
+    base["train_data_sha256"] = trained.meta.get("train_data_sha256")
     model = trained.model.eval()
     x = dataset.normalize(split.images.to(device))
     y = split.labels.to(device)
@@ -142,13 +184,17 @@ def evaluate_cell(
 
     def emit(explainer: str, expl_params: dict, name: str, metric: Metric, res: Any, seconds: float,
              extra: dict[str, Any] | None = None) -> None:
-        results = res if isinstance(res, list) else [res]
-        rows = [_row(base, explainer, expl_params, name, metric, r, seconds, prov, extra) for r in results]
-        append_jsonl(results_path, rows)
+        outs = res if isinstance(res, list) else [res]
+        rows = [_row(base, explainer, expl_params, name, metric, r, seconds, prov, extra) for r in outs]
+        if results_path is not None:
+            rows = results.append_rows(results_path, rows)
+        else:
+            rows = [results.validate_row(r, f"{_cell_name(spec)}: {name} row {i}") for i, r in enumerate(rows, 1)]
         written.extend(rows)
         _log(progress, f"  {explainer:<22} {name:<26} {rows[0]['value']!s:<22} ({seconds:.1f} s)")
 
-    _log(progress, f"{_cell_name(spec)}: evaluating on {len(split)} test images -> {results_path}")
+    _log(progress, f"{_cell_name(spec)}: evaluating on {len(split)} test images"
+         + (f" -> {results_path}" if results_path else ""))
     ctx = EvalContext(model=model, dataset=dataset, x=x, y=y, device=device, spec=spec, quantizer=quantizer,
                       data_root=data_root, checkpoint_dir=checkpoint_dir, seed=eval_seed)
     for name in pending_model:
@@ -165,7 +211,9 @@ def evaluate_cell(
         explainer.setup(dataset)
         t0 = time.perf_counter()
         target = batched_forward(fast, x).argmax(1)
-        attr = explainer.attribute(fast, x, target).detach()  # same weights; channels-last is faster
+        attr = explainer.attribute(fast, x, target)  # same weights; channels-last is faster
+        _explainers.check_attributions(ename, attr, x)  # finite and shaped like x before any metric sees it
+        attr = attr.detach()
         t_attr = time.perf_counter() - t0
         _log(progress, f"  {ename:<22} attributions {tuple(attr.shape)} ({t_attr:.1f} s)")
         fctx.explainer = explainer
@@ -204,7 +252,7 @@ def _cell_fields(spec: TrainSpec, quantizer: Any, eval_size: int, eval_seed: int
         "eval_size": eval_size,
         "eval_seed": eval_seed,
         "suite": suite,
-        "suite_version": suite_version,
+        "suite_version": None if suite_version is None else str(suite_version),
     }
 
 
@@ -212,6 +260,12 @@ def _row(base: dict, explainer: str, expl_params: dict, name: str, metric: Metri
          seconds: float, prov: dict, extra: dict[str, Any] | None) -> dict[str, Any]:
     params = {k: list(v) if isinstance(v, tuple) else v for k, v in metric.config.items()}
     params.update(res.extra.get("resolved_params", {}))
+    value = None if res.value is None else float(res.value)
+    reason = res.extra.get("undefined_reason")
+    if value is not None and math.isfinite(value):
+        reason = None  # a defined value needs no reason
+    elif reason is None:
+        reason = f"the metric returned {value}" if value is not None else "the metric returned no value"
     row = {
         **base,
         "explainer": explainer,
@@ -219,8 +273,9 @@ def _row(base: dict, explainer: str, expl_params: dict, name: str, metric: Metri
         "metric": name,
         "family": metric.family,
         "variant": res.variant,
-        "value": _clean(float(res.value)) if res.value is not None else None,
-        "higher_is_better": metric.higher_is_better,
+        "value": _clean(value),
+        "reason": None if reason is None else str(reason),
+        "higher_is_better": bool(metric.higher_is_better),
         "params": params,
         "curve": res.curve,
         "per_sample": [_clean(v) for v in res.per_sample] if res.per_sample is not None else None,
@@ -228,7 +283,7 @@ def _row(base: dict, explainer: str, expl_params: dict, name: str, metric: Metri
         "time_s": round(seconds, 4),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    other = {k: v for k, v in res.extra.items() if k != "resolved_params"}
+    other = {k: v for k, v in res.extra.items() if k not in ("resolved_params", "undefined_reason")}
     if other:
         row["extra"] = other
     row["plugins"] = row_plugins(row)  # role -> {name, distribution, version}: who made this number
@@ -241,4 +296,4 @@ def _log(progress: bool, text: str) -> None:
         print(text, file=sys.stderr, flush=True)
 
 
-__all__ = ["evaluate_cell", "eval_split", "read_results", "row_key"]
+__all__ = ["check_protocol", "eval_split", "evaluate_cell"]

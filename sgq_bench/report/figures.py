@@ -1,9 +1,13 @@
-"""Report figures (matplotlib, Agg backend, PNG) in ``DIR/figures/``.
+"""Report figures (matplotlib, Agg backend, PNG) in ``DIR/figures/``, drawn from the results DataFrame.
 
 - ``saliency_<dataset>_<explainer>.png``: the same test images for every method (rows) and image (cols)
 - ``curves_<dataset>_<explainer>.png``: deletion / insertion / MoRF / ROAD curves, one line per method
 - ``roar_<dataset>.png``: ROAR and KAR accuracy vs fraction, real explainers solid, ``random`` dashed
 - ``pareto_<dataset>.png``: accuracy vs packed model size, colour = a faithfulness score
+
+A run directory holding more than one protocol (suite version, evaluation size, ...) gets one set of
+curve, ROAR and Pareto figures per protocol, the protocol appended to the file name. File names are
+built from dataset and explainer names; :func:`figure_path` keeps every one inside ``figures/``.
 """
 
 from __future__ import annotations
@@ -17,8 +21,17 @@ import matplotlib.ticker
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 
-from sgq_bench.report.tables import BASELINE, SummaryRow, curves_by_method  # noqa: E402
+from sgq_bench.errors import UsageError  # noqa: E402
+from sgq_bench.report.summary import (  # noqa: E402
+    NO_EXPLAINER,
+    PROTOCOL_KEYS,
+    REFERENCE,
+    mean_curves,
+    method_order,
+    protocols,
+)
 
 CURVE_METRICS = ("deletion_auc", "insertion_auc", "morf_accuracy", "road_morf", "road_lerf")
 CURVE_LABELS = {
@@ -32,13 +45,28 @@ FAITHFULNESS_PREFERENCE = ("insertion_auc", "faithfulness_correlation", "road_mo
 DPI = 110
 
 
-def _method_order(methods: list[str]) -> list[str]:
-    return sorted(set(methods), key=lambda m: (m != BASELINE, m))
+def figure_path(fig_dir: Path, *parts: Any) -> Path:
+    """``fig_dir/<parts joined by _>.png``, refused (one line) unless it lies directly in ``fig_dir``.
+
+    Why: parts are dataset and explainer names, which plugins choose; a name holding ``/`` or ``..``
+    must not write a file anywhere else.
+    """
+    name = "_".join(str(p) for p in parts) + ".png"
+    root = Path(fig_dir).resolve()
+    path = (root / name).resolve()
+    if path.parent != root or "\x00" in name:
+        raise UsageError(f"figure name {name!r} (built from dataset/explainer names) would leave {fig_dir}; "
+                         "rename the plugin")
+    return path
 
 
-def _colors(methods: list[str]) -> dict[str, Any]:
+def _method_order(methods: list[str], reference: str = REFERENCE) -> list[str]:
+    return method_order(methods, reference)
+
+
+def _colors(methods: list[str], reference: str = REFERENCE) -> dict[str, Any]:
     cmap = plt.get_cmap("tab10")
-    return {m: cmap(i % 10) for i, m in enumerate(_method_order(methods))}
+    return {m: cmap(i % 10) for i, m in enumerate(_method_order(methods, reference))}
 
 
 def _save(fig: plt.Figure, path: Path) -> Path:
@@ -92,20 +120,18 @@ def saliency_grids(out: Path, fig_dir: Path) -> list[Path]:
             fig.suptitle(f"{dataset}: {ex} saliency (|attribution| summed over channels, "
                          "scaled to each map's 99th percentile)", fontsize=10)
             fig.tight_layout()
-            paths.append(_save(fig, fig_dir / f"saliency_{dataset}_{ex}.png"))
+            paths.append(_save(fig, figure_path(fig_dir, "saliency", dataset, ex)))
     return paths
 
 
-def curve_figures(srows: list[SummaryRow], fig_dir: Path) -> list[Path]:
-    """Per (dataset, explainer): one panel per curve metric present, one line per method."""
+def curve_figures(results: pd.DataFrame, fig_dir: Path, tag: str = "", reference: str = REFERENCE) -> list[Path]:
+    """Per (dataset, model, explainer): one panel per curve metric present, one line per method."""
     paths = []
-    curves = {m: curves_by_method(srows, m) for m in CURVE_METRICS}
-    keys = sorted({(k[0], k[1], k[3]) for c in curves.values() for k in c})
-    labels = {r.key: r.info["method_label"] for r in srows}
-    for dataset, model, ex in keys:
-        present = [m for m in CURVE_METRICS if any((k[0], k[1], k[3]) == (dataset, model, ex) for k in curves[m])]
-        methods = _method_order([k[2] for m in present for k in curves[m] if (k[0], k[3]) == (dataset, ex)])
-        colors = _colors(methods)
+    curves = mean_curves(results, CURVE_METRICS)
+    for (dataset, model, ex), sub in curves.groupby(["dataset", "model", "explainer"], sort=True):
+        present = [m for m in CURVE_METRICS if m in set(sub["metric"])]
+        methods = _method_order(list(sub["method"]), reference)
+        colors = _colors(methods, reference)
         ncols = min(3, len(present))
         nrows = -(-len(present) // ncols)
         fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.3 * nrows), squeeze=False)
@@ -114,9 +140,8 @@ def curve_figures(srows: list[SummaryRow], fig_dir: Path) -> list[Path]:
         for ax, metric in zip(axes.flat, present):
             title, xl, yl = CURVE_LABELS[metric]
             for meth in methods:
-                c = curves[metric].get((dataset, model, meth, ex))
-                if c:
-                    ax.plot(c["x"], c["y"], color=colors[meth], label=labels[(dataset, model, meth, ex)], lw=1.6)
+                for c in sub[(sub["metric"] == metric) & (sub["method"] == meth)].itertuples(index=False):
+                    ax.plot(c.x, c.y, color=colors[meth], label=c.method_label, lw=1.6)
             ax.set_title(title, fontsize=10)
             ax.set_xlabel(xl, fontsize=9)
             ax.set_ylabel(yl, fontsize=9)
@@ -125,27 +150,23 @@ def curve_figures(srows: list[SummaryRow], fig_dir: Path) -> list[Path]:
         fig.suptitle(f"{dataset} / {model}: {ex} attributions (mean over seeds)", fontsize=11)
         fig.tight_layout()
         fig.legend(handles, names, fontsize=9, loc="center left", bbox_to_anchor=(1.0, 0.5), title="method")
-        paths.append(_save(fig, fig_dir / f"curves_{dataset}_{ex}.png"))
+        paths.append(_save(fig, figure_path(fig_dir, "curves", dataset, ex + tag)))
     return paths
 
 
-def roar_figures(srows: list[SummaryRow], fig_dir: Path) -> list[Path]:
+def roar_figures(results: pd.DataFrame, fig_dir: Path, tag: str = "", reference: str = REFERENCE) -> list[Path]:
     """ROAR and KAR curves per dataset: colour = method, dashed = the ``random`` control ranking."""
     paths = []
-    curves = {m: curves_by_method(srows, m) for m in ("roar", "kar")}
-    labels = {r.key: r.info["method_label"] for r in srows}
-    for dataset, model in sorted({(k[0], k[1]) for c in curves.values() for k in c}):
-        methods = _method_order([k[2] for c in curves.values() for k in c if k[0] == dataset])
-        colors = _colors(methods)
+    curves = mean_curves(results, ("roar", "kar"))
+    for (dataset, model), sub in curves.groupby(["dataset", "model"], sort=True):
+        colors = _colors(list(sub["method"]), reference)
         fig, axes = plt.subplots(1, 2, figsize=(9.5, 3.8), squeeze=False)
         for ax, metric, xl in zip(axes[0], ("roar", "kar"),
                                   ("fraction of most relevant pixels removed", "fraction of most relevant pixels kept")):
-            for key, c in sorted(curves[metric].items()):
-                if key[:2] != (dataset, model):
-                    continue
-                ex = key[3]
-                ax.plot(c["x"], c["y"], color=colors[key[2]], ls="--" if ex == "random" else "-",
-                        marker="o", ms=3, lw=1.4, label=f"{labels[key]} / {ex}")
+            part = sub[sub["metric"] == metric].sort_values(["method", "explainer"])
+            for c in part.itertuples(index=False):
+                ax.plot(c.x, c.y, color=colors[c.method], ls="--" if c.explainer == "random" else "-",
+                        marker="o", ms=3, lw=1.4, label=f"{c.method_label} / {c.explainer}")
             ax.set_title(f"{metric.upper()} (retrained)", fontsize=10)
             ax.set_xlabel(xl, fontsize=9)
             ax.set_ylabel("test accuracy after retraining", fontsize=9)
@@ -156,34 +177,34 @@ def roar_figures(srows: list[SummaryRow], fig_dir: Path) -> list[Path]:
         fig.legend(handles, lab, fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
         fig.suptitle(f"{dataset} / {model}: ROAR / KAR (dashed: random-ranking control)", fontsize=11)
         fig.tight_layout()
-        paths.append(_save(fig, fig_dir / f"roar_{dataset}.png"))
+        paths.append(_save(fig, figure_path(fig_dir, "roar", dataset + tag)))
     return paths
 
 
-def pareto_figures(srows: list[SummaryRow], fig_dir: Path) -> list[Path]:
+def _means(summary: pd.DataFrame, metric: str, explainer: str = NO_EXPLAINER) -> dict[str, float]:
+    """method -> mean of ``metric`` (no variant) for ``explainer``."""
+    rows = summary[(summary["metric"] == metric) & (summary["explainer"] == explainer) & (summary["variant"] == "")]
+    return dict(zip(rows["method"], rows["mean"].astype(float)))
+
+
+def pareto_figures(summary: pd.DataFrame, fig_dir: Path, tag: str = "") -> list[Path]:
     """Accuracy vs packed size per dataset; colour = a faithfulness score of the first real explainer."""
     paths = []
-    for dataset, model in sorted({(r.key[0], r.key[1]) for r in srows}):
-        model_rows = {r.key[2]: r for r in srows if r.key[:2] == (dataset, model) and r.key[3] == "-"}
-        pts = []
-        for meth, r in model_rows.items():
-            acc, size = r.cells.get("accuracy"), r.cells.get("size_bytes")
-            if acc and size and acc.summary and size.summary:
-                pts.append((meth, r.info["method_label"], size.summary.mean, acc.summary.mean))
-        if len(pts) < 1:
+    for (dataset, model), rows in summary.groupby(["dataset", "model"], sort=True):
+        acc, size = _means(rows, "accuracy"), _means(rows, "size_bytes")
+        labels = dict(zip(rows["method"], rows["method_label"]))
+        pts = [(m, labels[m], size[m], acc[m]) for m in sorted(acc) if m in size
+               and np.isfinite(acc[m]) and np.isfinite(size[m])]
+        if not pts:
             continue
-        expl_rows = [r for r in srows if r.key[:2] == (dataset, model) and r.key[3] not in ("-", "random")]
+        real = rows[~rows["explainer"].isin([NO_EXPLAINER, "random"])]
         faith_metric, explainer = None, None
         for m in FAITHFULNESS_PREFERENCE:
-            hits = [r for r in expl_rows if m in r.cells]
-            if hits:
-                faith_metric, explainer = m, sorted({r.key[3] for r in hits})[0]
+            hits = real[real["metric"] == m]
+            if len(hits):
+                faith_metric, explainer = m, sorted(set(hits["explainer"]))[0]
                 break
-        faith = {}
-        if faith_metric:
-            for r in expl_rows:
-                if r.key[3] == explainer and faith_metric in r.cells and r.cells[faith_metric].summary:
-                    faith[r.key[2]] = r.cells[faith_metric].summary.mean
+        faith = _means(rows, faith_metric, explainer) if faith_metric else {}
         fig, ax = plt.subplots(figsize=(6.4, 4.4))
         xs = np.array([p[2] for p in pts]) / 1024
         ys = np.array([p[3] for p in pts])
@@ -220,15 +241,21 @@ def pareto_figures(srows: list[SummaryRow], fig_dir: Path) -> list[Path]:
         ax.legend(fontsize=8, loc="lower right")
         ax.set_title(f"{dataset} / {model}: accuracy vs size vs faithfulness", fontsize=10)
         fig.tight_layout()
-        paths.append(_save(fig, fig_dir / f"pareto_{dataset}.png"))
+        paths.append(_save(fig, figure_path(fig_dir, "pareto", dataset + tag)))
     return paths
 
 
-def write_figures(out: Path, rows: list[dict[str, Any]], srows: list[SummaryRow]) -> list[Path]:
+def write_figures(out: Path, results: pd.DataFrame, summary: pd.DataFrame, *,
+                  reference: str = REFERENCE) -> list[Path]:
     """Write every figure the results support into ``out/figures``; returns their paths."""
     fig_dir = Path(out) / "figures"
     paths = saliency_grids(Path(out), fig_dir)
-    paths += curve_figures(srows, fig_dir)
-    paths += roar_figures(srows, fig_dir)
-    paths += pareto_figures(srows, fig_dir)
+    protos = protocols(results)
+    for proto in protos:
+        tag = "" if len(protos) == 1 else "_" + "-".join(str(v) for v in proto[:2] + proto[4:])
+        mask = (results[list(PROTOCOL_KEYS)].astype(str) == [str(v) for v in proto]).all(axis=1)
+        smask = (summary[list(PROTOCOL_KEYS)].astype(str) == [str(v) for v in proto]).all(axis=1)
+        paths += curve_figures(results[mask], fig_dir, tag, reference)
+        paths += roar_figures(results[mask], fig_dir, tag, reference)
+        paths += pareto_figures(summary[smask], fig_dir, tag)
     return paths

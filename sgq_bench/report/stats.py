@@ -1,10 +1,14 @@
-"""Statistics for reports: mean, std, n and a 95% t-interval across seeds; p-values against a baseline.
+"""Statistics for reports, whose unit of replication is a trained model (a training seed).
 
-Why two tests: a metric measured once per seed (accuracy, an AUC averaged over images) can only be
-compared across seeds, so a Welch t-test (unequal variances) is used; with few seeds it has little
-power. A metric that also keeps one value per evaluation image (``per_sample``) is compared on the
-*same* images for both methods (the evaluation subset is identical for every method), so a paired
-bootstrap over images is used: it works with a single seed and captures image-to-image variance.
+Across seeds: mean, sample std, n and a 95% t-interval per method; against the reference method, the
+difference of means with its Welch (unequal variances) t-interval and p-value, and a paired t-test
+when both methods were trained with the same seeds (seed s of each shares data order and
+initialisation, so pairing removes that shared variance). With 2-5 seeds these tests have little
+power; "not significant" is then the honest answer.
+
+Within one model: a paired bootstrap over the evaluation images (the subset is identical for every
+method) says how sure we are about *those models* on *those images*. It ignores the variance of
+training, so it is reported as ``p_within_model`` and never supports a claim about a method.
 All randomness is seeded, so a report is reproducible byte for byte.
 """
 
@@ -61,6 +65,70 @@ def welch_p(a: Sequence[float], b: Sequence[float]) -> float:
     if x.std() == 0 and y.std() == 0:
         return 1.0 if x.mean() == y.mean() else 0.0
     return float(_sp.ttest_ind(x, y, equal_var=False).pvalue)
+
+
+def t_halfwidth(std: np.ndarray, n: np.ndarray, confidence: float = 0.95) -> np.ndarray:
+    """Half-width of the t confidence interval of a mean (vectorised); NaN where n < 2."""
+    std = np.asarray(std, dtype=float)
+    n = np.asarray(n, dtype=float)
+    ok = n >= 2
+    q = np.full(n.shape, NAN)
+    q[ok] = _sp.t.ppf(0.5 + confidence / 2, df=n[ok] - 1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(ok, q * std / np.sqrt(np.where(ok, n, 1)), NAN)
+
+
+@dataclass(frozen=True)
+class Difference:
+    """mean(a) - mean(b) with its Welch t-interval and two-sided Welch p-value (arrays, vectorised)."""
+
+    diff: np.ndarray
+    ci_low: np.ndarray
+    ci_high: np.ndarray
+    p: np.ndarray
+
+
+def welch_difference(mean_a: np.ndarray, std_a: np.ndarray, n_a: np.ndarray, mean_b: np.ndarray,
+                     std_b: np.ndarray, n_b: np.ndarray, confidence: float = 0.95) -> Difference:
+    """Welch's comparison of two means from their summary statistics (vectorised over groups).
+
+    Standard error sqrt(s_a^2/n_a + s_b^2/n_b) with Welch-Satterthwaite degrees of freedom; the same
+    test as ``scipy.stats.ttest_ind(a, b, equal_var=False)``. CI and p are NaN when a side has fewer
+    than two values; with no noise on either side (both stds 0) the interval is the point and p is
+    1 for equal means, 0 for different ones (scipy gives NaN).
+    """
+    ma, sa, na = (np.asarray(v, dtype=float) for v in (mean_a, std_a, n_a))
+    mb, sb, nb = (np.asarray(v, dtype=float) for v in (mean_b, std_b, n_b))
+    diff = ma - mb
+    ok = (na >= 2) & (nb >= 2)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        va, vb = sa**2 / na, sb**2 / nb
+        se = np.sqrt(va + vb)
+        dof = (va + vb) ** 2 / (va**2 / (na - 1) + vb**2 / (nb - 1))
+        noisy = ok & (se > 0)
+        q = np.where(noisy, _sp.t.ppf(0.5 + confidence / 2, np.where(noisy, dof, 1.0)), NAN)
+        p = np.where(noisy, 2 * _sp.t.sf(np.abs(diff / np.where(noisy, se, 1.0)), np.where(noisy, dof, 1.0)), NAN)
+    half = np.where(noisy, q * se, np.where(ok, 0.0, NAN))
+    p = np.where(ok & ~noisy, np.where(diff == 0, 1.0, 0.0), p)
+    return Difference(diff, diff - half, diff + half, p)
+
+
+def paired_seed_p(a: dict[int, float], b: dict[int, float]) -> float:
+    """Paired t-test p-value (as ``scipy.stats.ttest_rel``) of two methods over the same training seeds.
+
+    Only when seeds pair up: both sides hold finite values for exactly the same seeds, at least two.
+    Otherwise NaN (a partial pairing would test a different set of models than the means describe).
+    Constant differences give 1 when they are zero, else 0.
+    """
+    fa = {s: v for s, v in a.items() if v is not None and math.isfinite(v)}
+    fb = {s: v for s, v in b.items() if v is not None and math.isfinite(v)}
+    if set(fa) != set(fb) or len(fa) < 2:
+        return NAN
+    seeds = sorted(fa)
+    d = np.asarray([fa[s] - fb[s] for s in seeds], dtype=float)
+    if np.all(d == d[0]):
+        return 1.0 if d[0] == 0 else 0.0
+    return float(_sp.ttest_1samp(d, 0.0).pvalue)
 
 
 def paired_bootstrap_p(

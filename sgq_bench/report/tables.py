@@ -1,261 +1,133 @@
-"""Turn a run directory's ``results.jsonl`` into ``summary.csv`` and ``summary.md`` (and figures).
+"""A run directory's report: ``summary.csv`` (tidy, long), ``summary.md`` (wide, for reading), ``figures/``.
 
-One summary row per (dataset, model, method, explainer); one column group per metric (and variant,
-e.g. ``latency_ms[int8@bs128]``) with mean, std, n, 95% t-CI across seeds and a p-value against the
-``baseline`` method of the same dataset, model and explainer (see ``sgq_bench.report.stats``). Model-level
-metrics (accuracy, efficiency) sit in the rows whose explainer is ``-``.
+``summary.csv`` has one row per (protocol, method, explainer, metric, variant) with ASCII snake_case
+columns (``sgq_bench.report.summary.SUMMARY_COLUMNS``); load it with ``pandas.read_csv``. The Markdown
+shows, per protocol (suite, suite version, dataset, model, evaluation size and subset, precision), one
+wide table per kind of metric with ``mean ± std (n=seeds)`` and the Welch p-value against the
+reference method, and the reason wherever a value is undefined.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import math
-from collections import defaultdict
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from sgq_bench._io import atomic_write_text
 from sgq_bench.errors import UsageError
-from sgq_bench.report.stats import Summary, mean_per_sample, paired_bootstrap_p, summarize, welch_p
-
-BASELINE = "baseline"
-FAMILY_ORDER = ("accuracy", "deletion", "road", "roar", "sparsity", "faithfulness", "efficiency")
-GROUP_KEYS = ("dataset", "model", "method", "explainer")
-STAT_FIELDS = ("mean", "std", "n", "ci_low", "ci_high", "p")
-
-
-def column_name(row: dict[str, Any]) -> str:
-    """Metric column of a row: the metric name, plus ``[variant]`` when the metric has variants."""
-    return row["metric"] if not row.get("variant") else f"{row['metric']}[{row['variant']}]"
-
-
-def arrow(higher_is_better: bool) -> str:
-    return "↑" if higher_is_better else "↓"
+from sgq_bench.report.summary import (
+    NO_EXPLAINER,
+    PROTOCOL_KEYS,
+    REFERENCE,
+    column_name,
+    family_rank,
+    method_order,
+    protocols,
+    summarize_results,
+)
+from sgq_bench.results import load_results
 
 
-def bits_label(row: dict[str, Any]) -> str:
-    w, a = row.get("w_bits"), row.get("a_bits")
-    return "fp32" if (w, a) in ((32, 32), (None, None)) else f"W{w}A{a}"
+def to_csv(summary: pd.DataFrame) -> str:
+    """CSV text of the tidy summary (full float precision; empty cells where a statistic is undefined)."""
+    return summary.to_csv(index=False, lineterminator="\n")
 
 
-@dataclass
-class Cell:
-    """All seeds' values of one metric column for one summary row."""
-
-    values: dict[int, float] = field(default_factory=dict)  # seed -> value
-    per_sample: dict[int, list[float]] = field(default_factory=dict)  # seed -> per-image values
-    curves: dict[int, dict[str, list[float]]] = field(default_factory=dict)
-    higher_is_better: bool = True
-    family: str = ""
-    summary: Summary | None = None
-    p: float = float("nan")
-    p_test: str = ""
-
-
-@dataclass
-class SummaryRow:
-    """One (dataset, model, method, explainer) row with its metric cells."""
-
-    key: tuple[str, str, str, str]
-    info: dict[str, Any]
-    cells: dict[str, Cell] = field(default_factory=dict)
-
-
-def load_rows(out: Path) -> list[dict[str, Any]]:
-    """Rows of ``out/results.jsonl`` (later rows win over earlier ones with the same key and variant)."""
-    from sgq_bench.evaluate import read_results, row_key
-
-    path = Path(out) / "results.jsonl"
-    if not path.exists():
-        raise UsageError(f"{out}: no results.jsonl here; run `sgq-bench run --suite ... --out {out}` first")
-    latest: dict[Any, dict[str, Any]] = {}
-    for row in read_results(path):
-        latest[(*row_key(row), row.get("variant"))] = row  # variants of one metric share row_key
-    return list(latest.values())
-
-
-def _float(v: Any) -> float:
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        return float("nan")
-
-
-def aggregate(rows: list[dict[str, Any]], *, n_boot: int = 5000) -> tuple[list[SummaryRow], dict[str, Cell]]:
-    """Group rows into summary rows, summarise across seeds and test each against the baseline.
-
-    Returns the summary rows (stable order: dataset, model, model-level first, then explainers,
-    baseline first) and one prototype Cell per metric column (direction and family).
-    """
-    table: dict[tuple, SummaryRow] = {}
-    columns: dict[str, Cell] = {}
-    for r in rows:
-        key = tuple(str(r.get(k)) for k in GROUP_KEYS)
-        srow = table.get(key)
-        if srow is None:
-            srow = table[key] = SummaryRow(key, {
-                "method_label": r.get("method_label") or r.get("method"), "quantizer": r.get("quantizer"),
-                "objective": r.get("objective"), "bits": bits_label(r), "suite": r.get("suite"),
-                "suite_version": r.get("suite_version"),
-            })
-        col = column_name(r)
-        cell = srow.cells.setdefault(col, Cell(higher_is_better=bool(r.get("higher_is_better", True)),
-                                               family=r.get("family") or ""))
-        seed = int(r.get("seed", 0))
-        cell.values[seed] = _float(r.get("value"))
-        if r.get("per_sample"):
-            cell.per_sample[seed] = [_float(v) for v in r["per_sample"]]
-        if r.get("curve"):
-            cell.curves[seed] = r["curve"]
-        columns.setdefault(col, Cell(higher_is_better=cell.higher_is_better, family=cell.family))
-    for srow in table.values():
-        for col, cell in srow.cells.items():
-            cell.summary = summarize(list(cell.values.values()))
-            base = table.get((srow.key[0], srow.key[1], BASELINE, srow.key[3]))
-            if srow.key[2] == BASELINE or base is None or col not in base.cells:
-                continue
-            cell.p, cell.p_test = _compare(cell, base.cells[col], n_boot)
-    order = sorted(table.values(), key=_row_order)
-    return order, columns
-
-
-def _compare(cell: Cell, base: Cell, n_boot: int) -> tuple[float, str]:
-    """Paired bootstrap over images when both sides have per-image values, else Welch across seeds."""
-    seeds = sorted(set(cell.per_sample) & set(base.per_sample))
-    if seeds:
-        a = mean_per_sample([cell.per_sample[s] for s in seeds])
-        b = mean_per_sample([base.per_sample[s] for s in seeds])
-        if a is not None and b is not None and a.shape == b.shape:
-            return paired_bootstrap_p(a, b, n_boot=n_boot, seed=0), "paired-bootstrap"
-    return welch_p(list(cell.values.values()), list(base.values.values())), "welch"
-
-
-def _row_order(srow: SummaryRow) -> tuple:
-    dataset, model, method, explainer = srow.key
-    return (dataset, model, explainer != "-", explainer, method != BASELINE, method)
-
-
-def ordered_columns(columns: dict[str, Cell]) -> list[str]:
-    """Metric columns by family (accuracy, deletion, ..., efficiency), then by name."""
-    def rank(col: str) -> tuple:
-        fam = columns[col].family
-        return (FAMILY_ORDER.index(fam) if fam in FAMILY_ORDER else len(FAMILY_ORDER), col)
-
-    return sorted(columns, key=rank)
-
-
-def _num(v: float, digits: int = 4) -> str:
+def _num(v: Any, digits: int = 4) -> str:
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return ""
     return f"{v:.{digits}g}"
 
 
-def to_csv(srows: list[SummaryRow], columns: dict[str, Cell]) -> str:
-    """CSV text: key columns, then ``<metric> <↑|↓> <stat>`` for each metric column and statistic."""
-    cols = ordered_columns(columns)
-    header = ["dataset", "model", "method", "method_label", "quantizer", "objective", "bits", "explainer",
-              "suite", "suite_version"]
-    for col in cols:
-        header += [f"{col} {arrow(columns[col].higher_is_better)} {s}" for s in STAT_FIELDS]
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(header)
-    for srow in srows:
-        d, m, meth, ex = srow.key
-        line = [d, m, meth, srow.info["method_label"], srow.info["quantizer"], srow.info["objective"],
-                srow.info["bits"], ex, srow.info["suite"], srow.info["suite_version"]]
-        for col in cols:
-            cell = srow.cells.get(col)
-            if cell is None or cell.summary is None:
-                line += [""] * len(STAT_FIELDS)
-                continue
-            s = cell.summary
-            line += [_num(s.mean, 8), _num(s.std, 8), s.n, _num(s.ci_low, 8), _num(s.ci_high, 8), _num(cell.p, 4)]
-        w.writerow(line)
-    return buf.getvalue()
-
-
-def _fmt_cell(cell: Cell | None) -> str:
-    if cell is None or cell.summary is None or cell.summary.n == 0:
+def _p(p: float) -> str:
+    if not math.isfinite(p):
         return ""
-    s = cell.summary
-    text = _num(s.mean)
-    if s.n >= 2:
-        text += f" ± {_num(s.std, 2)} [{_num(s.ci_low)}, {_num(s.ci_high)}]"
-    if math.isfinite(cell.p):
-        text += f" p={cell.p:.2g}" if cell.p >= 1e-3 else " p<0.001"
+    return " p<0.001" if p < 1e-3 else f" p={p:.2g}"
+
+
+def _md_escape(text: Any) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def cell_text(r: Any) -> str:
+    """``mean ± std (n=N) p=...``; ``undefined: <reason>`` where no seed has a value."""
+    if r.n_seeds == 0:
+        return f"undefined: {_md_escape(r.reason)}"
+    text = _num(r.mean)
+    if r.n_seeds >= 2:
+        text += f" ± {_num(r.std, 2)}"
+    text += f" (n={r.n_seeds})" + _p(r.p_welch)
+    if r.n_undefined:
+        text += f"; {r.n_undefined} undefined: {_md_escape(r.reason)}"
     return text
 
 
-def _md_table(srows: list[SummaryRow], cols: list[str], columns: dict[str, Cell], with_explainer: bool) -> str:
+def _wide(rows: pd.DataFrame, with_explainer: bool, reference: str) -> str:
+    """A Markdown table: one line per method (and explainer), one column per metric[variant]."""
+    rows = rows.assign(column=[column_name(m, v) for m, v in zip(rows["metric"], rows["variant"])])
+    order = rows.drop_duplicates("column").assign(rank=lambda d: d["family"].map(family_rank))
+    cols = list(order.sort_values(["rank", "column"], kind="stable")["column"])
+    arrows = dict(zip(rows["column"], rows["higher_is_better"]))
     head = ["method", "bits"] + (["explainer"] if with_explainer else [])
-    head += [f"{c} {arrow(columns[c].higher_is_better)}" for c in cols]
+    head += [f"{c} {'↑' if arrows[c] else '↓'}" for c in cols]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
-    for srow in srows:
-        vals = [srow.key[2], srow.info["bits"]] + ([srow.key[3]] if with_explainer else [])
-        vals += [_fmt_cell(srow.cells.get(c)) for c in cols]
-        lines.append("| " + " | ".join(vals) + " |")
+    line_keys = ["explainer", "method"] if with_explainer else ["method"]
+    methods = method_order(list(rows["method"]), reference)
+    rows = rows.assign(m_rank=rows["method"].map(methods.index))
+    for _, sub in rows.sort_values([*line_keys[:-1], "m_rank"], kind="stable").groupby(
+            [*line_keys[:-1], "m_rank"], sort=False):
+        cells = {c: cell_text(r) for c, r in zip(sub["column"], sub.itertuples(index=False))}
+        first = sub.iloc[0]
+        vals = [first["method"], first["bits"]] + ([first["explainer"]] if with_explainer else [])
+        vals += [cells.get(c, "") for c in cols]
+        lines.append("| " + " | ".join(str(v) for v in vals) + " |")
     return "\n".join(lines)
 
 
-def to_markdown(srows: list[SummaryRow], columns: dict[str, Cell]) -> str:
-    """Markdown: per dataset, a model-level table (accuracy), an efficiency table, an explainer table.
-
-    Cells read ``mean ± std [95% CI]`` (std and CI only with >= 2 seeds) and ``p`` against baseline.
-    """
+def to_markdown(summary: pd.DataFrame, reference: str = REFERENCE) -> str:
+    """Markdown: per protocol, an accuracy, an efficiency and an interpretability table."""
     out = ["# Summary", "",
-           "mean ± std [95% t-CI] over seeds; p: vs `baseline` (paired bootstrap over evaluation images "
-           "for per-image metrics, else Welch t-test over seeds); ↑ higher is better, ↓ lower is better.", ""]
-    cols = ordered_columns(columns)
-    for key in sorted({(r.key[0], r.key[1]) for r in srows}):
-        rows = [r for r in srows if (r.key[0], r.key[1]) == key]
-        seeds = {len(c.values) for r in rows for c in r.cells.values()}
-        out += [f"## {key[0]} / {key[1]}", "", f"seeds per cell: {', '.join(map(str, sorted(seeds)))}", ""]
-        model_rows = [r for r in rows if r.key[3] == "-"]
-        expl_rows = [r for r in rows if r.key[3] != "-"]
-        for title, rs, fam_pred, with_ex in (
-            ("Accuracy", model_rows, lambda f: f != "efficiency", False),
-            ("Efficiency", model_rows, lambda f: f == "efficiency", False),
-            ("Interpretability", expl_rows, lambda f: True, True),
+           "Cells: mean ± std across trained models (n = seeds); p: Welch t-test across seeds against "
+           f"`{reference}`. The 95% CIs, the difference to `{reference}` with its CI, the paired-by-seed test "
+           "and the within-model bootstrap over images (which supports no claim about a method) are in "
+           "`summary.csv`. ↑ higher is better, ↓ lower is better.", ""]
+    for proto in protocols(summary):
+        rows = summary[(summary[list(PROTOCOL_KEYS)].astype(str) == [str(v) for v in proto]).all(axis=1)]
+        p = dict(zip(PROTOCOL_KEYS, proto))
+        seeds = rows.groupby("method")["n_seeds"].max()
+        out += [f"## {p['dataset']} / {p['model']}", "",
+                f"suite `{p['suite']}` v{p['suite_version']}, {p['eval_size']} test images (eval seed "
+                f"{p['eval_seed']}), {p['precision']} training; seeds: "
+                + ", ".join(f"{m} {int(seeds[m])}" for m in method_order(list(seeds.index), reference)), ""]
+        model_level = rows[rows["explainer"] == NO_EXPLAINER]
+        explained = rows[rows["explainer"] != NO_EXPLAINER]
+        for title, part, with_ex in (
+            ("Accuracy", model_level[model_level["family"] != "efficiency"], False),
+            ("Efficiency", model_level[model_level["family"] == "efficiency"], False),
+            ("Interpretability", explained, True),
         ):
-            present = [c for c in cols if fam_pred(columns[c].family) and any(c in r.cells for r in rs)]
-            if rs and present:
-                out += [f"### {title}", "", _md_table(rs, present, columns, with_ex), ""]
+            if len(part):
+                out += [f"### {title}", "", _wide(part, with_ex, reference), ""]
     return "\n".join(out)
 
 
-def write_report(out: Path, *, figures: bool = True, n_boot: int = 5000) -> str:
+def write_report(out: Path, *, figures: bool = True, n_boot: int = 5000, reference: str = REFERENCE) -> str:
     """Write ``summary.csv``, ``summary.md`` (and ``figures/``) for run directory ``out``; return the markdown."""
     out = Path(out)
     if not out.is_dir():
         raise UsageError(f"{out}: not a run directory")
-    rows = load_rows(out)
-    srows, columns = aggregate(rows, n_boot=n_boot)
-    md = to_markdown(srows, columns)
-    atomic_write_text(out / "summary.csv", to_csv(srows, columns))
+    results = load_results(out)
+    summary = summarize_results(results, reference=reference, n_boot=n_boot)
+    md = to_markdown(summary, reference)
+    atomic_write_text(out / "summary.csv", to_csv(summary))
     atomic_write_text(out / "summary.md", md + "\n")
     if figures:
         from sgq_bench.report.figures import write_figures
 
-        write_figures(out, rows, srows)
+        write_figures(out, results, summary, reference=reference)
     return md
 
 
-def curves_by_method(srows: list[SummaryRow], col: str) -> dict[tuple, dict[str, list[float]]]:
-    """Seed-averaged curve of metric column ``col`` per summary row key (rows whose curves share x)."""
-    out: dict[tuple, dict[str, list[float]]] = {}
-    for srow in srows:
-        cell = srow.cells.get(col)
-        if cell is None or not cell.curves:
-            continue
-        curves = list(cell.curves.values())
-        xs = curves[0]["x"]
-        same = [c for c in curves if list(c["x"]) == list(xs)]
-        ys = defaultdict(list)
-        for c in same:
-            for i, y in enumerate(c["y"]):
-                ys[i].append(_float(y))
-        out[srow.key] = {"x": list(xs), "y": [sum(v) / len(v) for _, v in sorted(ys.items())]}
-    return out
+__all__ = ["cell_text", "to_csv", "to_markdown", "write_report"]
