@@ -3,7 +3,8 @@
 Why one place: a command body only raises. Usage errors (click's and ours) exit 2; other
 ``SgqBenchError`` subclasses exit with their own code; faults of the environment (``OSError``: disk
 full, read-only folder, a file where a folder is expected; a torch ``RuntimeError``; an unreadable
-pickle) exit 1 naming what failed; Ctrl-C exits 130. Anything else is a bug in sgq-bench: one line,
+pickle) exit 1 naming what failed (with the traceback logged when the message alone may not explain it);
+Ctrl-C exits 130. Anything else is a bug in sgq-bench: one line,
 with the full traceback saved to a log file under the cache dir, exit 1. No traceback reaches a user.
 """
 
@@ -93,8 +94,8 @@ def report(exc: BaseException) -> int:
         _say(f"error: cannot load {path or 'a file'}: not a readable pickle ({_first_sentence(exc)}); "
              f"traceback in {save_traceback(exc)}")
         return 1
-    if isinstance(exc, RuntimeError) and _raised_by_torch(exc):
-        _say(f"error: torch failed: {_first_line(exc)} (traceback in {save_traceback(exc)})")
+    if isinstance(exc, RuntimeError):  # torch's errors (a CUDA fault, out of memory, a bad tensor file)
+        _say(f"error: {type(exc).__name__}: {_first_line(exc)} (traceback in {save_traceback(exc)})")
         return 1
     _say(f"internal error: {type(exc).__name__}: {_first_line(exc)} (traceback in {save_traceback(exc)})")
     return 1
@@ -123,12 +124,6 @@ def _frames(exc: BaseException) -> list[Any]:
         frames.append(tb.tb_frame)
         tb = tb.tb_next
     return frames
-
-
-def _raised_by_torch(exc: BaseException) -> bool:
-    """True when the innermost Python frame belongs to torch (else the RuntimeError is ours: a bug)."""
-    frames = _frames(exc)
-    return bool(frames) and str(frames[-1].f_globals.get("__name__", "")).split(".")[0] == "torch"
 
 
 def _path_in_traceback(exc: BaseException) -> str | None:
