@@ -24,8 +24,26 @@ class DataNotFoundError(SgqBenchError):
     exit_code = 2
 
 
+class DataError(SgqBenchError):
+    """A data file is present but unusable (truncated, wrong dtype or shape, labels out of range)."""
+
+    exit_code = 2
+
+
+class PluginError(SgqBenchError):
+    """A plugin broke its contract (named in the message)."""
+
+    exit_code = 1
+
+
 class CheckpointError(SgqBenchError):
     """A checkpoint file is unreadable or fails its checksum: its weights are never used."""
+
+    exit_code = 1
+
+
+class AttributionError(SgqBenchError):
+    """An explainer returned a map no metric may score (non-finite values, or not shaped like its input)."""
 
     exit_code = 1
 

@@ -29,11 +29,12 @@ from sgq_bench._io import stable_hash
 from sgq_bench.config.suite import Recipe
 from sgq_bench.config.methods import Method
 from sgq_bench.data import batches, cache_dir, load_dataset, load_split, split_fingerprint, subset
-from sgq_bench.errors import SgqBenchError, TrainingDiverged, UsageError, warn
+from sgq_bench.errors import PluginError, SgqBenchError, TrainingDiverged, UsageError, warn
 
 # Bump when a change to this loop changes the weights it produces. "2": the key holds the training data's
 # fingerprint and the resolved precision/layout (fp32 weights are the same as version "1" produced).
 TRAIN_CODE_VERSION = "2"
+SAVE_EVERY_S = 600.0  # mid-epoch state is also saved this often (besides every epoch end and SIGINT/SIGTERM)
 
 
 @dataclass(frozen=True)
@@ -230,7 +231,11 @@ def train_model(
     model.to(device).train()
     if recipe.channels_last:
         model.to(memory_format=torch.channels_last)
-    opt = make_optimizer(recipe, quantizer.param_groups(model, recipe.weight_decay))
+    groups = quantizer.param_groups(model, recipe.weight_decay)
+    if not any(p.requires_grad for g in groups for p in g["params"]):
+        raise PluginError(f"quantizer {quantizer.name!r} left the model with no trainable parameters "
+                          "(its prepare()/param_groups() must keep at least one tensor with requires_grad)")
+    opt = make_optimizer(recipe, groups)
     base_lrs = [g["lr"] for g in opt.param_groups]
     data_gen = torch.Generator().manual_seed(seed * 7919 + 1)
     obj_gen = torch.Generator(device=device).manual_seed(seed * 7919 + 2)
@@ -265,6 +270,7 @@ def train_model(
             "elapsed": time.perf_counter() - started, "last_loss": last_loss, "history": history,
         })
 
+    last_save = time.monotonic()
     with _StopFlag() as stop:
         for epoch in range(start_epoch, recipe.epochs):
             ctx.epoch = epoch
@@ -309,6 +315,9 @@ def train_model(
                     bar.set_postfix(loss=f"{last_loss:.3f}", refresh=False)
                 if on_step is not None:
                     on_step(step, total)
+                if state_path is not None and time.monotonic() - last_save >= SAVE_EVERY_S:
+                    snapshot(epoch, batch_no, epoch_gen_state)  # long epochs: SIGKILL loses minutes, not hours
+                    last_save = time.monotonic()
                 if stop.raised:
                     snapshot(epoch, batch_no, epoch_gen_state)
                     bar.close()

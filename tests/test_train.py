@@ -132,3 +132,20 @@ def test_bf16_channels_last_recipe_trains_and_is_keyed_apart(tmp_path):
     assert spec.key() != replace(spec, recipe=replace(spec.recipe, precision="fp32")).key()
     auto = resolve_precision(replace(RECIPE, precision="auto"), torch.device("cpu"))
     assert auto.precision == ("bf16" if bf16_supported(torch.device("cpu")) else "fp32")
+
+
+def test_quantizer_leaving_no_trainable_parameters_is_named(tmp_path):
+    from sgq_bench import Quantizer, register
+    from sgq_bench.config.methods import Method
+    from sgq_bench.errors import PluginError
+
+    class Frozen(Quantizer):
+        name = "frozen_test"
+
+        def prepare(self, model):
+            return model.requires_grad_(False)
+
+    register("quantizers", obj=Frozen, replace=True)
+    spec = replace(_spec("baseline"), method=Method("frozen_m", "frozen_test", "cross_entropy"))
+    with pytest.raises(PluginError, match="quantizer 'frozen_test' left the model with no trainable parameters"):
+        load_or_train(spec, checkpoint_dir=tmp_path, progress=False)
