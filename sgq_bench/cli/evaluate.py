@@ -69,7 +69,8 @@ def evaluate(explainers: str | None, metrics: str | None, eval_size: int | None,
     """Explainers x metrics on one trained model -> OUT/results.jsonl."""
     from sgq_bench import _registry
     from sgq_bench.config.suite import load_suite
-    from sgq_bench.evaluate import evaluate_cell, read_results, row_key
+    from sgq_bench.evaluate import evaluate_cell
+    from sgq_bench.results import latest, read_rows
 
     spec = train_spec(**picked)
     suite = load_suite(picked["suite"])
@@ -86,12 +87,12 @@ def evaluate(explainers: str | None, metrics: str | None, eval_size: int | None,
     results = out / "results.jsonl"
     evaluate_cell(spec, explainers=explainer_names, metrics=metric_names, eval_size=eval_size, metric_params=params,
                   device=device, data_root=data_root, checkpoint_dir=checkpoint_dir, results_path=results,
-                  suite=suite.name, suite_version=suite.version, progress=progress, eval_seed=eval_seed)
+                  suite=suite.name, suite_version=suite.version, fingerprint=suite.fingerprint(), progress=progress,
+                  eval_seed=eval_seed)
     keys = {(spec.key(), e, m) for e in [*explainer_names, "-"] for m in metric_names}
-    rows = [r for r in read_results(results)
-            if (r.get("checkpoint_key"), r.get("explainer"), r.get("metric")) in keys
-            and r.get("eval_size") == eval_size and r.get("eval_seed") == eval_seed]
-    rows = list({(row_key(r), r.get("variant")): r for r in rows}.values())
+    rows = latest(r for r in read_rows(results)
+                  if (r.get("checkpoint_key"), r.get("explainer"), r.get("metric")) in keys
+                  and r.get("eval_size") == eval_size and r.get("eval_seed") == eval_seed)
     click.echo(f"{spec.dataset}/{spec.model}/{spec.method.label()} seed {spec.seed}, {eval_size} test images "
                f"(^ higher is better, v lower):")
     table = format_table(rows)

@@ -20,11 +20,13 @@ def leaderboard() -> None:
 @leaderboard.command()
 @click.argument("run_dir", metavar="DIR", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--leaderboards", "--to", "folder", type=WRITABLE_DIR, default=DEFAULT_DIR, help=_HELP)
-def publish(run_dir: Path, folder: Path) -> None:
+@click.option("--skip-undefined", is_flag=True,
+              help="leave out results with no finite value over any seed (default: refuse to publish)")
+def publish(run_dir: Path, folder: Path, skip_undefined: bool) -> None:
     """Validate and merge run DIR's rows (a row with the same key is replaced, never duplicated)."""
     from sgq_bench.leaderboard import publish as publish_run
 
-    for dataset, (added, replaced) in sorted(publish_run(run_dir, folder).items()):
+    for dataset, (added, replaced) in sorted(publish_run(run_dir, folder, skip_undefined=skip_undefined).items()):
         click.echo(f"{folder / (dataset + '.csv')}: {added} row(s) added, {replaced} replaced")
 
 
@@ -40,4 +42,4 @@ def show(dataset: str | None, sort: str, explainer: str | None, top: int | None,
     """Ranked table of one dataset's leaderboard (or of all of them)."""
     from sgq_bench.leaderboard import show as show_boards
 
-    click.echo(show_boards(dataset, sort=sort, to=folder, explainer=explainer, top=top))
+    click.echo(show_boards(dataset, sort=sort, leaderboards=folder, explainer=explainer, top=top))

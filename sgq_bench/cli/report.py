@@ -10,8 +10,11 @@ import click
 @click.command(short_help="summary tables and figures of a run directory")
 @click.argument("run_dir", metavar="DIR", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--figures/--no-figures", default=True, help="also draw the figures")
-def report(run_dir: Path, figures: bool) -> None:
+@click.option("--reference", default=None, metavar="METHOD",
+              help="method the other methods are compared with (p-values, differences); default baseline")
+def report(run_dir: Path, figures: bool, reference: str | None) -> None:
     """summary.csv, summary.md and figures/ of run directory DIR (holding results.jsonl)."""
     from sgq_bench.report.tables import write_report
 
-    click.echo(write_report(run_dir, figures=figures))
+    given = {"reference": reference} if reference is not None else {}
+    click.echo(write_report(run_dir, figures=figures, **given))
