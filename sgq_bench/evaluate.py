@@ -23,7 +23,6 @@ from typing import Any
 import torch
 
 from sgq_bench import _registry, results
-from sgq_bench import explainers as _explainers
 from sgq_bench._base import Dataset, EvalContext, Explainer, Metric, MetricResult, Split
 from sgq_bench._batching import forward as batched_forward
 from sgq_bench._batching import keep_freed_memory
@@ -31,6 +30,7 @@ from sgq_bench._plugins import row_plugins
 from sgq_bench._provenance import provenance
 from sgq_bench.data import subset
 from sgq_bench.errors import UsageError
+from sgq_bench.explainers import check_attributions
 from sgq_bench.train import (
     TrainSpec,
     inference_copy,
@@ -212,7 +212,7 @@ def evaluate_cell(
         t0 = time.perf_counter()
         target = batched_forward(fast, x).argmax(1)
         attr = explainer.attribute(fast, x, target)  # same weights; channels-last is faster
-        _explainers.check_attributions(ename, attr, x)  # finite and shaped like x before any metric sees it
+        check_attributions(ename, attr, x)  # finite and shaped like x before any metric sees it
         attr = attr.detach()
         t_attr = time.perf_counter() - t0
         _log(progress, f"  {ename:<22} attributions {tuple(attr.shape)} ({t_attr:.1f} s)")

@@ -94,9 +94,10 @@ FIELDS: dict[str, Field] = {
 }
 
 # The identity of an evaluation for skip/resume. The variant rows of one metric share it (a metric's
-# variants are computed and written together); :func:`result_key` adds the variant.
-KEY_FIELDS = ("dataset", "model", "method", "seed", "checkpoint_key", "explainer", "metric", "eval_size",
-              "eval_seed")
+# variants are computed and written together); :func:`result_key` adds the variant. Suite and version
+# are part of it, so rows of two protocols in one file are never taken for reruns of each other.
+KEY_FIELDS = ("suite", "suite_version", "dataset", "model", "method", "seed", "checkpoint_key", "explainer",
+              "metric", "eval_size", "eval_seed")
 # Nested fields: kept as object columns by load_results, dropped with ``nested=False``.
 NESTED_FIELDS = tuple(k for k, f in FIELDS.items() if f.kind in ("dict", "list"))
 # Values of extra lifted into columns of the DataFrame (tie statistics of ranking metrics).

@@ -1,13 +1,31 @@
-"""Leaderboards: publish merges (same key replaced, never duplicated), malformed CSVs refused by line."""
+"""Leaderboards: long CSVs loadable with pd.read_csv, the direction recorded per row and used by show,
+publish merges (same key replaced, never duplicated), non-finite values refused, --top >= 1, and the
+earlier wide files still read and migrated."""
 
 from __future__ import annotations
 
-import pytest
-from _results import grid, write_run
+import shutil
+from pathlib import Path
 
-from sgq_bench.cli import main
+import pandas as pd
+import pytest
+from _results import grid, row, write_run
+
 from sgq_bench.errors import UsageError
-from sgq_bench.leaderboard import KEY_COLUMNS, PROVENANCE_COLUMNS, publish, read_leaderboard, show
+from sgq_bench.leaderboard import (
+    COLUMNS,
+    KEY_COLUMNS,
+    board_path,
+    check_top,
+    migrate_leaderboard,
+    publish,
+    read_leaderboard,
+    show,
+)
+
+REPO_BOARDS = Path(__file__).resolve().parent.parent / "leaderboards"
+# metrics per (method, seed) in grid(): 2 model-level + 2 explainers x 2 metrics
+PER_METHOD = 2 + 2 * 2
 
 
 @pytest.fixture
@@ -15,54 +33,153 @@ def run_dir(tmp_path):
     return write_run(tmp_path / "run", grid(seeds=(0, 1)) + grid(seeds=(0,), dataset="other"))
 
 
-def test_publish_writes_one_file_per_dataset_with_the_schema(run_dir, tmp_path):
-    to = tmp_path / "lb"
-    assert publish(run_dir, to) == {"synthetic": (8, 0), "other": (8, 0)}
-    header, rows = read_leaderboard(to / "synthetic.csv")
-    assert header[: len(KEY_COLUMNS)] == list(KEY_COLUMNS) and header[-len(PROVENANCE_COLUMNS):] == list(PROVENANCE_COLUMNS)
-    assert {"accuracy_mean", "accuracy_std", "insertion_auc_mean", "n_seeds"} <= set(header)
-    r = next(r for r in rows if r["method"] == "pact" and r["explainer"] == "gradient")
-    assert r["bits"] == "W4A4" and r["n_seeds"] == "2" and r["git_commit"] == "abc123" and r["date"] == "2026-01-02"
-    assert float(r["accuracy_mean"]) == pytest.approx(0.911)  # model-level metrics repeated per explainer row
+def ranked(text: str) -> list[str]:
+    """Method column of a show() table (line 0: file, line 1: header)."""
+    return [line.split()[1] for line in text.splitlines()[2:]]
+
+
+def test_publish_writes_long_csvs_that_plain_read_csv_loads(run_dir, tmp_path):
+    lb = tmp_path / "lb"
+    assert publish(run_dir, lb) == {"synthetic": (4 * PER_METHOD, 0), "other": (4 * PER_METHOD, 0)}
+    df = pd.read_csv(lb / "synthetic.csv")
+    assert list(df.columns) == list(COLUMNS) and all(c.isascii() for c in df.columns)
+    assert df["higher_is_better"].dtype == bool and df["mean"].dtype == float
+    r = df[(df["method"] == "pact") & (df["metric"] == "accuracy")].iloc[0]
+    assert r["explainer"] == "-" and r["bits"] == "W4A4" and r["n_seeds"] == 2 and r["seeds"] == "0;1"
+    assert r["mean"] == pytest.approx(0.911) and r["git_commit"] == "abc123" and r["date"] == "2026-01-02"
+    assert r["suite"] == "t" and r["eval_size"] == 40 and r["precision"] == "fp32" and r["recipe"] == "{}"
+    dele = df[(df["metric"] == "deletion_auc")]
+    assert not dele["higher_is_better"].any() and df[df["metric"] == "insertion_auc"]["higher_is_better"].all()
 
 
 def test_republish_replaces_never_duplicates(run_dir, tmp_path):
-    to = tmp_path / "lb"
-    publish(run_dir, to)
-    before = (to / "synthetic.csv").read_text()
-    assert publish(run_dir, to)["synthetic"] == (0, 8)
-    assert (to / "synthetic.csv").read_text() == before
+    lb = tmp_path / "lb"
+    publish(run_dir, lb)
+    before = (lb / "synthetic.csv").read_text()
+    assert publish(run_dir, lb)["synthetic"] == (0, 4 * PER_METHOD)
+    assert (lb / "synthetic.csv").read_text() == before
     other = write_run(tmp_path / "run2", [dict(r, suite_version="2") for r in grid(seeds=(0,))])
-    assert publish(other, to)["synthetic"] == (8, 0)
-    assert len(read_leaderboard(to / "synthetic.csv")[1]) == 16
+    assert publish(other, lb)["synthetic"] == (4 * PER_METHOD, 0)
+    assert len(read_leaderboard(lb / "synthetic.csv")) == 8 * PER_METHOD
 
 
 @pytest.mark.parametrize("corrupt,needle", [
-    (lambda lines: lines[:3] + [lines[3] + ",extra"] + lines[4:], "line 4: expected"),
+    (lambda lines: lines[:3] + [lines[3] + ",extra"] + lines[4:], "line 4: expected 31 fields, got 32"),
     (lambda lines: lines[:2] + [lines[1]] + lines[2:], "line 3: duplicates the key of line 2"),
-    (lambda lines: [lines[0].replace("n_seeds", "seeds")] + lines[1:], "line 1: header lacks column(s) n_seeds"),
+    (lambda lines: [lines[0].replace("n_seeds", "seeds_n")] + lines[1:], "line 1: header lacks column(s) n_seeds"),
+    (lambda lines: lines[:1] + [lines[1].replace(",True,", ",maybe,", 1)] + lines[2:],
+     "line 2: higher_is_better = 'maybe'"),
 ])
-def test_malformed_csv_is_refused_with_its_line_and_left_alone(run_dir, tmp_path, corrupt, needle, capsys):
-    to = tmp_path / "lb"
-    publish(run_dir, to)
-    path = to / "synthetic.csv"
+def test_malformed_csv_is_refused_with_its_line_and_left_alone(run_dir, tmp_path, corrupt, needle):
+    lb = tmp_path / "lb"
+    publish(run_dir, lb)
+    path = lb / "synthetic.csv"
     bad = "\n".join(corrupt(path.read_text().splitlines())) + "\n"
     path.write_text(bad)
-    assert main(["leaderboard", "publish", str(run_dir), "--to", str(to)]) == 2
-    err = capsys.readouterr().err.strip()
-    assert needle in err and len(err.splitlines()) == 1
+    with pytest.raises(UsageError) as err:
+        publish(run_dir, lb)
+    assert needle in str(err.value) and len(str(err.value).splitlines()) == 1
     assert path.read_text() == bad  # nothing was written
 
 
-def test_show_ranks_by_the_metric_direction(run_dir, tmp_path):
-    to = tmp_path / "lb"
-    publish(run_dir, to)
-    up = show("synthetic", sort="insertion_auc", to=to, explainer="gradient").splitlines()
-    assert up[2].split()[1] == "sgt_pact"  # highest insertion first (synthetic shift grows with method index)
-    down = show("synthetic", sort="deletion_auc", to=to, explainer="gradient").splitlines()
-    assert down[2].split()[1] == "sgt_pact"  # lowest deletion first
-    assert len(show(None, to=to, top=2).split("\n\n")) == 2
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "NaN"])
+def test_non_finite_values_in_a_file_are_refused(run_dir, tmp_path, value):
+    lb = tmp_path / "lb"
+    publish(run_dir, lb)
+    path = lb / "synthetic.csv"
+    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    table.loc[3, "mean"] = value
+    table.to_csv(path, index=False)
+    with pytest.raises(UsageError, match=rf"line 5: mean = '{value}' is not finite"):
+        show("synthetic", leaderboards=lb)
+
+
+def test_publishing_an_undefined_result_is_refused_or_skipped(tmp_path, capsys):
+    rows = grid(seeds=(0,)) + [row("pact", 0, "faithfulness_correlation", None, explainer="gradient",
+                                   reason="constant attributions", eval_size=40)]
+    run = write_run(tmp_path / "run", rows)
+    lb = tmp_path / "lb"
+    with pytest.raises(UsageError) as err:
+        publish(run, lb)
+    msg = str(err.value)
+    assert "pact/gradient/faithfulness_correlation (constant attributions); nothing was written" in msg
+    assert len(msg.splitlines()) == 1 and not lb.exists()
+    assert publish(run, lb, skip_undefined=True)["synthetic"] == (4 * PER_METHOD, 0)
+    assert "left out 1 result(s)" in capsys.readouterr().err
+
+
+def test_show_ranks_by_the_direction_recorded_in_the_file(run_dir, tmp_path):
+    lb = tmp_path / "lb"
+    publish(run_dir, lb)
+    assert ranked(show("synthetic", sort="insertion_auc", leaderboards=lb, explainer="gradient"))[0] == "sgt_pact"
+    assert ranked(show("synthetic", sort="deletion_auc", leaderboards=lb, explainer="gradient"))[0] == "sgt_pact"
+    assert ranked(show("synthetic", sort="size_bytes", leaderboards=lb, explainer="gradient"))[:2] == ["pact", "sgt_pact"]
+    # flip the recorded direction of insertion_auc: the ranking follows the file, not the registry
+    path = lb / "synthetic.csv"
+    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    table.loc[table["metric"] == "insertion_auc", "higher_is_better"] = "False"
+    table.to_csv(path, index=False)
+    text = show("synthetic", sort="insertion_auc", leaderboards=lb, explainer="gradient")
+    assert ranked(text)[0] == "baseline" and "insertion_auc ↓" in text
     with pytest.raises(UsageError, match="Did you mean 'insertion_auc'"):
-        show("synthetic", sort="insertion", to=to)
-    with pytest.raises(UsageError, match="no leaderboard for dataset 'mnsit'"):
-        show("mnsit", to=to)
+        show("synthetic", sort="insertion", leaderboards=lb)
+    with pytest.raises(UsageError, match="no leaderboard for dataset 'synthetc'"):
+        show("synthetc", leaderboards=lb)
+
+
+def test_an_uninstalled_metric_keeps_its_published_direction(tmp_path):
+    rows = [row(m, 0, "plugin_error", v, explainer="gradient", higher=False, eval_size=8)
+            for m, v in (("baseline", 0.3), ("pact", 0.1), ("sgt", 0.2))]
+    lb = tmp_path / "lb"
+    publish(write_run(tmp_path / "run", rows), lb)  # no metric called plugin_error is registered
+    assert ranked(show("synthetic", sort="plugin_error", leaderboards=lb)) == ["pact", "sgt", "baseline"]
+
+
+def test_top_must_be_at_least_one(run_dir, tmp_path):
+    lb = tmp_path / "lb"
+    publish(run_dir, lb)
+    everything = ranked(show("synthetic", sort="accuracy", leaderboards=lb))
+    assert len(everything) == 4
+    assert ranked(show("synthetic", sort="accuracy", leaderboards=lb, top=1)) == everything[:1]
+    assert ranked(show("synthetic", sort="accuracy", leaderboards=lb, top=10)) == everything
+    assert len(show(None, leaderboards=lb, top=2).split("\n\n")) == 2
+    for bad in (0, -1, 1.5, True, "3"):
+        with pytest.raises(UsageError, match=r"--top .* must be an integer >= 1"):
+            show("synthetic", leaderboards=lb, top=bad)
+    assert check_top(None) is None and check_top(3) == 3
+
+
+def test_dataset_names_cannot_leave_the_leaderboards_folder(tmp_path):
+    with pytest.raises(UsageError, match="outside"):
+        board_path(tmp_path, "../escape")
+    assert board_path(tmp_path, "mnist") == tmp_path / "mnist.csv"
+
+
+def test_the_repository_wide_files_still_read_and_migrate(tmp_path):
+    for name in ("mnist", "cifar10"):
+        long = read_leaderboard(REPO_BOARDS / f"{name}.csv")
+        assert set(long.columns) == set(COLUMNS) and len(long) > 0
+        acc = long[long["metric"] == "accuracy"]
+        assert set(acc["explainer"]) == {"-"} and len(acc) == len(set(acc["method"]))  # no per-explainer copies
+        assert set(long.loc[long["metric"] == "deletion_auc", "higher_is_better"]) == {"False"}
+    text = show("mnist", sort="accuracy", leaderboards=REPO_BOARDS)
+    assert ranked(text)[0] == "baseline"
+    copy = tmp_path / "mnist.csv"
+    shutil.copy(REPO_BOARDS / "mnist.csv", copy)
+    n = migrate_leaderboard(copy)
+    df = pd.read_csv(copy)
+    assert list(df.columns) == list(COLUMNS) and len(df) == n and df["higher_is_better"].dtype == bool
+    assert not df.duplicated(list(KEY_COLUMNS)).any()
+
+
+def test_a_wide_file_with_an_uninstalled_metric_cannot_be_ranked_by_it(tmp_path):
+    path = tmp_path / "mnist.csv"
+    lines = (REPO_BOARDS / "mnist.csv").read_text().splitlines()
+    path.write_text("\n".join([lines[0].replace("topk_mass_mean", "gone_metric_mean", 1), *lines[1:]]) + "\n")
+    with pytest.raises(UsageError, match="direction of gone_metric is not recorded"):
+        show("mnist", sort="gone_metric", leaderboards=tmp_path)
+    assert ranked(show("mnist", sort="accuracy", leaderboards=tmp_path))[0] == "baseline"
+    before = path.read_text()
+    with pytest.raises(UsageError, match="higher_is_better = ''"):
+        migrate_leaderboard(path)
+    assert path.read_text() == before
