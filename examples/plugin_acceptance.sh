@@ -49,13 +49,16 @@ sgq-bench run --suite "$REPO/examples/sgq-bench-example-plugin/plugin_smoke.toml
 sgq-bench leaderboard publish runs/plugin_smoke --to leaderboards
 python - <<'PY'
 import csv
-rows = list(csv.DictReader(open("leaderboards/synthetic.csv")))
+rows = list(csv.DictReader(open("leaderboards/synthetic.csv")))  # long: one row per method x explainer x metric
 for r in rows:
-    print(f"{r['method']:<10} {r['quantizer']:<5} {r['objective']:<16} {r['explainer']:<16} plugins={r['plugins']!r}")
-uses = [r for r in rows if {"lsq", "rrr"} & {r["quantizer"], r["objective"]} or r["explainer"] == "guided_backprop"]
+    print(f"{r['method']:<10} {r['quantizer']:<5} {r['objective']:<16} {r['explainer']:<16} {r['metric']:<26} "
+          f"plugins={r['plugins']!r}")
+uses = [r for r in rows if {"lsq", "rrr"} & {r["quantizer"], r["objective"]} or r["explainer"] == "guided_backprop"
+        or r["metric"] == "monotonicity_correlation"]
 assert uses and all("sgq-bench-example-plugin==0.1.0" in r["plugins"] for r in uses), "plugin rows lack the plugin"
-mono = [c for c in rows[0] if c.startswith("monotonicity_correlation")]
-assert mono and all(r[mono[0]] for r in rows if r["explainer"] != "-"), "no monotonicity_correlation numbers"
+explained = {(r["method"], r["explainer"]) for r in rows if r["explainer"] != "-"}
+mono = {(r["method"], r["explainer"]) for r in rows if r["metric"] == "monotonicity_correlation" and r["mean"]}
+assert explained and mono == explained, "no monotonicity_correlation numbers for some (method, explainer)"
 print(f"OK: {len(uses)}/{len(rows)} rows name sgq-bench-example-plugin==0.1.0")
 PY
 

@@ -41,7 +41,7 @@ def pip_install(source: Path, target: Path) -> None:
 
 def sgq_bench(*args: str, pythonpath: Path, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(pythonpath), "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
-    return subprocess.run([sys.executable, "-m", "sgq_bench.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "sgq_bench", *args], capture_output=True, text=True,
                           env=env, cwd=cwd, timeout=300)
 
 
@@ -183,15 +183,17 @@ def test_plugin_smoke_suite_reaches_the_leaderboard_with_its_name_and_version(pl
 
     publish(out, tmp_path / "leaderboards")
     with (tmp_path / "leaderboards" / "synthetic.csv").open() as fh:
-        board = list(csv.DictReader(fh))
+        board = list(csv.DictReader(fh))  # long format: one row per (method, explainer, metric, variant)
     tag = f"{DIST}=={VERSION}"
     for r in board:
-        uses_plugin = r["quantizer"] == "lsq" or r["objective"] == "rrr" or r["explainer"] == "guided_backprop"
-        # monotonicity_correlation (a plugin metric) is in every explained row
-        assert (tag in r["plugins"]) == (uses_plugin or r["explainer"] != "-"), r
-        if r["explainer"] != "-":
-            assert r["monotonicity_correlation_mean"] != ""
-    assert any(r["method"] == "lsq_rrr" and r["explainer"] == "guided_backprop" for r in board)
+        uses_plugin = (r["quantizer"] == "lsq" or r["objective"] == "rrr" or r["explainer"] == "guided_backprop"
+                       or r["metric"] == "monotonicity_correlation")
+        assert (tag in r["plugins"]) == uses_plugin, r
+    explained = {(r["method"], r["explainer"]) for r in board if r["explainer"] != "-"}
+    mono = {(r["method"], r["explainer"]) for r in board
+            if r["metric"] == "monotonicity_correlation" and math.isfinite(float(r["mean"]))}
+    assert explained and mono == explained  # the plugin metric scored every (method, explainer)
+    assert ("lsq_rrr", "guided_backprop") in explained
 
 
 def test_broken_plugin_is_reported_once_and_the_builtins_still_work(tmp_path: Path) -> None:
