@@ -3,7 +3,8 @@
 Why a test: a cycle (``report.tables`` importing ``report.figures`` importing ``report.tables``) or an
 upward edge (``train`` importing ``evaluate``) makes modules impossible to read, test or reuse alone,
 and creeps back in unnoticed. Every import counts, including those inside functions: a late import
-hides a dependency from the import machinery, not from the design.
+hides a dependency from the import machinery, not from the design. So do imports under
+``if TYPE_CHECKING:``: a type named in a signature is a dependency of the reader.
 
 The rule, kept simple: each module belongs to one layer of ``LAYERS`` (first matching pattern); a
 module may import modules of its own layer or of layers listed before it, never after, and the graph
