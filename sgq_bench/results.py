@@ -7,9 +7,10 @@ reads them with :func:`read_rows` or, as a long-format ``pandas.DataFrame``, wit
 
 Why validate on read as well: a results file can be edited, truncated, or come from another tool or
 version. A foreign or ill-typed row is refused in one line that names the file, the line and the
-field, before any statistic is computed from it. A line that is not JSON at all is the torn tail of
-a write that was killed (``_io.append_jsonl`` terminates it and appends after it); it is skipped
-with a warning, so a killed run can always resume.
+field, before any statistic is computed from it. A line that is not JSON (a truncated row, e.g. the
+torn tail of a write that was killed, which ``_io.append_jsonl`` terminates and appends after) is
+refused the same way rather than skipped: skipping would drop a number silently, while the one-line
+error names the line to delete, after which a rerun recomputes what is missing.
 
 This module imports neither torch nor pandas at import time: ``pandas`` is loaded by
 :func:`load_results` only.
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sgq_bench._io import append_jsonl
-from sgq_bench.errors import UsageError, warn
+from sgq_bench.errors import UsageError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -199,8 +200,8 @@ def append_rows(path: str | Path, rows: Iterable[Mapping[str, Any]]) -> list[dic
 def read_rows(path: str | Path) -> list[dict[str, Any]]:
     """Every row of a results JSONL file, validated ([] when the file does not exist).
 
-    A torn line (not JSON: the partial write of a killed process) is skipped with a warning; a line
-    that is JSON but not a valid result row is a UsageError naming ``file:line`` and the field.
+    A line that is not JSON, or JSON but not a valid result row, is a UsageError naming ``file:line``
+    (and the field).
     """
     path = Path(path)
     if not path.exists():
@@ -218,9 +219,8 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
                 try:
                     row = json.loads(line)
                 except json.JSONDecodeError as exc:
-                    warn(f"{path}:{lineno}: skipped a line that is not JSON ({exc.msg}): the torn write of "
-                         "an interrupted run")
-                    continue
+                    raise UsageError(f"{path}:{lineno}: corrupted results line ({exc.msg}); delete that line "
+                                     "(a write cut short by a killed run) and rerun to recompute it") from None
                 rows.append(validate_row(row, f"{path}:{lineno}"))
         except UnicodeDecodeError as exc:
             raise UsageError(f"{path}: not a UTF-8 text file ({exc.reason}); not a results file") from None

@@ -71,13 +71,13 @@ def test_foreign_rows_are_refused(tmp_path):
     assert "'value' = nan is not finite" in _line_error(tmp_path, json.dumps(row("pact", 0, "accuracy", math.nan)))
 
 
-def test_a_torn_line_is_skipped_with_a_warning_and_later_rows_kept(tmp_path, capsys):
+def test_a_truncated_line_is_refused_by_its_line_number(tmp_path):
     path = tmp_path / "results.jsonl"
     a, b = row("baseline", 0, "accuracy", 0.9), row("pact", 0, "accuracy", 0.8)
     path.write_text(json.dumps(a) + "\n" + json.dumps(b)[:30] + "\n" + json.dumps(b) + "\n")
-    assert [r["method"] for r in read_rows(path)] == ["baseline", "pact"]
-    err = capsys.readouterr().err
-    assert f"{path}:2: skipped a line that is not JSON" in err and len(err.strip().splitlines()) == 1
+    with pytest.raises(UsageError) as err:
+        read_rows(path)
+    assert str(err.value).startswith(f"{path}:2: corrupted results line") and "delete that line" in str(err.value)
 
 
 def test_append_rows_writes_nothing_when_any_row_is_invalid(tmp_path):
