@@ -20,6 +20,34 @@ from torch import nn
 
 from sgq_bench._base import Dataset, Explainer, Param
 from sgq_bench._batching import max_batch
+from sgq_bench.errors import AttributionError
+
+
+def check_attributions(explainer_name: str, attr: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Return ``attr`` if every metric may score it: a tensor shaped like ``x`` with finite values.
+
+    Why: a NaN or infinite map still ranks (NaN sorts somewhere), so deletion and friends would publish a
+    plausible number for a broken explainer. Called on every explainer's output before any metric sees it.
+
+    Raises:
+        AttributionError: one line naming the explainer and what is wrong (shape, or NaN/inf counts).
+    """
+    if not isinstance(attr, torch.Tensor):
+        raise AttributionError(f"explainer {explainer_name!r} returned {type(attr).__name__}, expected a tensor "
+                               f"shaped like its input {tuple(x.shape)}")
+    if attr.shape != x.shape:
+        raise AttributionError(f"explainer {explainer_name!r} returned attributions of shape {tuple(attr.shape)}, "
+                               f"expected the input's shape {tuple(x.shape)}")
+    if not attr.is_floating_point():
+        raise AttributionError(f"explainer {explainer_name!r} returned {attr.dtype} attributions, expected floats")
+    finite = torch.isfinite(attr)
+    if not bool(finite.all()):
+        n_nan = int(torch.isnan(attr).sum())
+        n_inf = int(torch.isinf(attr).sum())
+        images = int((~finite).flatten(1).any(1).sum())
+        raise AttributionError(f"explainer {explainer_name!r} returned non-finite attributions: {n_nan} NaN and "
+                               f"{n_inf} inf values in {images} of {attr.shape[0]} images")
+    return attr
 
 
 def _chunks(n: int, size: int) -> Iterator[slice]:
@@ -155,6 +183,7 @@ class RandomExplainer(Explainer):
     """Control: i.i.d. uniform [0, 1) attributions from a seeded generator (every metric must rank it last)."""
 
     name = "random"
+    model_independent = True  # the same maps whatever the model: ROAR shares its retrains across cells
     params = {"seed": Param(0, "generator seed", low=0)}
 
     def attribute(self, model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -163,4 +192,4 @@ class RandomExplainer(Explainer):
 
 
 __all__ = ["GradCAM", "Gradient", "InputXGradient", "IntegratedGradientsExplainer", "RandomExplainer",
-           "SmoothGrad", "black_baseline", "input_range"]
+           "SmoothGrad", "black_baseline", "check_attributions", "input_range"]

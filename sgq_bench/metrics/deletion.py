@@ -7,8 +7,12 @@ the score is the softmax probability of the class predicted on the clean input. 
 unperturbed end points (deletion starts at the clean input, insertion ends at it), so they have
 ``steps + 1`` points on the fraction axis 0..1 and the AUC is the trapezoid area over it.
 
+Ties: which of several equally scored pixels goes first is decided by ``tie_draws`` seeded random
+orders (index order would decide it otherwise), drawn only where a step's cut falls inside a tie group;
+the value is their mean and ``extra`` records the spread (docs/ranking_ties.md).
+
 Quantus PixelFlipping (features_in_step = H*W/steps, perturb_baseline = 0, softmax) computes
-deletion's points 1..steps; the test checks them equal.
+deletion's points 1..steps on tie-free maps; the test checks them equal.
 """
 
 from __future__ import annotations
@@ -19,26 +23,42 @@ import torch.nn.functional as F
 from sgq_bench._base import EvalContext, Metric, MetricResult, Param
 from sgq_bench.metrics.functional import (
     FractionsMixin,
-    attr_store,
+    attr_scores,
     clean_logits,
     forward,
     fractions_param,
     k_of,
-    masked_logits,
-    pixel_scores,
     predicted,
-    rank_positions,
+    ranked_logits,
     removal_logits,
+    tie_extra,
     to_list,
     trapezoid_auc,
 )
 
+TIE_DRAWS_DOC = "random tie orders averaged where a cut falls inside a group of equal scores (docs/ranking_ties.md)"
 
-def _curve_result(fracs: list[float], per_image: torch.Tensor, extra: dict | None = None) -> MetricResult:
-    """per_image: (steps, B) scores -> mean curve, per-image AUC, value = mean AUC."""
-    auc = trapezoid_auc(fracs, per_image.T)
-    return MetricResult(value=float(auc.mean()), curve={"x": fracs, "y": to_list(per_image.double().mean(1))},
-                        per_sample=to_list(auc), extra=extra or {})
+
+def tie_draws_param(default: int = 4) -> Param:
+    """The ``tie_draws`` parameter of every ranking metric."""
+    return Param(default, TIE_DRAWS_DOC, low=1)
+
+
+def _curve_result(ctx: EvalContext, attr: torch.Tensor, fracs: list[float], per_draw: torch.Tensor,
+                  ambiguous: torch.Tensor) -> MetricResult:
+    """per_draw: (D, steps, B) scores under D tie orders -> mean curve, per-image AUC (mean over draws),
+    value = mean AUC, and the tie record."""
+    auc = trapezoid_auc(fracs, per_draw.transpose(1, 2))  # (D, B)
+    per_image = auc.mean(0)
+    return MetricResult(value=float(per_image.mean()),
+                        curve={"x": fracs, "y": to_list(per_draw.double().mean(0).mean(1))},
+                        per_sample=to_list(per_image), extra=tie_extra(attr_scores(ctx, attr), ambiguous, auc))
+
+
+def class_prob(ctx: EvalContext, logits: torch.Tensor) -> torch.Tensor:
+    """Softmax probability of the clean prediction, (..., B, K) logits -> (..., B)."""
+    cls = predicted(ctx)
+    return logits.softmax(-1).gather(-1, cls.view(-1, 1).expand(*logits.shape[:-1], 1)).squeeze(-1)
 
 
 class DeletionAUC(Metric):
@@ -51,15 +71,15 @@ class DeletionAUC(Metric):
         "steps": Param(50, "removal steps over the whole image", low=1),
         "baseline": Param("mean", "removed pixels become the per-channel mean (0 after normalisation) "
                           "or black (normalised 0 pixel)", choices=("mean", "black")),
+        "tie_draws": tie_draws_param(),
     }
 
     def compute(self, ctx: EvalContext, attributions: torch.Tensor | None) -> MetricResult:
         n = ctx.x.shape[2] * ctx.x.shape[3]
         ks = [i * n // self.steps for i in range(self.steps + 1)]
-        logits = removal_logits(ctx, attributions, ks, self.baseline)
-        cls = predicted(ctx)
-        probs = logits.softmax(-1).gather(2, cls.view(1, -1, 1).expand(len(ks), -1, 1)).squeeze(2)
-        return _curve_result([i / self.steps for i in range(self.steps + 1)], probs)
+        logits, ambiguous = removal_logits(ctx, attributions, ks, self.baseline, self.tie_draws)
+        return _curve_result(ctx, attributions, [i / self.steps for i in range(self.steps + 1)],
+                             class_prob(ctx, logits), ambiguous)
 
 
 def gaussian_blur(x: torch.Tensor, klen: int, sigma: float) -> torch.Tensor:
@@ -83,6 +103,7 @@ class InsertionAUC(Metric):
         "steps": Param(50, "insertion steps over the whole image", low=1),
         "blur_kernel": Param(11, "Gaussian blur kernel size (RISE: 11)", low=1),
         "blur_sigma": Param(5.0, "Gaussian blur sigma in pixels (RISE: 5)", low=0.0, low_open=True),
+        "tie_draws": tie_draws_param(),
     }
 
     def compute(self, ctx: EvalContext, attributions: torch.Tensor | None) -> MetricResult:
@@ -93,17 +114,11 @@ class InsertionAUC(Metric):
             blurred = gaussian_blur(ctx.x, self.blur_kernel, self.blur_sigma)
             ctx.cache[key] = (blurred, forward(ctx.model, blurred).float())
         blurred, blur_logits = ctx.cache[key]
-        store = attr_store(ctx, attributions)
-        if "pos_desc" not in store:
-            store["pos_desc"] = rank_positions(pixel_scores(attributions))
-        inner = [k for k in ks if 0 < k < n]
-        mid = masked_logits(ctx.model, store["pos_desc"], inner, ctx.x, blurred)
-        rows = {k: lg for k, lg in zip(inner, mid)}
-        rows[0], rows[n] = blur_logits, clean_logits(ctx)
-        logits = torch.stack([rows[k] for k in ks])
-        cls = predicted(ctx)
-        probs = logits.softmax(-1).gather(2, cls.view(1, -1, 1).expand(len(ks), -1, 1)).squeeze(2)
-        return _curve_result([i / self.steps for i in range(self.steps + 1)], probs)
+        fixed = {0: lambda: blur_logits, n: lambda: clean_logits(ctx)}
+        logits, ambiguous = ranked_logits(ctx, attributions, ks, ctx.x, blurred, key=("insertion", *key[1:]),
+                                          draws=self.tie_draws, fixed=fixed)
+        return _curve_result(ctx, attributions, [i / self.steps for i in range(self.steps + 1)],
+                             class_prob(ctx, logits), ambiguous)
 
 
 class MorfAccuracy(FractionsMixin, Metric):
@@ -116,11 +131,13 @@ class MorfAccuracy(FractionsMixin, Metric):
         "fractions": fractions_param(doc="fractions of top-ranked pixels removed"),
         "baseline": Param("mean", "removed pixels become the per-channel mean (0 after normalisation) "
                           "or black", choices=("mean", "black")),
+        "tie_draws": tie_draws_param(),
     }
 
     def compute(self, ctx: EvalContext, attributions: torch.Tensor | None) -> MetricResult:
         n = ctx.x.shape[2] * ctx.x.shape[3]
         ks = [k_of(f, n) for f in self.fractions]
-        logits = removal_logits(ctx, attributions, ks, self.baseline)  # shared with deletion_auc
-        correct = (logits.argmax(-1) == ctx.y.view(1, -1)).double()
-        return _curve_result(list(self.fractions), correct)
+        # shared with deletion_auc (same tie orders, same cache)
+        logits, ambiguous = removal_logits(ctx, attributions, ks, self.baseline, self.tie_draws)
+        correct = (logits.argmax(-1) == ctx.y.view(-1)).double()
+        return _curve_result(ctx, attributions, list(self.fractions), correct, ambiguous)

@@ -17,6 +17,7 @@ from sgq_bench.metrics.functional import (
     fill_value,
     forward,
     k_of,
+    mean_where_defined,
     one_thread,
     predicted,
     to_list,
@@ -34,10 +35,25 @@ def random_subsets(b: int, n: int, runs: int, size: int, generator: torch.Genera
 
 
 def pearson(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Pearson correlation along the last dim (NaN where either side is constant, as scipy)."""
+    """Pearson correlation along the last dim: NaN where either side is constant (scipy warns and returns
+    NaN there; checked on the range, since rounding in the mean can leave a constant row ulps off zero)."""
+    flat = (a.amax(-1) == a.amin(-1)) | (b.amax(-1) == b.amin(-1))
     a = a.double() - a.double().mean(-1, keepdim=True)
     b = b.double() - b.double().mean(-1, keepdim=True)
-    return (a * b).sum(-1) / (a.pow(2).sum(-1).sqrt() * b.pow(2).sum(-1).sqrt())
+    r = (a * b).sum(-1) / (a.pow(2).sum(-1).sqrt() * b.pow(2).sum(-1).sqrt())
+    return torch.where(flat, torch.full_like(r, float("nan")), r)
+
+
+def _undefined_reason(sums: torch.Tensor, deltas: torch.Tensor, corr: torch.Tensor) -> str:
+    """Why a correlation is NaN: one side does not vary over the subsets (no correlation exists)."""
+    nan = torch.isnan(corr)
+    flat_attr = bool((sums[nan].amax(-1) == sums[nan].amin(-1)).any())
+    flat_model = bool((deltas[nan].amax(-1) == deltas[nan].amin(-1)).any())
+    if flat_attr and not flat_model:
+        return "attribution sums constant over the subsets (constant map)"
+    if flat_model and not flat_attr:
+        return "model output unchanged by every subset"
+    return "attribution sums or model output constant over the subsets"
 
 
 class FaithfulnessCorrelation(Metric):
@@ -94,8 +110,9 @@ class FaithfulnessCorrelation(Metric):
         a = attributions.detach().sum(1).flatten(1)  # signed, summed over channels
         sums = a.gather(1, idx.flatten(1)).view(b, self.nr_runs, size).sum(-1)
         corr = pearson(sums, deltas)
-        return MetricResult(value=float(corr.nanmean()), per_sample=to_list(corr),
-                            extra={"resolved_params": {"subset_size": size}})
+        value, undefined = mean_where_defined(corr, _undefined_reason(sums, deltas, corr))
+        return MetricResult(value=value, per_sample=to_list(corr),
+                            extra={"resolved_params": {"subset_size": size}, **undefined})
 
 
 class Infidelity(Metric):

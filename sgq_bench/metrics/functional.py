@@ -82,12 +82,101 @@ def pixel_scores(attr: torch.Tensor) -> torch.Tensor:
     return a.abs().flatten(1) if a.shape[1] == 1 else a.abs().sum(1).flatten(1)
 
 
-def rank_positions(scores: torch.Tensor, descending: bool = True) -> torch.Tensor:
-    """Position of every pixel in its image's ranking (0 = first removed); ties keep index order."""
-    order = torch.argsort(scores, dim=1, descending=descending, stable=True)
+def rank_positions(scores: torch.Tensor, descending: bool = True,
+                   generator: torch.Generator | None = None) -> torch.Tensor:
+    """Position of every pixel in its image's ranking (0 = first removed), shape (B, N) like ``scores``.
+
+    Args:
+        scores: (B, N) one score per pixel (e.g. ``pixel_scores``).
+        descending: rank the highest score first (MoRF, deletion) or the lowest (LeRF).
+        generator: ``None`` breaks ties by pixel index (raster order; deterministic but arbitrary). A
+            CPU generator breaks them in a uniformly random order: a random permutation of the pixels,
+            then a stable sort of the scores, i.e. a random secondary key. Pixels with distinct scores
+            are ranked identically either way, so without ties the result equals the index order.
+
+    Why random ties: attribution maps hold large groups of exact zeros, and which tied pixels a metric
+    removes first must not decide its value (see docs/ranking_ties.md and ``tie_generator``).
+    """
+    if generator is None:
+        order = torch.argsort(scores, dim=1, descending=descending, stable=True)
+    else:
+        perm = torch.rand(scores.shape, generator=generator).argsort(dim=1).to(scores.device)
+        order = perm.gather(1, torch.argsort(scores.gather(1, perm), dim=1, descending=descending, stable=True))
     pos = torch.empty_like(order)
     pos.scatter_(1, order, torch.arange(scores.shape[1], device=scores.device).expand_as(order))
     return pos
+
+
+def tie_generator(seed: int, draw: int) -> torch.Generator:
+    """The generator of tie order number ``draw`` of a cell seeded ``seed``.
+
+    One generator per draw (not one stream), so draw d is the same whatever the number of draws, and
+    shared by every ranking metric of the cell (deletion and MoRF accuracy reuse each other's forwards).
+    """
+    return torch.Generator().manual_seed(seed * 1_000_003 + 7_919 + draw)
+
+
+def tie_share(scores: torch.Tensor) -> torch.Tensor:
+    """(B,) share of each image's pixels whose score equals the score of another pixel of that image."""
+    s = torch.sort(scores, dim=1).values
+    eq = s[:, 1:] == s[:, :-1]
+    tied = torch.zeros_like(s, dtype=torch.bool)
+    tied[:, 1:] |= eq
+    tied[:, :-1] |= eq
+    return tied.double().mean(1)
+
+
+def ambiguous_cuts(scores: torch.Tensor, ks: Sequence[int], descending: bool = True,
+                   inert: torch.Tensor | None = None) -> torch.Tensor:
+    """(len(ks), B) bool: True where the set of an image's first ``k`` ranked pixels depends on the tie order.
+
+    That is where the cut falls inside a group of equal scores (the k-th and (k+1)-th ranked pixels tie).
+    ``inert`` (B, N) bool marks pixels whose replacement leaves the image unchanged (e.g. a black pixel
+    filled with black): a tie group made only of them changes nothing whichever of its pixels go first,
+    so that cut is exact too. Everywhere else one ranking gives the exact value.
+    """
+    b, n = scores.shape
+    s = torch.sort(scores, dim=1, descending=descending).values
+    out = torch.zeros(len(ks), b, dtype=torch.bool, device=scores.device)
+    for i, k in enumerate(ks):
+        if 0 < k < n:
+            out[i] = s[:, k - 1] == s[:, k]
+            if inert is not None and bool(out[i].any()):
+                rows = out[i].nonzero().squeeze(1)
+                group = scores[rows] == s[rows, k].unsqueeze(1)
+                out[i, rows] = (group & ~inert[rows]).any(1)
+    return out
+
+
+def draw_positions(ctx: EvalContext, attr: torch.Tensor, descending: bool, draw: int) -> torch.Tensor:
+    """Ranking positions of ``attr`` under tie order ``draw`` (cached per attribution tensor)."""
+    store = attr_store(ctx, attr)
+    key = ("positions", descending, draw)
+    if key not in store:
+        store[key] = rank_positions(attr_scores(ctx, attr), descending, tie_generator(ctx.seed, draw))
+    return store[key]
+
+
+def attr_scores(ctx: EvalContext, attr: torch.Tensor) -> torch.Tensor:
+    """``pixel_scores(attr)``, cached per attribution tensor."""
+    store = attr_store(ctx, attr)
+    if "scores" not in store:
+        store["scores"] = pixel_scores(attr)
+    return store["scores"]
+
+
+def tie_extra(scores: torch.Tensor, ambiguous: torch.Tensor, per_draw: torch.Tensor) -> dict[str, Any]:
+    """The tie record of a ranking metric's result (docs/ranking_ties.md).
+
+    ``per_draw`` is (D, B): each image's value under each tie order (D = 1 when no cut is ambiguous).
+    ``tie_fraction`` is the mean share of tied pixels per image, ``tied_cuts`` the share of (step, image)
+    cuts that fell inside a tie group, ``tie_draws`` the number of tie orders averaged (0 when one
+    ranking is exact), ``tie_spread`` the std (ddof 1) across draws of the metric value.
+    """
+    d = per_draw.shape[0]
+    return {"tie_fraction": float(tie_share(scores).mean()), "tied_cuts": float(ambiguous.double().mean()),
+            "tie_draws": d if bool(ambiguous.any()) else 0,
+            "tie_spread": float(per_draw.double().mean(1).std()) if d > 1 else 0.0}
 
 
 def clean_logits(ctx: EvalContext) -> torch.Tensor:
@@ -154,27 +243,118 @@ def fill_value(ctx: EvalContext, kind: str) -> torch.Tensor:
     return ctx.dataset.normalize(zero).to(ctx.x.dtype)
 
 
-def removal_logits(ctx: EvalContext, attr: torch.Tensor, ks: Sequence[int], fill: str = "mean") -> torch.Tensor:
-    """Logits (len(ks), B, K) after replacing each image's top-k pixels by ``fill``; cached per k, so
-    deletion and MoRF accuracy share their forwards; k = 0 is the clean forward."""
-    store = attr_store(ctx, attr).setdefault(("removal", fill), {})
+def removal_logits(ctx: EvalContext, attr: torch.Tensor, ks: Sequence[int], fill: str = "mean",
+                   draws: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits (D, len(ks), B, K) after replacing each image's top-k pixels by ``fill``, and the (len(ks), B)
+    ambiguous-cut mask; see ``ranked_logits``. Cached per k, so deletion and MoRF accuracy share their
+    forwards; k = 0 is the clean forward, k = H*W the fill image."""
     n = ctx.x.shape[2] * ctx.x.shape[3]
-    if 0 in ks and 0 not in store:
-        store[0] = clean_logits(ctx)
-    missing = [k for k in dict.fromkeys(ks) if k not in store]
-    if missing:
-        pos = attr_store(ctx, attr).get("pos_desc")
-        if pos is None:
-            pos = attr_store(ctx, attr)["pos_desc"] = rank_positions(pixel_scores(attr))
-        full = [k for k in missing if k >= n]
-        part = [k for k in missing if k < n]
-        if part:
-            for k, lg in zip(part, masked_logits(ctx.model, pos, part, fill_value(ctx, fill), ctx.x)):
-                store[k] = lg
-        for k in full:  # every pixel replaced: the same image for every input, one forward
-            img = fill_value(ctx, fill).expand(1, *ctx.x.shape[1:])
-            store[k] = forward(ctx.model, img).float().expand(ctx.x.shape[0], -1)
-    return torch.stack([store[k] for k in ks])
+    inside = fill_value(ctx, fill)
+    fixed = {0: lambda: clean_logits(ctx)}
+    if any(k >= n for k in ks):  # every pixel replaced: the same image for every input, one forward
+        def full() -> torch.Tensor:
+            img = inside.expand(1, *ctx.x.shape[1:])
+            return forward(ctx.model, img).float().expand(ctx.x.shape[0], -1)
+        fixed.update({k: full for k in ks if k >= n})
+    return ranked_logits(ctx, attr, ks, inside, ctx.x, key=("removal", fill), draws=draws, fixed=fixed)
+
+
+def ranked_logits(ctx: EvalContext, attr: torch.Tensor, ks: Sequence[int], inside: torch.Tensor,
+                  outside: torch.Tensor, *, key: Any, draws: int, fixed: dict[int, Any],
+                  descending: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits of images showing ``inside`` on their first-k ranked pixels, under ``draws`` random tie orders.
+
+    Draw 0 is computed for every (k, image); draws 1.. only where the cut is ambiguous (``ambiguous_cuts``),
+    since elsewhere every tie order gives the same image. So an image without ties at its cuts costs one
+    forward per k, and its value equals the index-order one exactly.
+
+    Args:
+        inside, outside: broadcast to (B, C, H, W), as in ``masked_logits``.
+        key: cache key of this (inside, outside) pair within the attribution's store.
+        draws: tie orders wanted (>= 1).
+        fixed: {k: callable returning (B, K) logits} for ks whose image does not depend on the ranking.
+
+    Returns:
+        ``(logits, ambiguous)``: (D, len(ks), B, K) with D = ``draws`` if any requested cut is ambiguous,
+        else 1; and the (len(ks), B) ambiguous-cut mask.
+    """
+    store = attr_store(ctx, attr).setdefault(key, {"base": {}, "draw": {}, "ambiguous": {}})
+    base, by_draw, amb_of = store["base"], store["draw"], store["ambiguous"]
+    for k in dict.fromkeys(ks):
+        if k in fixed and k not in base:
+            base[k] = fixed[k]()
+    inner = [k for k in dict.fromkeys(ks) if k not in base]
+    if inner:
+        pos0 = draw_positions(ctx, attr, descending, 0)
+        for k, lg in zip(inner, masked_logits(ctx.model, pos0, inner, inside, outside)):
+            base[k] = lg
+    scores = attr_scores(ctx, attr)
+    new = [k for k in dict.fromkeys(ks) if k not in amb_of]
+    if new:
+        shape = torch.broadcast_shapes(inside.shape, outside.shape)
+        inert = (inside == outside).expand(ctx.x.shape[0], *shape[1:]).all(1).flatten(1)
+        cut = ambiguous_cuts(scores, new, descending, inert)
+        for i, k in enumerate(new):
+            amb_of[k] = cut[i] if k not in fixed else torch.zeros_like(cut[i])
+    ambiguous = torch.stack([amb_of[k] for k in ks])
+    logits = torch.stack([base[k] for k in ks])
+    if draws <= 1 or not bool(ambiguous.any()):
+        return logits.unsqueeze(0), ambiguous
+    todo = [(k, d) for k in dict.fromkeys(ks) for d in range(1, draws) if (k, d) not in by_draw and bool(amb_of[k].any())]
+    if todo:
+        _draw_logits(ctx, attr, todo, amb_of, inside, outside, descending, by_draw)
+    out = logits.unsqueeze(0).repeat(draws, 1, 1, 1)
+    for i, k in enumerate(ks):
+        rows = amb_of[k].nonzero().squeeze(1)
+        if rows.numel():
+            for d in range(1, draws):
+                out[d, i, rows] = by_draw[(k, d)]
+    return out, ambiguous
+
+
+@torch.inference_mode()
+def _draw_logits(ctx: EvalContext, attr: torch.Tensor, todo: list[tuple[int, int]], amb_of: dict[int, torch.Tensor],
+                 inside: torch.Tensor, outside: torch.Tensor, descending: bool, by_draw: dict,
+                 chunk: int = MAX_IMAGES) -> None:
+    """Forward the ambiguous (k, draw, image) triples of ``todo`` in batches; store (k, d) -> (rows, K) logits."""
+    shape = torch.broadcast_shapes(inside.shape, outside.shape)
+    h, w = shape[-2:]
+    draws = sorted({d for _, d in todo})
+    pos = {d: draw_positions(ctx, attr, descending, d) for d in draws}
+    rows = [amb_of[k].nonzero().squeeze(1) for k, _ in todo]
+    sizes = [int(r.numel()) for r in rows]
+    img = torch.cat(rows)
+    kk = torch.cat([torch.full((s,), k, device=img.device) for (k, _), s in zip(todo, sizes)])
+    dd = torch.cat([torch.full((s,), d, device=img.device) for (_, d), s in zip(todo, sizes)])
+    got = []
+    for s0 in range(0, img.numel(), chunk):
+        sl = slice(s0, s0 + chunk)
+        i, k, d = img[sl], kk[sl], dd[sl]
+        with one_thread(img.device):
+            p = torch.empty(i.numel(), h * w, dtype=torch.long, device=img.device)
+            for dv in draws:
+                sel = d == dv
+                if bool(sel.any()):
+                    p[sel] = pos[dv][i[sel]]
+            ins = inside if inside.shape[0] == 1 else inside[i]
+            outs = outside if outside.shape[0] == 1 else outside[i]
+            xs = torch.where(p.view(-1, 1, h, w) < k.view(-1, 1, 1, 1), ins, outs)
+        got.append(forward(ctx.model, xs).float())
+    for (k, d), part in zip(todo, torch.cat(got).split(sizes)):
+        by_draw[(k, d)] = part
+
+
+def mean_where_defined(per: torch.Tensor, reason: str) -> tuple[float, dict[str, Any]]:
+    """The mean of per-image values over the images where the metric is defined (non-NaN), and the record
+    of the others: ``n_undefined`` and ``undefined_reason`` (``reason``), so a NaN is never a silent blank.
+
+    The value is NaN (with the reason) when no image is defined, e.g. a constant explainer's maps.
+    """
+    bad = int(torch.isnan(per).sum())
+    if not bad:
+        return float(per.mean()), {}
+    value = float("nan") if bad == per.numel() else float(per.nanmean())
+    return value, {"n_undefined": bad, "undefined_reason": reason}
 
 
 def trapezoid_auc(x: Sequence[float], y: torch.Tensor) -> torch.Tensor:

@@ -12,6 +12,10 @@ Then Gaussian noise (std ``noise``, from a seeded generator) is added to the imp
 the least important first (higher is better). Accuracy is against the true labels; the value is the
 trapezoid AUC over the fractions divided by their span (a mean accuracy). Unlike Quantus, which
 averages only the first batch it evaluates, all images are averaged.
+
+Ties: where a fraction's cut falls inside a group of equal scores, the imputed set depends on which
+tied pixels go first; ``tie_draws`` seeded random orders are then averaged, each with the same noise
+as the first, so draws differ only by tie order (docs/ranking_ties.md).
 """
 
 from __future__ import annotations
@@ -22,12 +26,14 @@ from sgq_bench._base import EvalContext, Metric, MetricResult, Param
 from sgq_bench._batching import MAX_IMAGES
 from sgq_bench.metrics.functional import (
     FractionsMixin,
+    ambiguous_cuts,
+    attr_scores,
+    draw_positions,
     forward,
     fractions_param,
     k_of,
     one_thread,
-    pixel_scores,
-    rank_positions,
+    tie_extra,
     to_list,
     trapezoid_auc,
 )
@@ -179,35 +185,76 @@ class _Road(FractionsMixin, Metric):
         "noise": Param(0.01, "std of the Gaussian noise added to imputed pixels", low=0.0),
         "tol": Param(1e-5, "relative residual at which conjugate gradients stop (float32)", low=0.0,
                  low_open=True),
+        "tie_draws": Param(4, "random tie orders averaged where a cut falls inside a group of equal scores "
+                           "(docs/ranking_ties.md)", low=1),
     }
+
+    def _impute(self, x: torch.Tensor, unknown: torch.Tensor, eps: torch.Tensor | None) -> torch.Tensor:
+        imgs = linear_impute(x, unknown, tol=self.tol)
+        if eps is not None:
+            imgs = imgs + self.noise * eps.to(imgs.device) * unknown
+        return imgs
 
     def compute(self, ctx: EvalContext, attributions: torch.Tensor | None) -> MetricResult:
         b, _, h, w = ctx.x.shape
         n = h * w
-        pos = rank_positions(pixel_scores(attributions), descending=self.descending)
+        nf = len(self.fractions)
+        kf = [k_of(f, n) for f in self.fractions]
+        pos = draw_positions(ctx, attributions, self.descending, 0)
+        ambiguous = ambiguous_cuts(attr_scores(ctx, attributions), kf, self.descending)  # (F, B)
+        extra_draws = self.tie_draws > 1 and bool(ambiguous.any())
         gen = torch.Generator().manual_seed(ctx.seed * 1_000_003 + 7)
         # One chunk of images x fractions per CG solve; cost per CG iteration is cheap, so solve many at once.
-        per = max(1, MAX_IMAGES // max(1, len(self.fractions)))
-        correct = []
+        per = max(1, MAX_IMAGES // max(1, nf))
+        correct, kept_eps = [], []
         for s in range(0, b, per):
             sl = slice(s, s + per)
+            nb = ctx.x[sl].shape[0]
             # all fractions of the chunk in one batched system:
-            xs = ctx.x[sl].repeat(len(self.fractions), 1, 1, 1)
-            ps = pos[sl].repeat(len(self.fractions), 1)
-            ks = torch.tensor([k_of(f, n) for f in self.fractions], device=ps.device)
-            ks = ks.repeat_interleave(ctx.x[sl].shape[0])
+            xs = ctx.x[sl].repeat(nf, 1, 1, 1)
+            ps = pos[sl].repeat(nf, 1)
+            ks = torch.tensor(kf, device=ps.device).repeat_interleave(nb)
             unknown = (ps < ks.view(-1, 1)).view(-1, 1, h, w)
-            imgs = linear_impute(xs, unknown, tol=self.tol)
+            eps = None
             if self.noise > 0:
-                eps = torch.randn(imgs.shape, generator=gen, dtype=imgs.dtype).to(imgs.device)
-                imgs = imgs + self.noise * eps * unknown
-            pred = forward(ctx.model, imgs.to(ctx.x.dtype)).argmax(1).view(len(self.fractions), -1)
+                eps = torch.randn(xs.shape, generator=gen, dtype=torch.float32)
+                if extra_draws:  # the same noise for the other tie orders of an ambiguous cut
+                    kept_eps.append(eps[ambiguous[:, sl].reshape(-1).cpu()])
+            imgs = self._impute(xs, unknown, eps)
+            pred = forward(ctx.model, imgs.to(ctx.x.dtype)).argmax(1).view(nf, -1)
             correct.append((pred == ctx.y[sl].view(1, -1)).double())
-        acc = torch.cat(correct, dim=1)  # (fractions, B)
+        acc = torch.cat(correct, dim=1).unsqueeze(0)  # (1, fractions, B)
+        if extra_draws:
+            acc = self._other_draws(ctx, attributions, acc, ambiguous, kf, kept_eps)
         fr = list(self.fractions)
-        auc = trapezoid_auc(fr, acc.T)
-        return MetricResult(value=float(auc.mean()), curve={"x": fr, "y": to_list(acc.mean(1))},
-                            per_sample=to_list(auc))
+        auc = trapezoid_auc(fr, acc.transpose(1, 2))  # (D, B)
+        per_image = auc.mean(0)
+        return MetricResult(value=float(per_image.mean()), curve={"x": fr, "y": to_list(acc.mean(0).mean(1))},
+                            per_sample=to_list(per_image),
+                            extra=tie_extra(attr_scores(ctx, attributions), ambiguous, auc))
+
+    def _other_draws(self, ctx: EvalContext, attr: torch.Tensor, acc: torch.Tensor, ambiguous: torch.Tensor,
+                     kf: list[int], kept_eps: list[torch.Tensor]) -> torch.Tensor:
+        """(D, F, B) accuracies: draw 0's everywhere, tie orders 1.. recomputed on the ambiguous cuts only."""
+        b, _, h, w = ctx.x.shape
+        # the ambiguous (fraction, image) pairs in the order their noise was kept: chunk, then fraction, then image
+        per = max(1, MAX_IMAGES // max(1, len(kf)))
+        pairs = torch.cat([ambiguous[:, s:s + per].nonzero() + torch.tensor([0, s], device=ambiguous.device)
+                           for s in range(0, b, per)]).cpu()
+        eps_all = torch.cat(kept_eps) if kept_eps else None
+        out = acc.repeat(self.tie_draws, 1, 1)
+        kt = torch.tensor(kf)
+        for d in range(1, self.tie_draws):
+            pos = draw_positions(ctx, attr, self.descending, d)
+            for s in range(0, pairs.shape[0], MAX_IMAGES):
+                f, i = pairs[s:s + MAX_IMAGES].unbind(1)
+                idev = i.to(ctx.x.device)
+                unknown = (pos[idev] < kt[f].to(pos.device).view(-1, 1)).view(-1, 1, h, w)
+                eps = eps_all[s:s + MAX_IMAGES] if eps_all is not None else None
+                imgs = self._impute(ctx.x[idev], unknown, eps)
+                pred = forward(ctx.model, imgs.to(ctx.x.dtype)).argmax(1)
+                out[d, f.to(out.device), idev.to(out.device)] = (pred == ctx.y[idev]).double().to(out.device)
+        return out
 
 
 class RoadMorf(_Road):

@@ -3,6 +3,11 @@
 All three act on the per-pixel map |a| summed over channels (the same reduction used for ranking),
 batched in torch: a sort or a sum over (B, H*W), milliseconds for thousands of maps. The input
 tensor is never modified (Quantus's Sparseness and Complexity modify the caller's array in place).
+
+Ties: all three are functions of the multiset of pixel scores, not of their order, so which of several
+equal pixels comes first cannot change them (the top-k mass sums the k largest values; a tie at the
+k-th value contributes the same value whichever pixel holds it). An all-zero map has no distribution:
+its Gini index, entropy and top-k share are NaN, recorded with the reason (``mean_where_defined``).
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ import numpy as np
 import torch
 
 from sgq_bench._base import EvalContext, Metric, MetricResult, Param
-from sgq_bench.metrics.functional import k_of, pixel_scores, to_list
+from sgq_bench.metrics.functional import k_of, mean_where_defined, pixel_scores, to_list
 
 
 def sorted_rows(x: torch.Tensor) -> torch.Tensor:
@@ -24,7 +29,7 @@ def sorted_rows(x: torch.Tensor) -> torch.Tensor:
 
 def gini(scores: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
     """Gini index per row of non-negative ``scores`` (B, N), after adding ``eps`` to every entry as
-    Quantus does (so an all-zero map scores 0 instead of 0/0).
+    Quantus does (so an all-zero map scores 0 here; the ``sparseness`` metric reports it undefined).
 
     ``sum_i (2i - n - 1) a_(i)`` over the ascending sort; the weights sum to zero, so ``eps`` only
     enters the denominator. One float32 sort, then a float32 matrix-vector product (absolute error of
@@ -51,8 +56,14 @@ def entropy(scores: torch.Tensor) -> torch.Tensor:
     return torch.where(total > 0, h, torch.full_like(h, float("nan")))
 
 
-def _result(per: torch.Tensor, **extra) -> MetricResult:
-    return MetricResult(value=float(per.nanmean()), per_sample=to_list(per), extra=extra)
+ALL_ZERO = "all-zero attribution map"
+
+
+def _result(per: torch.Tensor, scores: torch.Tensor, **extra) -> MetricResult:
+    """Mean over the images; an all-zero map is undefined (NaN with the reason) for every sparsity metric."""
+    per = torch.where(scores.abs().amax(1) > 0, per.double(), torch.full_like(per, float("nan"), dtype=torch.float64))
+    value, undefined = mean_where_defined(per, ALL_ZERO)
+    return MetricResult(value=value, per_sample=to_list(per), extra={**extra, **undefined})
 
 
 class Sparseness(Metric):
@@ -64,7 +75,8 @@ class Sparseness(Metric):
     params = {"eps": Param(1e-7, "added to every pixel before the Gini index (Quantus: 1e-7)", low=0.0)}
 
     def compute(self, ctx: EvalContext, attributions: torch.Tensor | None) -> MetricResult:
-        return _result(gini(pixel_scores(attributions), self.eps))
+        scores = pixel_scores(attributions)
+        return _result(gini(scores, self.eps), scores)
 
 
 class Complexity(Metric):
@@ -76,7 +88,8 @@ class Complexity(Metric):
     params = {}
 
     def compute(self, ctx: EvalContext, attributions: torch.Tensor | None) -> MetricResult:
-        return _result(entropy(pixel_scores(attributions)))
+        scores = pixel_scores(attributions)
+        return _result(entropy(scores), scores)
 
 
 class TopKMass(Metric):
@@ -88,9 +101,9 @@ class TopKMass(Metric):
     params = {"k": Param(0.1, "fraction of pixels", low=0.0, high=1.0, low_open=True)}
 
     def compute(self, ctx: EvalContext, attributions: torch.Tensor | None) -> MetricResult:
-        s = sorted_rows(pixel_scores(attributions))
+        scores = pixel_scores(attributions)
+        s = sorted_rows(scores)
         k = max(1, k_of(self.k, s.shape[1]))
-        top = s[:, -k:].sum(1, dtype=torch.float64)
+        top = s[:, -k:].sum(1, dtype=torch.float64)  # the k largest values: the same whichever tied pixel
         total = s.sum(1, dtype=torch.float64)
-        per = torch.where(total > 0, top / total, torch.full_like(total, float("nan")))
-        return _result(per, k_pixels=k)
+        return _result(top / total, scores, k_pixels=k)
