@@ -48,12 +48,6 @@ class AttributionError(SgqBenchError):
     exit_code = 1
 
 
-class AttributionError(SgqBenchError):
-    """An explainer returned a map no metric may score (non-finite values, or not shaped like its input)."""
-
-    exit_code = 1
-
-
 class TrainingDiverged(SgqBenchError):
     """The training loss became NaN or infinite."""
 
