@@ -1,1 +1,7 @@
-"""Reports of a run directory: statistics (``stats``), tables (``tables``) and figures (``figures``)."""
+"""Reports of a run directory, built on the results DataFrame (``sgq_bench.load_results``).
+
+``stats`` (numbers: t-intervals, Welch and paired-by-seed tests, the within-model bootstrap) ->
+``summary`` (the across-seed summary table, grouped by protocol, shared by everything below) ->
+``tables`` (``summary.csv``, ``summary.md``, ``write_report``) and ``figures`` (PNGs). ``tables``
+imports ``figures``; neither imports the other back.
+"""
