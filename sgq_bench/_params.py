@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
 from sgq_bench.errors import UsageError, did_you_mean
+
+SEED_LIMIT = 2**31  # seeds are integers in [0, SEED_LIMIT): every RNG we seed (torch, numpy) takes them
+INT_LIMIT = 2**63  # any other integer parameter must fit a signed 64-bit tensor index or count
 
 
 @dataclass(frozen=True)
@@ -29,7 +33,7 @@ class Param:
 
     def check(self, owner: str, name: str, value: Any) -> Any:
         """Coerce ``value`` to the default's type and check its range; raise a one-line UsageError."""
-        kind = type(self.default)
+        kind, given = type(self.default), value
         if self.default is not None and kind is not type(value):
             try:
                 if kind is bool:
@@ -41,11 +45,14 @@ class Param:
                     raise ValueError
                 else:
                     value = kind(value)
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):  # OverflowError: int(inf), float(10**400)
                 raise UsageError(
-                    f"{owner}: parameter {name}={value!r} must be a {kind.__name__} "
+                    f"{owner}: parameter {name}={_shown(value)} must be a {kind.__name__} "
                     f"(allowed: {self.range_text()})"
                 ) from None
+        problem = _non_finite(value)
+        if problem:
+            raise UsageError(f"{owner}: parameter {name}={_shown(given)} {problem} (allowed: {self.range_text()})")
         if self.choices is not None and value not in self.choices:
             raise UsageError(f"{owner}: parameter {name}={value!r} is not allowed; expected {self.range_text()}")
         if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -55,9 +62,51 @@ class Param:
             )
             if bad:
                 raise UsageError(
-                    f"{owner}: parameter {name}={value!r} is outside the allowed range {self.range_text()}"
+                    f"{owner}: parameter {name}={_shown(value)} is outside the allowed range {self.range_text()}"
                 )
+        if _oversized(value):
+            raise UsageError(f"{owner}: parameter {name}={_shown(given)} is too large (beyond 64-bit integers; "
+                             f"allowed: {self.range_text()})")
         return value
+
+
+def _shown(value: Any, limit: int = 40) -> str:
+    """``repr(value)``, shortened when huge (a 400-digit integer must not flood the one-line message)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit - 12]}... ({len(text)} characters)"
+
+
+def _items(value: Any) -> tuple:
+    return tuple(value) if isinstance(value, (tuple, list)) else (value,)
+
+
+def _non_finite(value: Any) -> str | None:
+    """Why a number (or a sequence of them) cannot be a parameter value: NaN or inf, else None.
+
+    Why here: every NaN comparison is false, so a range check alone lets ``k = nan`` through, and
+    ``lr = inf`` passes ``> 0``.
+    """
+    if any(isinstance(v, float) and not math.isfinite(v) for v in _items(value)):
+        return "is not a finite number"
+    return None
+
+
+def _oversized(value: Any) -> bool:
+    """An integer (or one in a sequence) beyond signed 64 bits: it would overflow in torch or numpy."""
+    return any(isinstance(v, int) and not isinstance(v, bool) and not -INT_LIMIT <= v < INT_LIMIT
+               for v in _items(value))
+
+
+def seed_param(default: int, doc: str) -> Param:
+    """A seed parameter: an integer in [0, 2**31), the range every seeded generator accepts."""
+    return Param(default, doc, low=0, high=SEED_LIMIT - 1)
+
+
+def check_seed(value: Any, what: str) -> int:
+    """``value`` as a seed, or a one-line UsageError naming ``what`` (e.g. ``--seed``, ``FILE: seeds[2]``)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < SEED_LIMIT:
+        raise UsageError(f"{what} = {value!r} is invalid; expected an integer in [0, {SEED_LIMIT - 1}]")
+    return value
 
 
 def resolve_params(owner: str, spec: dict[str, Param], given: dict[str, Any] | None) -> dict[str, Any]:

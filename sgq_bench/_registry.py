@@ -14,6 +14,7 @@ traceback deep inside a training loop.
 from __future__ import annotations
 
 import importlib
+import re
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -35,6 +36,36 @@ _BASES = {
     "explainers": "Explainer",
     "metrics": "Metric",
 }
+
+
+NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9_.-]*")
+NAME_MAX = 64
+NAME_RULE = (f"expected at most {NAME_MAX} lowercase letters, digits, '_', '.' or '-', starting with a letter "
+             "or digit, without spaces, '/' or '..'")
+
+
+def name_problem(name: Any) -> str | None:
+    """Why ``name`` breaks the one name grammar, or None when it is a valid name."""
+    if not isinstance(name, str):
+        return f"is a {type(name).__name__}, not a string"
+    if len(name) > NAME_MAX:
+        return f"is {len(name)} characters long"
+    if not NAME_PATTERN.fullmatch(name) or ".." in name:
+        return "is invalid"
+    return None
+
+
+def check_name(kind: str, name: Any) -> str:
+    """``name`` if it follows the one grammar for every registry, method, dataset, metric and suite name.
+
+    Why one grammar, checked wherever a name enters (entry points, ``register``, suite files): names
+    become folder and file names (checkpoints, figures, run folders), so ``../x`` or ``a/b`` would write
+    outside the folder meant. Raises a one-line UsageError naming the kind and the name.
+    """
+    problem = name_problem(name)
+    if problem:
+        raise UsageError(f"{kind} name {name!r} {problem}; {NAME_RULE}")
+    return name
 
 
 @dataclass
@@ -156,6 +187,9 @@ class Registry(Generic[T]):
             prev = found.get(ep.name)
             if prev is None:
                 found[ep.name] = Entry(ep.name, ep.value, dist, version)
+                problem = name_problem(ep.name)
+                if problem:  # reported as broken and never imported: the name would become a path
+                    found[ep.name].error = f"{self.kind[:-1]} name {ep.name!r} {problem}; {NAME_RULE}"
             elif prev.distribution != dist or prev.target != ep.value:
                 # A contested name poisons only itself: everything else stays usable.
                 claim = f"{dist!r} ({ep.value})"
@@ -198,8 +232,9 @@ class Registry(Generic[T]):
 
         def _do(o: T) -> T:
             key = name or getattr(o, "name", "") or getattr(o, "__name__", "")
-            if not isinstance(key, str) or not key.strip() or any(c.isspace() for c in key):
-                raise UsageError(f"{self.kind}: cannot register {o!r} under {key!r}; give a name without spaces")
+            problem = name_problem(key)
+            if problem:
+                raise UsageError(f"{self.kind}: cannot register {o!r} under {key!r}: the name {problem}; {NAME_RULE}")
             problem = check_kind(self.kind, o)
             if problem:
                 raise UsageError(f"{self.kind} plugin {key!r} {problem}")

@@ -1,11 +1,17 @@
-"""Datasets (MNIST, CIFAR-10, synthetic), data-root resolution and batched iteration.
+"""Datasets (MNIST, CIFAR-10, synthetic), data-root resolution, file validation and batched iteration.
 
-Root resolution order: explicit ``--data-root``, then ``$SGQ_BENCH_DATA``, then the user cache dir,
-then torchvision's download into the cache dir. When all fail, one line says where we looked.
+Root resolution: an explicit ``--data-root DIR`` is the only place looked (a DIR without the data is an
+error naming DIR, never a silent fall-through); without one, ``$SGQ_BENCH_DATA``, then the user cache
+dir, then torchvision's download into the cache dir. When all fail, one line says where we looked.
+
+Every split is checked before use (``check_split``): the data files themselves (IDX header and length,
+npz keys, dtype, shape, label range, images/labels agreement) by the loaders, naming the file, and the
+``Dataset.load`` contract (uint8 N x C x H x W, int64 labels in range) for every dataset, plugins too.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +23,8 @@ import torch
 from sgq_bench import _registry
 from sgq_bench._base import Dataset, Param, Split
 from sgq_bench._io import stable_hash
-from sgq_bench.errors import DataNotFoundError
+from sgq_bench._params import seed_param
+from sgq_bench.errors import DataError, DataNotFoundError, UsageError
 
 ENV_VAR = "SGQ_BENCH_DATA"
 
@@ -30,14 +37,107 @@ def cache_dir() -> Path:
     return Path(base).expanduser() / "sgq-bench"
 
 
-def candidate_roots(data_root: str | os.PathLike | None) -> list[tuple[str, Path | None]]:
-    """(label, path) in lookup order; path None means 'not set'."""
+def candidate_roots() -> list[tuple[str, Path | None]]:
+    """(label, path) looked at, in order, when no ``--data-root`` is given; path None means 'not set'."""
     env = os.environ.get(ENV_VAR)
     return [
-        ("--data-root", Path(data_root).expanduser() if data_root else None),
         (f"${ENV_VAR}", Path(env).expanduser() if env else None),
         ("user cache", cache_dir() / "data"),
     ]
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0][:120]}" if text else type(exc).__name__
+
+
+def read_idx(path: Path, ndim: int) -> np.ndarray:
+    """An IDX file (MNIST's format) read with numpy and checked against its own header.
+
+    Layout: magic ``00 00 08 <ndim>`` (08: unsigned bytes), ``ndim`` big-endian uint32 sizes, then exactly
+    ``prod(sizes)`` bytes. Why not torchvision's reader: a truncated file there is a reshape traceback
+    that does not name the file; here every problem is one line naming it.
+    """
+    try:
+        raw = np.fromfile(path, dtype=np.uint8)
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read the file ({exc.strerror or _first_line(exc)})") from None
+    if raw.size < 4 or raw[0] != 0 or raw[1] != 0:
+        raise DataError(f"{path}: not an IDX file (magic number {raw[:4].tobytes().hex() or 'missing'}; "
+                        f"expected 000008{ndim:02x})")
+    if raw[2] != 0x08:
+        raise DataError(f"{path}: IDX data type 0x{int(raw[2]):02x}; expected 0x08 (unsigned bytes)")
+    if raw[3] != ndim:
+        raise DataError(f"{path}: IDX file has {int(raw[3])} dimensions; expected {ndim}")
+    header = 4 + 4 * ndim
+    if raw.size < header:
+        raise DataError(f"{path}: truncated IDX file ({raw.size} bytes, shorter than its {header}-byte header)")
+    dims = tuple(int(d) for d in raw[4:header].view(">u4"))
+    need, have = math.prod(dims), raw.size - header
+    if have != need:
+        shape = " x ".join(map(str, dims))
+        what = "truncated IDX file" if have < need else "IDX file too long"
+        raise DataError(f"{path}: {what}: the header promises {shape} = {need} bytes of data, the file holds {have}")
+    return raw[header:].reshape(dims)
+
+
+def read_npz(path: Path, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """The arrays ``keys`` of an .npz archive (pickles refused); a bad archive or missing key names the file."""
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except Exception as exc:  # a damaged file fails in many ways (zip, zlib, pickle refusal, OS errors)
+        raise DataError(f"{path}: not a readable .npz archive ({_first_line(exc)})") from None
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise DataError(f"{path}: holds a single array, not an .npz archive with keys {', '.join(keys)}")
+    with archive:
+        missing = [k for k in keys if k not in archive.files]
+        if missing:
+            raise DataError(f"{path}: missing key {missing[0]!r} (the archive holds: "
+                            f"{', '.join(archive.files) or 'nothing'}); expected keys {', '.join(keys)}")
+        try:
+            return {k: archive[k] for k in keys}
+        except Exception as exc:  # a damaged member (CRC, zlib, truncated data) or a refused pickle
+            raise DataError(f"{path}: cannot read the arrays {', '.join(keys)} ({_first_line(exc)})") from None
+
+
+def check_arrays(where: Any, images: np.ndarray, labels: np.ndarray, image_shape: tuple[int, ...],
+                 num_classes: int, layout: str = "") -> None:
+    """Images uint8 ``(N, *image_shape)``, labels integers 0..num_classes-1 of length N, N >= 1."""
+    expected = f"({', '.join(['N', *map(str, image_shape)])}) uint8 {layout}".rstrip()
+    if images.dtype != np.uint8:
+        raise DataError(f"{where}: images have dtype {images.dtype}; expected {expected} with values 0..255")
+    if images.ndim != 1 + len(image_shape) or tuple(images.shape[1:]) != tuple(image_shape):
+        raise DataError(f"{where}: images have shape {tuple(images.shape)}; expected {expected}")
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise DataError(f"{where}: labels have dtype {labels.dtype}; expected integers 0..{num_classes - 1}")
+    if labels.ndim != 1:
+        raise DataError(f"{where}: labels have shape {tuple(labels.shape)}; expected (N,)")
+    if len(labels) != len(images):
+        raise DataError(f"{where}: {len(labels)} labels for {len(images)} images; expected one label per image")
+    if len(images) == 0:
+        raise DataError(f"{where}: holds no images")
+    lo, hi = int(labels.min()), int(labels.max())
+    if lo < 0 or hi >= num_classes:
+        raise DataError(f"{where}: label {lo if lo < 0 else hi} is outside 0..{num_classes - 1}")
+
+
+def check_split(dataset: Dataset, split: Any, train: bool) -> Split:
+    """The ``Dataset.load`` contract, checked for every dataset (plugins too) before any model sees it."""
+    where = f"dataset {dataset.name!r} ({'training' if train else 'test'} split)"
+    images, labels = getattr(split, "images", None), getattr(split, "labels", None)
+    if not isinstance(images, torch.Tensor) or not isinstance(labels, torch.Tensor):
+        raise DataError(f"{where}: load() returned {type(split).__name__}; expected a Split of two tensors")
+    shape = (dataset.in_channels, dataset.image_size, dataset.image_size)
+    if images.dtype != torch.uint8 or images.dim() != 4 or tuple(images.shape[1:]) != shape:
+        raise DataError(f"{where}: images are {images.dtype} {tuple(images.shape)}; expected torch.uint8 "
+                        f"(N, {', '.join(map(str, shape))})")
+    if labels.dtype != torch.int64 or labels.dim() != 1 or len(labels) != len(images) or len(labels) == 0:
+        raise DataError(f"{where}: labels are {labels.dtype} {tuple(labels.shape)} for {len(images)} images; "
+                        "expected torch.int64 (N,), one per image, N >= 1")
+    lo, hi = int(labels.min()), int(labels.max())
+    if lo < 0 or hi >= dataset.num_classes:
+        raise DataError(f"{where}: label {lo if lo < 0 else hi} is outside 0..{dataset.num_classes - 1}")
+    return split
 
 
 class _FileDataset(Dataset):
@@ -54,8 +154,17 @@ class _FileDataset(Dataset):
         raise NotImplementedError
 
     def resolve_root(self, data_root: str | os.PathLike | None) -> Any:
+        if data_root:  # asked for explicitly: only there, so a wrong folder is never silently replaced
+            path = Path(data_root).expanduser()
+            handle = self.find(path) if path.is_dir() else None
+            if handle is not None:
+                return handle
+            state = ("does not exist" if not path.exists() else "is not a folder" if not path.is_dir()
+                     else f"holds no {self.name} data")
+            raise DataNotFoundError(f"--data-root {path} {state}; expected {self.layout_hint()} there "
+                                    f"(or leave --data-root out to use ${ENV_VAR} or the user cache)")
         looked = []
-        for label, path in candidate_roots(data_root):
+        for label, path in candidate_roots():
             if path is None:
                 looked.append(f"{label} (not set)")
                 continue
@@ -101,10 +210,16 @@ class MNIST(_FileDataset):
         return "MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte"
 
     def load(self, root: Any, train: bool) -> Split:
-        import torchvision
-
-        ds = torchvision.datasets.MNIST(str(root), train=train, download=False)
-        return Split(ds.data.unsqueeze(1).contiguous(), ds.targets.long())
+        """uint8 N x 1 x 28 x 28 images and int64 labels, read and checked by ``read_idx`` (the same tensors
+        torchvision's MNIST gives, so the training-data fingerprint is unchanged)."""
+        raw = Path(root) / "MNIST" / "raw"
+        prefix = "train" if train else "t10k"
+        image_file, label_file = raw / f"{prefix}-images-idx3-ubyte", raw / f"{prefix}-labels-idx1-ubyte"
+        images, labels = read_idx(image_file, 3), read_idx(label_file, 1)
+        if tuple(images.shape[1:]) != (28, 28):
+            raise DataError(f"{image_file}: images are {images.shape[1]}x{images.shape[2]}; expected 28x28")
+        check_arrays(label_file, images, labels, (28, 28), self.num_classes)
+        return Split(torch.from_numpy(images).unsqueeze(1), torch.from_numpy(labels.astype(np.int64)))
 
 
 class CIFAR10(_FileDataset):
@@ -134,11 +249,17 @@ class CIFAR10(_FileDataset):
         if kind == "torchvision":
             import torchvision
 
-            ds = torchvision.datasets.CIFAR10(str(path), train=train, download=False)
+            where = Path(path) / "cifar-10-batches-py"
+            try:
+                ds = torchvision.datasets.CIFAR10(str(path), train=train, download=False)
+            except Exception as exc:  # damaged batches: torchvision's checksum or unpickling fails
+                raise DataError(f"{where}: torchvision cannot read CIFAR-10 ({_first_line(exc)})") from None
             images, labels = np.asarray(ds.data), np.asarray(ds.targets)
         else:
-            with np.load(path / ("train.npz" if train else "test.npz")) as d:
-                images, labels = d["images"], d["labels"]
+            where = path / ("train.npz" if train else "test.npz")
+            arrays = read_npz(where, ("images", "labels"))
+            images, labels = arrays["images"], arrays["labels"]
+        check_arrays(where, images, labels, (32, 32, 3), self.num_classes, "NHWC")
         x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
         return Split(x, torch.from_numpy(labels.astype(np.int64)))
 
@@ -166,7 +287,7 @@ class Synthetic(Dataset):
     params = {
         "train_n": Param(2048, "training images", low=16),
         "test_n": Param(512, "test images", low=16),
-        "seed": Param(1234, "generator seed for the images (not the training seed)"),
+        "seed": seed_param(1234, "generator seed for the images (not the training seed)"),
     }
 
     def resolve_root(self, data_root: Any) -> None:
@@ -201,12 +322,20 @@ _FINGERPRINTS: dict[int, tuple[Split, str]] = {}
 
 
 def load_split(dataset: Dataset, train: bool, data_root: Any = None) -> Split:
-    """Load a split once per process (keyed by dataset, params and resolved root)."""
+    """Load and check a split once per process (keyed by dataset, params and resolved root)."""
     root = dataset.resolve_root(data_root)
     key = (dataset.name, stable_hash(dataset.config), str(root), train)
     if key not in _SPLITS:
-        _SPLITS[key] = dataset.load(root, train)
+        _SPLITS[key] = check_split(dataset, dataset.load(root, train), train)
     return _SPLITS[key]
+
+
+def _origin(split: Split) -> tuple[str, bool] | None:
+    """(dataset name, is training split) of a split that ``load_split`` returned, else None."""
+    for (name, _, _, train), loaded in _SPLITS.items():
+        if loaded is split:
+            return name, train
+    return None
 
 
 def split_fingerprint(split: Split) -> str:
@@ -230,9 +359,23 @@ def split_fingerprint(split: Split) -> str:
     return digest
 
 
-def subset(split: Split, size: int | None, seed: int) -> Split:
-    """A seeded random subset of ``size`` items (the whole split when size is None or too big)."""
-    if size is None or size >= len(split):
+def subset(split: Split, size: int | None, seed: int, *, what: str | None = None) -> Split:
+    """A seeded random subset of ``size`` items (the whole split when size is None).
+
+    A size above the split's length is refused, never clamped: a row would otherwise record a size that
+    was not used. ``what`` names the size in the message (default: train_size for a training split,
+    eval_size for a test split, as loaded by ``load_split``).
+    """
+    if size is None:
+        return split
+    origin = _origin(split)
+    label = what or ("subset size" if origin is None else "train_size" if origin[1] else "eval_size")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+        raise UsageError(f"{label} {size!r} is invalid; expected an integer >= 1")
+    if size > len(split):
+        of = "split" if origin is None else f"{origin[0]} {'training' if origin[1] else 'test'} split"
+        raise UsageError(f"{label} {size} exceeds the {len(split)} images of the {of}")
+    if size == len(split):
         return split
     g = torch.Generator().manual_seed(seed)
     idx = torch.randperm(len(split), generator=g)[:size].sort().values

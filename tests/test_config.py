@@ -30,24 +30,30 @@ def write(tmp_path: Path, text: str) -> Path:
     return p
 
 
-@pytest.mark.parametrize("name", ["smoke", "quick", "full"])
+@pytest.mark.parametrize("name", ["smoke", "quick", "full", "full_bits"])
 def test_shipped_suites_validate(name):
     suite = load_suite(name)
     assert suite.version and suite.seeds and suite.datasets and suite.methods
     assert len({m.name for m in suite.methods}) == len(suite.methods)
 
 
+def _pact_bits(suite) -> set[int]:
+    return {m.quantizer_params.get("w_bits", 32) * 100 + m.quantizer_params.get("a_bits", 32)
+            for m in suite.methods if m.quantizer == "pact"}
+
+
 def test_full_suite_matches_the_protocol():
     s = load_suite("full")
     assert s.seeds == (0, 1, 2)
-    bits = {m.quantizer_params.get("w_bits", 32) * 100 + m.quantizer_params.get("a_bits", 32)
-            for m in s.methods if m.quantizer == "pact"}
-    assert bits == {808, 404, 202, 402}
+    assert [m.name for m in s.methods] == ["baseline", "pact", "sgt", "sgt_pact"] and _pact_bits(s) == {404}
     assert {d.name for d in s.datasets} == {"mnist", "cifar10"}
     assert s.dataset("cifar10").recipe.epochs == 160 and s.dataset("mnist").recipe.optimizer == "adadelta"
     if s.metrics:
         assert {"roar", "kar"} <= set(s.metrics)
         assert list(s.metric_params["roar"]["fractions"]) == [0.1, 0.3, 0.5, 0.7, 0.9]
+    sweep = load_suite("full_bits")  # the bit-width sweep: full-length recipes, four PACT bit widths
+    assert sweep.seeds == (0, 1, 2) and _pact_bits(sweep) == {808, 404, 202, 402}
+    assert sweep.dataset("cifar10").recipe.epochs == 160 and sweep.dataset("mnist").recipe.epochs == 14
 
 
 def test_minimal_suite_by_path(tmp_path):
@@ -123,7 +129,7 @@ def test_malformed_toml_is_one_line(tmp_path):
     (["--only", "colour=red"], "--only: unknown field 'colour'"),
 ])
 def test_cli_bad_suite_values_exit_2_one_line(tmp_path, args, needle):
-    res = subprocess.run([sys.executable, "-m", "sgq_bench.cli", "run", "--suite", "quick", "--out",
+    res = subprocess.run([sys.executable, "-m", "sgq_bench", "run", "--suite", "quick", "--out",
                           str(tmp_path / "out"), *args], capture_output=True, text=True, timeout=120)
     assert res.returncode == 2, res.stderr
     lines = res.stderr.strip().splitlines()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sgq_bench.data import CIFAR10, MNIST, Synthetic, batches, subset
-from sgq_bench.errors import DataNotFoundError
+from sgq_bench.data import CIFAR10, MNIST, Synthetic, batches, load_split, subset
+from sgq_bench.errors import DataNotFoundError, UsageError
 
 
 def _no_download(self, root):
@@ -18,12 +18,23 @@ def test_missing_data_is_one_line_naming_every_place_looked(tmp_path, monkeypatc
     monkeypatch.setenv("SGQ_BENCH_DATA", str(tmp_path / "env"))
     monkeypatch.setenv("SGQ_BENCH_CACHE", str(tmp_path / "cache"))
     with pytest.raises(DataNotFoundError) as err:
-        MNIST().resolve_root(tmp_path / "explicit")
+        MNIST().resolve_root(None)
     msg = str(err.value)
     assert "\n" not in msg
-    for part in ("--data-root", str(tmp_path / "explicit"), "$SGQ_BENCH_DATA", str(tmp_path / "env"),
-                 "user cache", "torchvision download", "network is unreachable", "--data-root DIR"):
+    for part in ("$SGQ_BENCH_DATA", str(tmp_path / "env"), "user cache", "torchvision download",
+                 "network is unreachable", "--data-root DIR"):
         assert part in msg
+
+
+def test_explicit_root_without_data_is_an_error_naming_it_not_a_fall_through(data_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("SGQ_BENCH_DATA", str(data_root))  # would succeed if the lookup fell through
+    monkeypatch.setattr(MNIST, "download", _no_download)
+    for explicit, state in ((tmp_path / "missing", "does not exist"), (tmp_path, "holds no mnist data")):
+        with pytest.raises(DataNotFoundError) as err:
+            MNIST().resolve_root(explicit)
+        msg = str(err.value)
+        assert "\n" not in msg and f"--data-root {explicit} {state}" in msg and "MNIST/raw" in msg, msg
+        assert err.value.exit_code == 2
 
 
 def test_explicit_root_wins_over_env(data_root, tmp_path, monkeypatch):
@@ -50,6 +61,19 @@ def test_subsets_are_seeded_and_sized():
     assert len(a) == 30 and torch.equal(a.labels, b.labels) and torch.equal(a.images, b.images)
     assert not torch.equal(a.images, c.images)
     assert subset(split, None, 0) is split
+    assert subset(split, 100, 0) is split  # exactly the whole split
+
+
+def test_a_subset_larger_than_the_split_is_refused_not_clamped():
+    ds = Synthetic(train_n=100)
+    split = load_split(ds, True)
+    with pytest.raises(UsageError) as err:
+        subset(split, 101, 0)
+    assert str(err.value) == "train_size 101 exceeds the 100 images of the synthetic training split"
+    with pytest.raises(UsageError, match="^eval_size 513 exceeds the 512 images of the synthetic test split$"):
+        subset(load_split(ds, False), 513, 0)
+    with pytest.raises(UsageError, match="^calibration size 0 is invalid; expected an integer >= 1$"):
+        subset(split, 0, 0, what="calibration size")
 
 
 def test_cifar_augmentation_is_a_seeded_crop_and_flip():

@@ -31,6 +31,10 @@ class Method:
     objective_params: dict[str, Any] = field(default_factory=dict)
     description: str = ""
 
+    def __post_init__(self) -> None:
+        # The name becomes part of checkpoint and figure paths: every way of making a Method checks it.
+        _registry.check_name("method", self.name)
+
     def build(self) -> tuple[Quantizer, Objective]:
         """Instantiate (and so validate) the quantizer and objective plugins."""
         q_cls = _registry.quantizers.get(self.quantizer)
@@ -81,6 +85,10 @@ class Method:
 
 def method_from_table(name: str, table: dict[str, Any], source: str) -> Method:
     """Build a Method from a TOML table, naming ``source`` and the key on any error."""
+    try:
+        _registry.check_name("method", name)
+    except UsageError as exc:
+        raise UsageError(f"{source}: {exc}") from None
     for key in table:
         if key not in METHOD_KEYS:
             raise UsageError(f"{source}: method {name!r} has unknown key {key!r}.{did_you_mean(key, METHOD_KEYS)}")

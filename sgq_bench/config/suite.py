@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from sgq_bench._io import stable_hash
-from sgq_bench._params import resolve_params
+from sgq_bench._params import INT_LIMIT, SEED_LIMIT, resolve_params
+from sgq_bench._registry import check_name
 from sgq_bench.config.methods import Method, get_method, method_from_table
 from sgq_bench.errors import UsageError, did_you_mean
 
@@ -89,7 +90,21 @@ def _num(v: Any) -> bool:
 
 
 def _int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+    """An integer that fits 64 bits (TOML integers are unbounded; a 20-digit one must not overflow later)."""
+    return isinstance(v, int) and not isinstance(v, bool) and -INT_LIMIT <= v < INT_LIMIT
+
+
+def _seed(v: Any) -> bool:
+    """A seed: an integer in [0, 2**31), what every seeded generator accepts."""
+    return _int(v) and 0 <= v < SEED_LIMIT
+
+
+def _name(where: str, key: str, kind: str, name: Any) -> str:
+    """``name`` checked against the one name grammar (names become folder and file names)."""
+    try:
+        return check_name(kind, name)
+    except UsageError as exc:
+        raise UsageError(f"{where}: {key}: {exc}") from None
 
 
 def _unknown(where: str, key: str, allowed: tuple[str, ...] | list[str]) -> UsageError:
@@ -123,6 +138,7 @@ def _plugin(where: str, key: str, kind: str, name: Any) -> Any:
 
     if not isinstance(name, str):
         raise UsageError(f"{where}: {key} = {name!r} is invalid; expected a {kind[:-1]} name")
+    _name(where, key, kind[:-1], name)
     try:
         return _registry.registry(kind).get(name)
     except UsageError as exc:
@@ -321,6 +337,7 @@ def _set_dotted(raw: dict[str, Any], dotted: str, value: Any, where: str) -> Non
 def _methods(raw: dict[str, Any], where: str) -> tuple[Method, ...]:
     defined = {}
     for name, table in _table(where, "define", raw.get("define", {})).items():
+        _name(where, f"define.{name!r}", "method", name)
         try:
             defined[name] = method_from_table(name, _table(where, f"define.{name}", table), where)
         except UsageError as exc:
@@ -393,8 +410,9 @@ def suite_from_dict(raw: dict[str, Any], where: str, default_name: str = "suite"
         bits = parse_bits(raw["bits"], where)
         methods = apply_bits(methods, bits, where)
     seeds = raw.get("seeds", [0])
-    if not isinstance(seeds, list) or not seeds or not all(_int(s) and s >= 0 for s in seeds):
-        raise UsageError(f"{where}: seeds = {seeds!r} is invalid; expected a non-empty list of integers >= 0")
+    if not isinstance(seeds, list) or not seeds or not all(_seed(s) for s in seeds):
+        raise UsageError(f"{where}: seeds = {seeds!r} is invalid; expected a non-empty list of integers >= 0 "
+                         "and < 2**31")
     if len(set(seeds)) != len(seeds):
         raise UsageError(f"{where}: seeds = {seeds!r} repeats a seed; each seed may appear once")
     evaluate = _table(where, "evaluate", raw.get("evaluate", {}))
@@ -411,15 +429,22 @@ def suite_from_dict(raw: dict[str, Any], where: str, default_name: str = "suite"
             raise UsageError(f"{where}: evaluate.metrics[{i}] = {name!r} needs attributions but "
                              "evaluate.explainers is empty")
     eval_seed = evaluate.get("eval_seed", 0)
-    if not _int(eval_seed) or eval_seed < 0:
-        raise UsageError(f"{where}: evaluate.eval_seed = {eval_seed!r} is invalid; expected an integer >= 0")
+    if not _seed(eval_seed):
+        raise UsageError(f"{where}: evaluate.eval_seed = {eval_seed!r} is invalid; expected an integer in "
+                         f"[0, {SEED_LIMIT - 1}]")
     metric_params = _metric_params(evaluate.get("params", {}), where, "evaluate.params", metrics)
     datasets = _table(where, "datasets", raw.get("datasets", {}))
     plans = tuple(_dataset_plan(dname, table, where, metrics) for dname, table in datasets.items())
     if not plans:
         raise UsageError(f"{where}: no [datasets.*] table; a suite needs at least one dataset")
+    name = str(raw.get("name", default_name))
+    try:
+        check_name("suite", name)  # the default run folder is runs/<name>
+    except UsageError as exc:
+        hint = "" if "name" in raw else " (taken from the file name; set name = \"...\" in the file)"
+        raise UsageError(f"{where}: {exc}{hint}") from None
     return Suite(
-        name=str(raw.get("name", default_name)),
+        name=name,
         version=str(raw["version"]),
         path=where,
         description=str(raw.get("description", "")),
