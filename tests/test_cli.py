@@ -101,7 +101,7 @@ def test_an_output_folder_that_is_a_file_is_refused_in_one_line(tmp_path, comman
     flag = "--leaderboards" if command[0] == "leaderboard" else "--out"
     res = invoke(*command, flag, str(blocker))
     assert res.exit_code == 2
-    assert f"'{blocker}' is not a directory; expected a directory" in one_error_line(res)
+    assert f"'{blocker}' is not writable: it is a file; expected a writable directory" in one_error_line(res)
     assert blocker.read_text() == "keep me" and sorted(tmp_path.iterdir()) == [blocker]
 
 
@@ -259,3 +259,16 @@ def test_log_dir_falls_back_when_the_cache_is_not_a_folder(failing_report, tmp_p
     line = one_error_line(res)
     assert res.exit_code == 1 and "internal error: ValueError: boom (traceback in " in line
     assert os.path.isfile(line.split("traceback in ")[1][:-1])
+
+
+def test_a_read_only_output_folder_is_refused_before_any_work(tmp_path, monkeypatch):
+    """Root passes every permission check, so the read-only answer of access(2) is simulated."""
+    import sgq_bench.cli._options as options
+
+    real_access = os.access
+    monkeypatch.setattr(options.os, "access", lambda p, mode: False if Path(p) == tmp_path else real_access(p, mode))
+    for out, why in ((tmp_path, "it is read-only"), (tmp_path / "new" / "run", f"{tmp_path} is read-only")):
+        res = invoke("evaluate", "--suite", "smoke", "--dataset", "synthetic", "--out", str(out))
+        assert res.exit_code == 2
+        assert f"'--out': '{out}' is not writable: {why}; expected a writable directory" in one_error_line(res)
+    assert list(tmp_path.iterdir()) == []

@@ -54,10 +54,10 @@ def test_bad_input_exits_2_with_one_line(args, expect):
 def test_checkpoint_dir_that_is_a_file_is_refused_before_any_work(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    for target in (blocker, blocker / "sub"):
+    for target, why in ((blocker, "it is a file"), (blocker / "sub", f"{blocker} is a file")):
         res = invoke("train", "--suite", "smoke", "--dataset", "synthetic", "--checkpoint-dir", str(target))
         assert res.exit_code == 2
-        assert f"'--checkpoint-dir': '{target}' is not a directory" in one_error_line(res)
+        assert f"'--checkpoint-dir': '{target}' is not writable: {why}; expected a writable" in one_error_line(res)
     assert blocker.read_text() == "x"
 
 

@@ -14,8 +14,8 @@ from sgq_bench import deploy as dp
 from sgq_bench.builtin.pact_deploy import int8_weight
 from sgq_bench.builtin.pact_layers import PACTReLU, dorefa_weight, quantized_copy
 from sgq_bench.builtin.quantizers import NoQuantizer, PACTQuantizer
-from sgq_bench.cli import build_parser, main
-from sgq_bench.cli_train import spec_from_args
+from sgq_bench.cli import main
+from sgq_bench.cli._spec import spec_from_argv
 from sgq_bench.data import Synthetic, load_dataset, load_split
 from sgq_bench.errors import UsageError
 from sgq_bench.models import resnet20
@@ -155,9 +155,9 @@ def test_resnet20_residual_adds_and_bn_folding(bits: tuple[int, int], float_resi
 
 @pytest.fixture(scope="module")
 def smoke_pact(tmp_path_factory: pytest.TempPathFactory):
-    args = build_parser().parse_args(["train", "--dataset", "synthetic", "--suite", "smoke", "--method", "pact",
+    args = (["--dataset", "synthetic", "--suite", "smoke", "--method", "pact",
                                       "--train-size", "512", "--epochs", "1"])
-    spec = spec_from_args(args)
+    spec = spec_from_argv(args)
     res = load_or_train(spec, checkpoint_dir=tmp_path_factory.mktemp("ckpt"), progress=False)
     return spec, res.model.eval()
 
@@ -192,7 +192,7 @@ def test_deployed_model_survives_torch_save(smoke_pact) -> None:
 def test_cli_bench_deploy_prints_three_labelled_variants(capsys: pytest.CaptureFixture, tmp_path) -> None:
     rc = main(["bench", "deploy", "--dataset", "synthetic", "--suite", "smoke", "--batch-sizes", "1,8",
                "--train-size", "512", "--epochs", "1",
-               "--checkpoint-dir", str(tmp_path)])
+               "--checkpoint-dir", str(tmp_path)], standalone_mode=False)
     out = capsys.readouterr().out
     assert rc == 0
     for label in ("fp32 ", "fake_quant", "int8 ", "agreement int8 vs fake_quant", "baseline checkpoint",
@@ -201,7 +201,7 @@ def test_cli_bench_deploy_prints_three_labelled_variants(capsys: pytest.CaptureF
 
 
 def test_cli_bench_deploy_rejects_few_runs(capsys: pytest.CaptureFixture) -> None:
-    assert main(["bench", "deploy", "--dataset", "synthetic", "--suite", "smoke", "--runs", "5"]) == 2
+    assert main(["bench", "deploy", "--dataset", "synthetic", "--suite", "smoke", "--runs", "5"], standalone_mode=False) == 2
     assert "at least 30" in capsys.readouterr().err
 
 
@@ -220,9 +220,9 @@ def _reuse_user_checkpoints(spec, fallback):
 @pytest.mark.parametrize("bits,train_size", [("8/8", "20000"), ("4/4", None)])
 def test_real_mnist_int8_agrees_with_fake_quant(bits: str, train_size: str | None, data_root, tmp_path) -> None:
     """Acceptance: >= 99.5% prediction agreement on the full MNIST test set."""
-    argv = ["train", "--dataset", "mnist", "--method", "pact", "--bits", bits, "--data-root", str(data_root)]
-    args = build_parser().parse_args(argv + (["--train-size", train_size] if train_size else []))
-    spec = spec_from_args(args)
+    argv = ["--dataset", "mnist", "--method", "pact", "--bits", bits, "--data-root", str(data_root)]
+    args = argv + (["--train-size", train_size] if train_size else [])
+    spec = spec_from_argv(args)
     ckpt = _reuse_user_checkpoints(spec, tmp_path)
     model = load_or_train(spec, data_root=data_root, checkpoint_dir=ckpt, progress=False).model.eval()
     ds = load_dataset("mnist")

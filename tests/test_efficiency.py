@@ -9,8 +9,7 @@ from sgq_bench import _registry
 from sgq_bench import deploy as dp
 from sgq_bench._base import EvalContext
 from sgq_bench.builtin.quantizers import NoQuantizer, PACTQuantizer
-from sgq_bench.cli import build_parser
-from sgq_bench.cli_train import spec_from_args
+from sgq_bench.cli._spec import spec_from_argv
 from sgq_bench.data import MNIST, Synthetic, load_split
 from sgq_bench.errors import UsageError
 from sgq_bench.metrics.efficiency import count_bops, packed_size
@@ -70,9 +69,9 @@ def cells(tmp_path_factory: pytest.TempPathFactory) -> dict[str, EvalContext]:
     out = {}
     ckpt = tmp_path_factory.mktemp("ckpt")
     for method in ("pact", "baseline"):
-        args = build_parser().parse_args(["train", "--dataset", "synthetic", "--suite", "smoke", "--method", method,
+        args = (["--dataset", "synthetic", "--suite", "smoke", "--method", method,
                                           "--train-size", "512", "--epochs", "1"])
-        spec = spec_from_args(args)
+        spec = spec_from_argv(args)
         model = load_or_train(spec, checkpoint_dir=ckpt, progress=False).model.eval()
         ds = Synthetic(**spec.dataset_params)
         test = load_split(ds, False)

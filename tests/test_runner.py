@@ -43,7 +43,7 @@ def test_cell_key_is_content():
 def smoke_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("smoke") / "run"
     # one thread: several times faster than the default on a shared 2-core CPU (restored afterwards)
-    assert main(["run", "--suite", "smoke", "--out", str(out), "--quiet", "--threads", "1"]) == 0
+    assert main(["run", "--suite", "smoke", "--out", str(out), "--quiet", "--threads", "1"], standalone_mode=False) == 0
     return out
 
 
@@ -70,7 +70,7 @@ def test_smoke_suite_end_to_end(smoke_run):
 
 def test_rerun_does_nothing(smoke_run, capsys):
     before = (smoke_run / "results.jsonl").read_bytes()
-    assert main(["run", "--suite", "smoke", "--out", str(smoke_run), "--quiet", "--no-figures"]) == 0
+    assert main(["run", "--suite", "smoke", "--out", str(smoke_run), "--quiet", "--no-figures"], standalone_mode=False) == 0
     assert "0 cell(s) run" in capsys.readouterr().out
     assert (smoke_run / "results.jsonl").read_bytes() == before
 
@@ -85,7 +85,7 @@ def test_resume_runs_only_missing_cells_with_identical_numbers(smoke_run, tmp_pa
     (out / "cells.jsonl").write_text("".join(json.dumps(d) + "\n" for d in lines(out / "cells.jsonl")
                                              if d["cell"].split("/")[2] in keep))
     (out / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in full if r["method"] in keep))
-    assert main(["run", "--suite", "smoke", "--out", str(out), "--quiet", "--no-report", "--threads", "1"]) == 0
+    assert main(["run", "--suite", "smoke", "--out", str(out), "--quiet", "--no-report", "--threads", "1"], standalone_mode=False) == 0
     assert "2 cell(s) run, 2 already done" in capsys.readouterr().out
     again = {(*row_key(r), r["variant"]): r["value"] for r in lines(out / "results.jsonl")}
     assert len(again) == len(full)
@@ -105,7 +105,7 @@ def test_failing_cell_is_recorded_and_others_finish(smoke_run, tmp_path, monkeyp
         return 0
 
     monkeypatch.setattr(runner, "run_cell", fake_run_cell)
-    assert main(["run", "--suite", "smoke", "--out", str(out), "--quiet", "--no-report"]) == 1
+    assert main(["run", "--suite", "smoke", "--out", str(out), "--quiet", "--no-report"], standalone_mode=False) == 1
     errors = lines(out / "errors.jsonl")
     assert [e["cell"].split("/")[2] for e in errors] == ["pact"] and errors[0]["message"] == "boom in pact"
     assert sorted(d["cell"].split("/")[2] for d in lines(out / "cells.jsonl")) == ["baseline", "sgt", "sgt_pact"]
@@ -113,7 +113,7 @@ def test_failing_cell_is_recorded_and_others_finish(smoke_run, tmp_path, monkeyp
     assert manifest["runs"][-1]["status"] == "failed"
     monkeypatch.undo()
     capsys.readouterr()
-    assert main(["run", "--suite", "smoke", "--out", str(out), "--quiet", "--no-report", "--threads", "1"]) == 0
+    assert main(["run", "--suite", "smoke", "--out", str(out), "--quiet", "--no-report", "--threads", "1"], standalone_mode=False) == 0
     assert "1 cell(s) run, 3 already done" in capsys.readouterr().out
 
 
@@ -124,20 +124,20 @@ def test_corrupted_results_line_is_one_line_exit_2_and_nothing_lost(smoke_run, t
     text[2] = text[2][: len(text[2]) // 2]
     (out / "results.jsonl").write_text("\n".join(text) + "\n")
     before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
-    assert main(["run", "--suite", "smoke", "--out", str(out), "--quiet"]) == 2
+    assert main(["run", "--suite", "smoke", "--out", str(out), "--quiet"], standalone_mode=False) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "results.jsonl" in err and "3" in err
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
-    assert main(["report", str(out)]) == 2
+    assert main(["report", str(out)], standalone_mode=False) == 2
 
 
 def test_unwritable_out_and_other_configuration(smoke_run, tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    assert main(["run", "--suite", "smoke", "--out", str(blocker / "run"), "--quiet"]) == 2
+    assert main(["run", "--suite", "smoke", "--out", str(blocker / "run"), "--quiet"], standalone_mode=False) == 2
     assert "is not writable" in capsys.readouterr().err
     manifest = (smoke_run / "manifest.json").read_bytes()
-    assert main(["run", "--suite", "smoke", "--out", str(smoke_run), "--set", "evaluate.eval_seed=5"]) == 2
+    assert main(["run", "--suite", "smoke", "--out", str(smoke_run), "--set", "evaluate.eval_seed=5"], standalone_mode=False) == 2
     assert "different configuration" in capsys.readouterr().err
     assert (smoke_run / "manifest.json").read_bytes() == manifest
 
@@ -158,7 +158,7 @@ def test_killed_run_resumes_with_only_the_missing_cells(smoke_run, tmp_path, cap
     import time
 
     out = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "sgq_bench.cli", "run", "--suite", "smoke", "--out", str(out), "--quiet",
+    cmd = [sys.executable, "-m", "sgq_bench", "run", "--suite", "smoke", "--out", str(out), "--quiet",
            "--no-report", "--threads", "1", "--only", "method=baseline,method=sgt"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=dict(os.environ))
     deadline = time.time() + 600
@@ -172,5 +172,5 @@ def test_killed_run_resumes_with_only_the_missing_cells(smoke_run, tmp_path, cap
     assert json.loads((out / "manifest.json").read_text())["runs"][-1]["status"] == "interrupted"
     done = [d["cell"] for d in lines(out / "cells.jsonl")]
     assert main(["run", "--suite", "smoke", "--out", str(out), "--quiet", "--no-report", "--threads", "1",
-                 "--only", "method=baseline,method=sgt"]) == 0
+                 "--only", "method=baseline,method=sgt"], standalone_mode=False) == 0
     assert f"{2 - len(done)} cell(s) run, {len(done)} already done" in capsys.readouterr().out

@@ -70,7 +70,7 @@ def _say(message: str) -> None:
 
 def report(exc: BaseException) -> int:
     """Print ``exc`` as one line on stderr and return the exit code it maps to."""
-    if isinstance(exc, click.exceptions.NoArgsIsHelpError):
+    if isinstance(exc, getattr(click.exceptions, "NoArgsIsHelpError", ())):  # click >= 8.2
         exc.show()  # ``sgq-bench`` alone: the help text is the answer
         return exc.exit_code
     if isinstance(exc, click.UsageError):

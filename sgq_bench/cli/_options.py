@@ -43,17 +43,18 @@ class WritableDir(click.ParamType):
         try:
             while not probe.exists() and probe != probe.parent:
                 if probe.is_symlink():
-                    self.fail(f"{str(value)!r} is a dangling symlink, expected a directory", param, ctx)
+                    self._refuse(value, f"{probe} is a dangling symlink", param, ctx)
                 probe = probe.parent
         except OSError as exc:
-            self.fail(f"{str(value)!r} cannot be inspected ({exc.strerror or exc})", param, ctx)
+            self._refuse(value, f"{probe} cannot be inspected ({exc.strerror or exc})", param, ctx)
         if not probe.is_dir():
-            where = "" if probe == path else f" ({probe} is a file)"
-            self.fail(f"{str(value)!r} is not a directory{where}; expected a directory", param, ctx)
+            self._refuse(value, "it is a file" if probe == path else f"{probe} is a file", param, ctx)
         if not os.access(probe, os.W_OK | os.X_OK):
-            what = "is" if probe == path else f"cannot be created: {probe} is"
-            self.fail(f"{str(value)!r} {what} not writable; expected a writable directory", param, ctx)
+            self._refuse(value, "it is read-only" if probe == path else f"{probe} is read-only", param, ctx)
         return path
+
+    def _refuse(self, value: Any, why: str, param: click.Parameter | None, ctx: click.Context | None) -> None:
+        self.fail(f"{str(value)!r} is not writable: {why}; expected a writable directory", param, ctx)
 
 
 WRITABLE_DIR = WritableDir()
