@@ -26,9 +26,9 @@ _EXPORTS = {
     "ObjectiveOutput": "sgq_bench._base", "Plugin": "sgq_bench._base", "Quantizer": "sgq_bench._base",
     "Split": "sgq_bench._base", "TrainContext": "sgq_bench._base", "Param": "sgq_bench._params",
     # registries and registration
-    "Registry": "sgq_bench._registry", "registry": "sgq_bench._registry", "datasets": "sgq_bench._registry",
-    "explainers": "sgq_bench._registry", "metrics": "sgq_bench._registry", "models": "sgq_bench._registry",
-    "objectives": "sgq_bench._registry", "quantizers": "sgq_bench._registry",
+    # (one registry per kind: ``registry("metrics")``; not exported as ``metrics`` etc., names that
+    # belong to the subpackages ``sgq_bench.metrics``, ``sgq_bench.models`` and ``sgq_bench.explainers``)
+    "Registry": "sgq_bench._registry", "registry": "sgq_bench._registry",
     "register": "sgq_bench._plugins", "plugin_provenance": "sgq_bench._plugins",
     # helpers for plugin authors: batched, memory-safe forward passes
     "forward": "sgq_bench._batching", "max_batch": "sgq_bench._batching",

@@ -157,6 +157,27 @@ class Dataset(Plugin):
     std: ClassVar[tuple[float, ...]] = (1.0,)
     needs_root: ClassVar[bool] = True
 
+    def resolve_root(self, data_root: Any) -> Any:
+        """The folder (or handle) ``load`` reads: ``--data-root`` when given, else ``$SGQ_BENCH_DATA``.
+
+        Why a default: a plugin dataset that reads files only implements ``load``; the built-in datasets
+        override this to look in more places (the cache) and to check their file layout.
+        """
+        if not self.needs_root:
+            return None
+        import os
+        from pathlib import Path
+
+        from sgq_bench.errors import DataNotFoundError
+
+        for label, value in (("--data-root", data_root), ("$SGQ_BENCH_DATA", os.environ.get("SGQ_BENCH_DATA"))):
+            if value:
+                path = Path(value).expanduser()
+                if not path.is_dir():
+                    raise DataNotFoundError(f"{self.name}: {label} {str(path)!r} is not a folder")
+                return path
+        raise DataNotFoundError(f"{self.name} needs a data folder: give --data-root DIR or set SGQ_BENCH_DATA=DIR")
+
     def load(self, root: Any, train: bool) -> Split:
         """Load a split; ``root`` is a resolved data folder (or None for generated data).
 

@@ -25,7 +25,7 @@ from typing import Any
 from sgq_bench._io import append_jsonl, atomic_write_text, stable_hash
 from sgq_bench._provenance import provenance
 from sgq_bench.config.suite import Suite, load_suite
-from sgq_bench.errors import UsageError, did_you_mean
+from sgq_bench.errors import UsageError, did_you_mean, warn
 from sgq_bench.train import TrainSpec
 
 ONLY_FIELDS = ("dataset", "model", "method", "seed")
@@ -143,8 +143,9 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
             row = json.loads(line)
             if not isinstance(row, dict):
                 raise ValueError("not an object")
-        except ValueError as exc:
-            raise UsageError(f"{path}: line {i} is not a JSON object ({exc}); fix or delete that line") from None
+        except ValueError as exc:  # a writer killed mid-line: its cell is simply not recorded as done
+            warn(f"{path}: line {i} is not a JSON object ({exc}); skipped")
+            continue
         rows.append(row)
     return rows
 
@@ -263,7 +264,9 @@ def run(
     from sgq_bench._lock import run_lock
 
     with run_lock(out, timeout_s=lock_timeout_s, log=log):
-        _remove_stale_temps(out)
+        from sgq_bench.data import cache_dir
+
+        _remove_stale_temps(out, checkpoint_dir or cache_dir() / "checkpoints")
         results_path = out / "results.jsonl"
         _read_results(results_path)  # a corrupted line stops us here, before anything is written
         finished = done_keys(out)
@@ -301,19 +304,18 @@ def suite_plugin_names(suite: Suite) -> dict[str, set[str]]:
 
 
 def _read_results(path: Path) -> None:
-    try:
-        from sgq_bench.results import read_rows
-    except ImportError:  # pragma: no cover - transitional
-        from sgq_bench.evaluate import read_results as read_rows
+    from sgq_bench.results import read_rows
+
     read_rows(path)
 
 
-def _remove_stale_temps(out: Path) -> None:
-    try:
-        from sgq_bench._io import remove_stale_temps
-    except ImportError:  # pragma: no cover - transitional
-        return
-    remove_stale_temps(out)
+def _remove_stale_temps(*dirs: Any) -> None:
+    """Our own temp files left by killed writes (older than an hour, so no live write is touched)."""
+    from sgq_bench._io import remove_stale_temps
+
+    for d in dirs:
+        if d is not None and Path(d).is_dir():
+            remove_stale_temps(Path(d), recursive=True)
 
 
 def _terminate_as_interrupt() -> Any:
@@ -342,10 +344,8 @@ def _safe_append(path: Path, rows: list[dict[str, Any]], log: Callable[[str], No
 
 
 def _write_rows(out: Path, rows: list[dict[str, Any]]) -> None:
-    try:
-        from sgq_bench.results import append_rows
-    except ImportError:  # pragma: no cover - transitional
-        append_rows = append_jsonl
+    from sgq_bench.results import append_rows
+
     append_rows(out / "results.jsonl", rows)
 
 
