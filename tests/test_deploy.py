@@ -15,7 +15,7 @@ from sgq_bench.builtin.pact_deploy import int8_weight
 from sgq_bench.builtin.pact_layers import PACTReLU, dorefa_weight, quantized_copy
 from sgq_bench.builtin.quantizers import NoQuantizer, PACTQuantizer
 from sgq_bench.cli import main
-from sgq_bench.cli._spec import spec_from_argv
+from sgq_bench.cli.train import spec_from_argv
 from sgq_bench.data import Synthetic, load_dataset, load_split
 from sgq_bench.errors import UsageError
 from sgq_bench.models import resnet20

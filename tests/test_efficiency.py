@@ -9,7 +9,7 @@ from sgq_bench import _registry
 from sgq_bench import deploy as dp
 from sgq_bench._base import EvalContext
 from sgq_bench.builtin.quantizers import NoQuantizer, PACTQuantizer
-from sgq_bench.cli._spec import spec_from_argv
+from sgq_bench.cli.train import spec_from_argv
 from sgq_bench.data import MNIST, Synthetic, load_split
 from sgq_bench.errors import UsageError
 from sgq_bench.metrics.efficiency import count_bops, packed_size

@@ -43,7 +43,7 @@ def test_same_seed_same_numbers(maps):
 def test_gradient_beats_random_on_real_mnist(data_root, tmp_path):
     """The same sanity on real MNIST: mnist_cnn trained 1 epoch on 10,000 images, 200 test images,
     through the evaluation entry point (so batching, caching and the inference copy are covered)."""
-    from sgq_bench.cli._spec import spec_from_argv
+    from sgq_bench.cli.train import spec_from_argv
     from sgq_bench.evaluate import evaluate_cell
 
     args = (["--dataset", "mnist", "--method", "baseline", "--train-size", "10000",

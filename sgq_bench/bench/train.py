@@ -67,7 +67,7 @@ def run_train_bench(spec: TrainSpec, data_root=None, device=torch.device("cpu"),
     train = load_split(dataset, True, data_root)
     bs = spec.recipe.batch_size
     g = torch.Generator().manual_seed(0)
-    xs = list(batches(dataset, subset(train, bs * (steps + 2), 0), bs, device, shuffle=True, generator=g))
+    xs = list(batches(dataset, subset(train, min(len(train), bs * (steps + 2)), 0), bs, device, shuffle=True, generator=g))
     methods = {name: m.with_params({}) for name, m in builtin_methods().items()}
     times: dict[str, list[float]] = {name: [] for name in methods}
     for r in range(rounds):
@@ -84,7 +84,7 @@ def run_train_bench(spec: TrainSpec, data_root=None, device=torch.device("cpu"),
         print(f"  {n:<10} {t * 1e3:8.2f} ms/step   {n}/{ref} = {t / med[ref]:.2f}x")
     # Harness loop vs bare loop: the same baseline model, same number of images, alternated.
     base = replace(spec, method=methods["baseline"])
-    loop_split = subset(train, bs * max(steps * 3, 60), 1)
+    loop_split = subset(train, min(len(train), bs * max(steps * 3, 60)), 1)
     harness, bare = [], []
     for _ in range(rounds):
         model, quantizer, objective = build_model(base, dataset)

@@ -33,11 +33,3 @@ def train_spec(*, dataset: str, model: str | None, method: str, seed: int, suite
     resolved = loaded.method(method).with_params(overrides).resolved()
     recipe = override_recipe(plan.recipe, f"{loaded.path}: datasets.{dataset}", epochs=epochs, train_size=train_size)
     return TrainSpec(dataset, model, resolved, recipe, seed, plan.dataset_params)
-
-
-def spec_from_argv(argv: Sequence[str]) -> TrainSpec:
-    """The TrainSpec of ``sgq-bench train ARGV`` (for scripts and tests that pick a model by its flags)."""
-    from sgq_bench.cli.train import train
-
-    with train.make_context("train", list(argv)) as ctx:
-        return train_spec(**ctx.params)

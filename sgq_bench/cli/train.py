@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from sgq_bench.cli._options import model_options, progress_option
 from sgq_bench.cli._spec import train_spec
+
+if TYPE_CHECKING:
+    from sgq_bench.train import TrainSpec
 
 
 @click.command(short_help="train (or load) one model, print its test accuracy")
@@ -33,3 +37,9 @@ def train(force: bool, progress: bool, data_root: str | None, device: str, check
     click.echo(f"{spec.dataset}/{spec.model}/{spec.method.label()} seed {spec.seed}: test accuracy {acc:.4f} "
                f"({len(test)} images; {how})")
     click.echo(f"checkpoint: {result.path}")
+
+
+def spec_from_argv(argv: list[str]) -> TrainSpec:
+    """The TrainSpec of ``sgq-bench train ARGV`` (for scripts and tests that pick a model by its flags)."""
+    with train.make_context("train", list(argv)) as ctx:
+        return train_spec(**ctx.params)

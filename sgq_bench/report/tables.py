@@ -119,6 +119,10 @@ def write_report(out: Path, *, figures: bool = True, n_boot: int = 5000, referen
     if not out.is_dir():
         raise UsageError(f"{out}: not a run directory")
     results = load_results(out)
+    if len(results) and reference not in set(results["method"]):
+        from sgq_bench.errors import did_you_mean
+
+        raise UsageError(f"--reference {reference!r} is not a method of {out}.{did_you_mean(reference, set(results['method']))}")
     summary = summarize_results(results, reference=reference, n_boot=n_boot)
     md = to_markdown(summary, reference)
     atomic_write_text(out / "summary.csv", to_csv(summary))
