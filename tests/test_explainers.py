@@ -75,3 +75,27 @@ def test_random_is_seeded(setup):
     a = E.RandomExplainer(seed=1).attribute(model, ctx.x, target)
     assert torch.equal(a, E.RandomExplainer(seed=1).attribute(model, ctx.x, target))
     assert not torch.equal(a, E.RandomExplainer(seed=2).attribute(model, ctx.x, target))
+
+
+def test_check_attributions_passes_a_valid_map_through(setup):
+    _, ctx, _ = setup
+    a = torch.randn(ctx.x.shape)
+    assert E.check_attributions("gradient", a, ctx.x) is a
+
+
+@pytest.mark.parametrize("bad,match", [
+    (lambda x: torch.full_like(x, float("nan")), r"explainer 'broken' returned non-finite attributions: 3072 NaN and "
+                                                 r"0 inf values in 12 of 12 images"),
+    (lambda x: torch.where(torch.arange(x.numel()).view(x.shape) == 5, float("inf"), x),
+     r"0 NaN and 1 inf values in 1 of 12 images"),
+    (lambda x: x[:, :, :8], r"explainer 'broken' returned attributions of shape \(12, 1, 8, 16\), expected the "
+                            r"input's shape \(12, 1, 16, 16\)"),
+    (lambda x: x.long(), r"torch.int64 attributions, expected floats"),
+], ids=["nan", "inf", "shape", "dtype"])
+def test_check_attributions_names_the_explainer_in_one_line(setup, bad, match):
+    from sgq_bench.errors import AttributionError, SgqBenchError
+
+    _, ctx, _ = setup
+    with pytest.raises(AttributionError, match=match) as err:
+        E.check_attributions("broken", bad(ctx.x), ctx.x)
+    assert "\n" not in str(err.value) and isinstance(err.value, SgqBenchError) and err.value.exit_code == 1

@@ -88,12 +88,12 @@ def test_masked_split_replaces_with_train_mean():
     from sgq_bench._base import Split
 
     small = Split(split.images[:3], split.labels[:3])
-    scores = torch.arange(256.0).repeat(3, 1)  # pixel 255 ranks first
-    roar = masked_split(ds, small, scores, 0.5, keep=False)
+    pos = _common.rank_positions(torch.arange(256.0).repeat(3, 1))  # pixel 255 ranks first
+    roar = masked_split(ds, small, pos, 0.5, keep=False)
     x = ds.normalize(roar.images.clone())  # normalize works in place on float input
     assert torch.allclose(x.flatten(1)[:, 128:], torch.zeros(3, 128), atol=1e-6)  # top half at the mean
     assert torch.equal(roar.images.flatten(1)[:, :128], small.images.float().flatten(1)[:, :128])
-    kar = masked_split(ds, small, scores, 0.5, keep=True)
+    kar = masked_split(ds, small, pos, 0.5, keep=True)
     assert torch.allclose(ds.normalize(kar.images.clone()).flatten(1)[:, :128], torch.zeros(3, 128), atol=1e-6)
 
 
@@ -107,7 +107,7 @@ def test_roar_and_kar_run_end_to_end_through_the_training_loop():
     for cls in (Roar, Kar):
         res = cls(fractions=(0.5,), epochs=1, train_size=128).compute(ctx, None)
         assert res.curve["x"] == [0.5] and 0.0 <= res.curve["y"][0] <= 1.0
-        assert res.extra["resolved_params"] == {"epochs": 1, "train_size": 128}
+        assert {"epochs": 1, "train_size": 128}.items() <= res.extra["resolved_params"].items()
 
 
 def test_to_list_matches_six_significant_digit_formatting():
@@ -123,3 +123,38 @@ def test_to_list_matches_six_significant_digit_formatting():
     ours = to_list(torch.from_numpy(vals))
     ref = [float(f"{v:.6g}") for v in vals.tolist()]
     assert all(a == b or (math.isnan(a) and math.isnan(b)) for a, b in zip(ours, ref))
+
+
+def test_undefined_values_are_nan_with_their_reason():
+    """A constant map has no correlation and an all-zero map no Gini index, entropy or top-k share: the
+    value is NaN with the reason recorded, never a silent blank; partly undefined means the rest is averaged."""
+    from sgq_bench.metrics.faithfulness import FaithfulnessCorrelation
+    from sgq_bench.metrics.sparsity import Complexity, Sparseness
+
+    ctx = context(trained(), n=4)
+    const = torch.full(ctx.x.shape, 0.3)
+    res = FaithfulnessCorrelation(nr_runs=5).compute(ctx, const)
+    assert math.isnan(res.value) and res.extra["n_undefined"] == 4
+    assert res.extra["undefined_reason"] == "attribution sums constant over the subsets (constant map)"
+    zero = torch.zeros(ctx.x.shape)
+    for metric in (Sparseness(), Complexity(), TopKMass()):
+        res = metric.compute(ctx, zero)
+        assert math.isnan(res.value) and res.extra["undefined_reason"] == "all-zero attribution map", metric.name
+    partly = torch.rand(ctx.x.shape, generator=torch.Generator().manual_seed(0))
+    partly[0] = 0.0
+    res = Sparseness().compute(ctx, partly)
+    assert res.extra == {"n_undefined": 1, "undefined_reason": "all-zero attribution map"}
+    assert res.value == pytest.approx(sum(res.per_sample[1:]) / 3)
+    assert "undefined_reason" not in Sparseness().compute(ctx, partly[1:2].expand_as(partly).clone()).extra
+
+
+def test_constant_model_leaves_correlation_undefined_with_its_reason():
+    class Const(torch.nn.Module):
+        def forward(self, x):
+            return torch.tensor([[2.0, 0.0, 0.0, 0.0]]).expand(x.shape[0], -1)
+
+    from sgq_bench.metrics.faithfulness import FaithfulnessCorrelation
+
+    ctx = context(Const(), n=3)
+    res = FaithfulnessCorrelation(nr_runs=5).compute(ctx, torch.rand(ctx.x.shape))
+    assert math.isnan(res.value) and res.extra["undefined_reason"] == "model output unchanged by every subset"

@@ -201,6 +201,12 @@ def attr_store(ctx: EvalContext, attr: torch.Tensor) -> dict[str, Any]:
     return entry[1]
 
 
+def _broadcast(a: torch.Tensor, b: torch.Tensor) -> tuple[int, ...]:
+    """The broadcast shape of two tensors of equal rank (``torch.broadcast_shapes`` imports sympy on first
+    use: half a second per process)."""
+    return tuple(max(x, y) for x, y in zip(a.shape, b.shape))
+
+
 @torch.inference_mode()
 def masked_logits(model: nn.Module, pos: torch.Tensor, ks: Sequence[int], inside: torch.Tensor,
                   outside: torch.Tensor, chunk: int = MAX_IMAGES) -> torch.Tensor:
@@ -211,7 +217,7 @@ def masked_logits(model: nn.Module, pos: torch.Tensor, ks: Sequence[int], inside
     passes of the model's ``max_batch``.
     """
     b, n = pos.shape
-    shape = torch.broadcast_shapes(inside.shape, outside.shape)
+    shape = _broadcast(inside, outside)
     h, w = shape[-2:]
     kt = torch.as_tensor(list(ks), device=pos.device)
     out = []
@@ -291,7 +297,7 @@ def ranked_logits(ctx: EvalContext, attr: torch.Tensor, ks: Sequence[int], insid
     scores = attr_scores(ctx, attr)
     new = [k for k in dict.fromkeys(ks) if k not in amb_of]
     if new:
-        shape = torch.broadcast_shapes(inside.shape, outside.shape)
+        shape = _broadcast(inside, outside)
         inert = (inside == outside).expand(ctx.x.shape[0], *shape[1:]).all(1).flatten(1)
         cut = ambiguous_cuts(scores, new, descending, inert)
         for i, k in enumerate(new):
@@ -317,7 +323,7 @@ def _draw_logits(ctx: EvalContext, attr: torch.Tensor, todo: list[tuple[int, int
                  inside: torch.Tensor, outside: torch.Tensor, descending: bool, by_draw: dict,
                  chunk: int = MAX_IMAGES) -> None:
     """Forward the ambiguous (k, draw, image) triples of ``todo`` in batches; store (k, d) -> (rows, K) logits."""
-    shape = torch.broadcast_shapes(inside.shape, outside.shape)
+    shape = _broadcast(inside, outside)
     h, w = shape[-2:]
     draws = sorted({d for _, d in todo})
     pos = {d: draw_positions(ctx, attr, descending, d) for d in draws}
