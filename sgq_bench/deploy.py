@@ -342,7 +342,8 @@ def calibration_inputs(dataset: Any, data_root: Any = None, n: int = 512, seed: 
     from sgq_bench.data import load_split, subset
 
     try:
-        split = subset(load_split(dataset, True, data_root), n, seed=seed + 7)
+        full = load_split(dataset, True, data_root)
+        split = subset(full, min(n, len(full)), seed=seed + 7)
         return dataset.normalize(split.images)
     except Exception as exc:  # data missing: calibrate on what we have, and say so
         if fallback is None:

@@ -7,8 +7,8 @@ from dataclasses import replace
 import pytest
 import torch
 
-from sgq_bench.config.suite import Recipe
 from sgq_bench.config.methods import get_method
+from sgq_bench.config.suite import Recipe
 from sgq_bench.data import load_dataset, load_split
 from sgq_bench.errors import TrainingDiverged
 from sgq_bench.train import TrainSpec, accuracy, checkpoint_path, load_or_train
@@ -145,7 +145,12 @@ def test_quantizer_leaving_no_trainable_parameters_is_named(tmp_path):
         def prepare(self, model):
             return model.requires_grad_(False)
 
+    from sgq_bench import _registry
+
     register("quantizers", obj=Frozen, replace=True)
-    spec = replace(_spec("baseline"), method=Method("frozen_m", "frozen_test", "cross_entropy"))
-    with pytest.raises(PluginError, match="quantizer 'frozen_test' left the model with no trainable parameters"):
-        load_or_train(spec, checkpoint_dir=tmp_path, progress=False)
+    try:
+        spec = replace(_spec("baseline"), method=Method("frozen_m", "frozen_test", "cross_entropy"))
+        with pytest.raises(PluginError, match="quantizer 'frozen_test' left the model with no trainable parameters"):
+            load_or_train(spec, checkpoint_dir=tmp_path, progress=False)
+    finally:
+        _registry.quantizers.unregister("frozen_test")
