@@ -26,8 +26,8 @@ from sgq_bench import _registry, checkpoints
 from sgq_bench._base import Dataset, Objective, Quantizer, Split, TrainContext
 from sgq_bench._batching import max_batch
 from sgq_bench._io import stable_hash
-from sgq_bench.config.suite import Recipe
 from sgq_bench.config.methods import Method
+from sgq_bench.config.suite import Recipe
 from sgq_bench.data import batches, cache_dir, load_dataset, load_split, split_fingerprint, subset
 from sgq_bench.errors import PluginError, SgqBenchError, TrainingDiverged, UsageError, warn
 

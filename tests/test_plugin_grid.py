@@ -16,8 +16,8 @@ from torch import nn
 
 from sgq_bench import _registry
 from sgq_bench._base import EvalContext, Metric, MetricResult, TrainContext
-from sgq_bench.config.suite import Recipe
 from sgq_bench.config.methods import Method
+from sgq_bench.config.suite import Recipe
 from sgq_bench.data import load_dataset, load_split
 from sgq_bench.train import TrainSpec, load_or_train
 
