@@ -408,12 +408,13 @@ def _run_graph(suite: Suite, cells: list[Cell], out: Path, only: dict[str, set[s
                     if users[d] == 0:
                         ex.release(d)
                 if not ok:
-                    failed[key] = f"{type(value).__name__}: {str(value).splitlines()[0] if str(value) else ''}"
+                    message = str(value).splitlines()[0] if str(value) else ""
+                    failed[key] = f"{type(value).__name__}: {message}"
                     for cid in task.cells:
                         log(f"cell {cid} FAILED in {task.kind} {task.label}: {failed[key]}")
                     _safe_append(out / "errors.jsonl", [{
                         "cell": cid, "key": by_id[cid].key() if cid in by_id else None, "task": key,
-                        "error": type(value).__name__, "message": failed[key], "time": _now(),
+                        "error": type(value).__name__, "message": message, "time": _now(),
                         "traceback": "".join(traceback.format_exception(value)),
                     } for cid in task.cells], log)
                     continue
