@@ -31,18 +31,11 @@ from sgq_bench.metrics.functional import (
     predicted,
     ranked_logits,
     removal_logits,
+    tie_draws_param,
     tie_extra,
     to_list,
     trapezoid_auc,
 )
-
-TIE_DRAWS_DOC = "random tie orders averaged where a cut falls inside a group of equal scores (docs/ranking_ties.md)"
-
-
-def tie_draws_param(default: int = 4) -> Param:
-    """The ``tie_draws`` parameter of every ranking metric."""
-    return Param(default, TIE_DRAWS_DOC, low=1)
-
 
 def _curve_result(ctx: EvalContext, attr: torch.Tensor, fracs: list[float], per_draw: torch.Tensor,
                   ambiguous: torch.Tensor) -> MetricResult:

@@ -33,6 +33,7 @@ from sgq_bench.metrics.functional import (
     fractions_param,
     k_of,
     one_thread,
+    tie_draws_param,
     tie_extra,
     to_list,
     trapezoid_auc,
@@ -185,8 +186,7 @@ class _Road(FractionsMixin, Metric):
         "noise": Param(0.01, "std of the Gaussian noise added to imputed pixels", low=0.0),
         "tol": Param(1e-5, "relative residual at which conjugate gradients stop (float32)", low=0.0,
                  low_open=True),
-        "tie_draws": Param(4, "random tie orders averaged where a cut falls inside a group of equal scores "
-                           "(docs/ranking_ties.md)", low=1),
+        "tie_draws": tie_draws_param(),
     }
 
     def _impute(self, x: torch.Tensor, unknown: torch.Tensor, eps: torch.Tensor | None) -> torch.Tensor:
