@@ -7,51 +7,43 @@ from collections.abc import Iterable
 
 
 class SgqBenchError(Exception):
-    """Base class: an error the user should read as one line, not a traceback."""
+    """Base class: an error the user should read as one line, not a traceback; ``exit_code`` is the CLI's
+    (2 for bad input, 1 otherwise), given per subclass as ``class X(SgqBenchError, exit_code=2)``."""
 
     exit_code = 1
 
+    def __init_subclass__(cls, exit_code: int | None = None, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if exit_code is not None:
+            cls.exit_code = exit_code
 
-class UsageError(SgqBenchError):
+
+class UsageError(SgqBenchError, exit_code=2):
     """Bad input (a name, a value, a path): the CLI exits with code 2."""
 
-    exit_code = 2
 
-
-class DataNotFoundError(SgqBenchError):
+class DataNotFoundError(SgqBenchError, exit_code=2):
     """A dataset could not be found locally nor downloaded."""
 
-    exit_code = 2
 
-
-class DataError(SgqBenchError):
+class DataError(SgqBenchError, exit_code=2):
     """A data file is present but unusable (truncated, wrong dtype or shape, labels out of range)."""
 
-    exit_code = 2
 
-
-class PluginError(SgqBenchError):
+class PluginError(SgqBenchError, exit_code=1):
     """A plugin broke its contract (named in the message)."""
 
-    exit_code = 1
 
-
-class CheckpointError(SgqBenchError):
+class CheckpointError(SgqBenchError, exit_code=1):
     """A checkpoint file is unreadable or fails its checksum: its weights are never used."""
 
-    exit_code = 1
 
-
-class AttributionError(SgqBenchError):
+class AttributionError(SgqBenchError, exit_code=1):
     """An explainer returned a map no metric may score (non-finite values, or not shaped like its input)."""
 
-    exit_code = 1
 
-
-class TrainingDiverged(SgqBenchError):
+class TrainingDiverged(SgqBenchError, exit_code=1):
     """The training loss became NaN or infinite."""
-
-    exit_code = 1
 
 
 def warn(message: str) -> None:

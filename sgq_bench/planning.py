@@ -12,13 +12,13 @@ otherwise one pass per image is assumed and the plan says so.
 from __future__ import annotations
 
 import json
-import platform
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from sgq_bench._io import atomic_write_text, stable_hash
+from sgq_bench._provenance import cpu_model
 
 CALIBRATION_STEPS = 5
 WARMUP_STEPS = 2
@@ -41,16 +41,6 @@ class PlanRow:
     notes: set[str] = field(default_factory=set)
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _calibration_file() -> Path:
     from sgq_bench.data import cache_dir
 
@@ -69,7 +59,7 @@ def calibrate(spec: Any, device: Any, *, data_root: Any = None, cache: dict[str,
     recipe = resolve_precision(spec.recipe, dev)
     m = spec.method.resolved()
     key = stable_hash({"device": str(dev), "cuda": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
-                       "cpu": _cpu_name(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+                       "cpu": cpu_model(), "threads": torch.get_num_threads(), "torch": torch.__version__,
                        "dataset": spec.dataset, "dataset_params": spec.dataset_params, "model": spec.model,
                        "method": {k: v for k, v in m.as_dict().items() if k != "name"},
                        "batch": recipe.batch_size, "precision": recipe.precision, "channels_last": recipe.channels_last,

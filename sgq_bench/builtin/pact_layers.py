@@ -72,28 +72,27 @@ def quantized_weight(layer: nn.Module) -> torch.Tensor:
     return cached[1]
 
 
-class QuantConv2d(nn.Conv2d):
-    """Conv2d whose weights are fake-quantized to ``weight_bits`` (rescaled DoReFa) on every forward."""
+class _WeightBits:
+    """What every fake-quantized weight layer adds to its torch base: ``weight_bits``, shown in its repr."""
 
     weight_bits: int
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", weight_bits={self.weight_bits}"  # type: ignore[misc]
+
+
+class QuantConv2d(_WeightBits, nn.Conv2d):
+    """Conv2d whose weights are fake-quantized to ``weight_bits`` (rescaled DoReFa) on every forward."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._conv_forward(x, quantized_weight(self), self.bias)
 
-    def extra_repr(self) -> str:
-        return super().extra_repr() + f", weight_bits={self.weight_bits}"
 
-
-class QuantLinear(nn.Linear):
+class QuantLinear(_WeightBits, nn.Linear):
     """Linear whose weights are fake-quantized to ``weight_bits`` (rescaled DoReFa) on every forward."""
-
-    weight_bits: int
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, quantized_weight(self), self.bias)
-
-    def extra_repr(self) -> str:
-        return super().extra_repr() + f", weight_bits={self.weight_bits}"
 
 
 def _sharing_copy(module: nn.Module, cls: type[nn.Module]) -> nn.Module:

@@ -68,13 +68,10 @@ class Method:
         return out
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "quantizer": self.quantizer,
-            "objective": self.objective,
-            "quantizer_params": dict(sorted(self.quantizer_params.items())),
-            "objective_params": dict(sorted(self.objective_params.items())),
-        }
+        """Name, pieces and sorted parameters: the method's identity (the description is display text)."""
+        qp, op = (dict(sorted(p.items())) for p in (self.quantizer_params, self.objective_params))
+        return {"name": self.name, "quantizer": self.quantizer, "objective": self.objective,
+                "quantizer_params": qp, "objective_params": op}
 
     def label(self) -> str:
         """Display name: the method name, plus bits when quantized (e.g. ``pact[W4A2]``)."""

@@ -37,6 +37,7 @@ from sgq_bench.metrics.functional import (
     trapezoid_auc,
 )
 
+
 def _curve_result(ctx: EvalContext, attr: torch.Tensor, fracs: list[float], per_draw: torch.Tensor,
                   ambiguous: torch.Tensor) -> MetricResult:
     """per_draw: (D, steps, B) scores under D tie orders -> mean curve, per-image AUC (mean over draws),

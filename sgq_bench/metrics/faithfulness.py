@@ -58,11 +58,12 @@ def _undefined_reason(sums: torch.Tensor, deltas: torch.Tensor, corr: torch.Tens
 
 class FaithfulnessCorrelation(Metric):
     """Pearson correlation, over random pixel subsets, between the attribution summed on the subset and the
-    drop of the predicted-class logit when the subset is set to the baseline (higher is better)."""
+    drop of the predicted-class logit when the subset is set to the baseline (higher is better).
 
-    name = "faithfulness_correlation"
-    family = "faithfulness"
-    higher_is_better = True
+    Bhatt et al. 2020 as Quantus FaithfulnessCorrelation computes it (checked against it in the parity tests).
+    """
+
+    name, family, higher_is_better = "faithfulness_correlation", "faithfulness", True
     params = {
         "nr_runs": Param(100, "random subsets per image", low=2),
         "subset_size": Param(0, "pixels per subset; 0 = 10% of the pixels (78 on MNIST, 102 on CIFAR-10)", low=0),

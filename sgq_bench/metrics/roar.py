@@ -238,14 +238,10 @@ class _Roar(FractionsMixin, Metric):
 class Roar(_Roar):
     """ROAR: test accuracy after removing the top fraction and retraining (lower = more faithful ranking)."""
 
-    name = "roar"
-    higher_is_better = False
-    keep = False
+    name, higher_is_better, keep = "roar", False, False
 
 
 class Kar(_Roar):
     """KAR: test accuracy keeping only the top fraction and retraining (higher = more faithful ranking)."""
 
-    name = "kar"
-    higher_is_better = True
-    keep = True
+    name, higher_is_better, keep = "kar", True, True
