@@ -339,7 +339,7 @@ def _safe_append(path: Path, rows: list[dict[str, Any]], log: Callable[[str], No
         append_jsonl(path, rows)
         return True
     except OSError as exc:
-        log(f"could not write {path} ({exc.strerror or exc}); the run goes on")
+        warn(f"could not write {path} ({exc.strerror or exc}); the run goes on")
         return False
 
 
@@ -441,6 +441,6 @@ def _run_graph(suite: Suite, cells: list[Cell], out: Path, only: dict[str, set[s
         try:
             atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=2, default=str))
         except OSError as exc:
-            log(f"could not update {out / 'manifest.json'} ({exc.strerror or exc})")
+            warn(f"could not update {out / 'manifest.json'} ({exc.strerror or exc})")
     wall = time.perf_counter() - started
     return RunResult(out, len(cells), len(todo) - len(failed_cells), len(cells) - len(todo), failed_cells, wall)

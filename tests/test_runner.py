@@ -179,3 +179,34 @@ def test_killed_run_resumes_with_only_the_missing_cells(smoke_run, tmp_path, cap
     assert main(["run", "--suite", "smoke", "--out", str(out), "--quiet", "--no-report", "--threads", "1",
                  "--only", "method=baseline,method=sgt"], standalone_mode=False) == 0
     assert f"{2 - len(done)} cell(s) run, {len(done)} already done" in capsys.readouterr().out
+
+
+def test_full_disk_while_recording_a_failure_does_not_stop_the_run(smoke_run, tmp_path, monkeypatch, capsys):
+    """A cell fails and the disk is full when its error record is written: one line says so, the later
+    cells still run and the manifest is closed (not left 'running')."""
+    import errno
+
+    from sgq_bench import runner, tasks
+
+    out = tmp_path / "full_disk"
+    shutil.copytree(smoke_run, out)
+    (out / "cells.jsonl").unlink()
+    real_append = runner.append_jsonl
+
+    def append(path, rows):
+        if Path(path).name == "errors.jsonl":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_append(path, rows)
+
+    def fake_evaluate_task(cell, ctx, device, done=None):
+        if cell.spec.method.name == "baseline":
+            raise RuntimeError("boom in baseline")
+        return {"rows": [], "samples": None}
+
+    monkeypatch.setattr(runner, "append_jsonl", append)
+    monkeypatch.setattr(tasks, "evaluate_task", fake_evaluate_task)
+    assert main(["run", "--suite", "smoke", "--out", str(out), "--quiet", "--no-report"], standalone_mode=False) == 1
+    captured = capsys.readouterr()
+    assert "could not write" in captured.out + captured.err and "No space left on device" in captured.out + captured.err
+    assert sorted(d["cell"].split("/")[2] for d in lines(out / "cells.jsonl")) == ["pact", "sgt", "sgt_pact"]
+    assert json.loads((out / "manifest.json").read_text())["runs"][-1]["status"] == "failed"
