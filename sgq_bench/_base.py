@@ -9,8 +9,8 @@ The contract in one paragraph: the harness instantiates each plugin class with t
 gives (validated against the class's declared ``params``, defaults written into every result); a
 quantizer transforms a freshly built model, an objective turns a batch into a loss, a dataset yields
 uint8 splits, a model factory builds an ``nn.Module`` with ``nn.ReLU`` modules and ``explain_layer``, an
-explainer returns attributions shaped like its input, and a metric returns finite ``MetricResult``s in
-a declared direction.
+explainer returns attributions shaped like its input, and a metric returns ``MetricResult``s in a
+declared direction (finite, or NaN with the reason in ``extra["undefined_reason"]``).
 """
 
 from __future__ import annotations
@@ -287,7 +287,9 @@ class Metric(Plugin):
 
         Returns:
             One ``MetricResult`` with a finite ``value`` (ideally with ``per_sample`` values so reports
-            can run a paired bootstrap), or a list of them told apart by ``variant``. Use a generator
+            can run a paired bootstrap), or a list of them told apart by ``variant``. Where the metric is
+            undefined for the maps (a constant map has no correlation), ``value`` is NaN and
+            ``extra["undefined_reason"]`` says why: the row and the report show that reason. Use a generator
             seeded from ``ctx.seed`` for any randomness; never modify ``attributions`` in place (they
             are shared with the other metrics).
         """
