@@ -37,6 +37,11 @@ def train(force: bool, progress: bool, data_root: str | None, device: str, check
     click.echo(f"{spec.dataset}/{spec.model}/{spec.method.label()} seed {spec.seed}: test accuracy {acc:.4f} "
                f"({len(test)} images; {how})")
     click.echo(f"checkpoint: {result.path}")
+    history = [h for h in result.meta.get("history", []) if "test_accuracy" in h]
+    if history:  # accuracy against training length, from the same run (recorded after every epoch)
+        click.echo("epoch  test accuracy  train loss  minutes  (precision " + str(result.meta.get("precision")) + ")")
+        for h in history:
+            click.echo(f"{h['epoch']:>5}  {h['test_accuracy']:>13.4f}  {h['train_loss']:>10.4f}  {h['seconds'] / 60:>7.1f}")
 
 
 def spec_from_argv(argv: list[str]) -> TrainSpec:
