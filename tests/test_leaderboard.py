@@ -24,6 +24,8 @@ from sgq_bench.leaderboard import (
 )
 
 REPO_BOARDS = Path(__file__).resolve().parent.parent / "leaderboards"
+# The wide-format files published before the long format (kept to test reading and migrating them).
+LEGACY_BOARDS = Path(__file__).resolve().parent / "fixtures" / "legacy_leaderboards"
 # metrics per (method, seed) in grid(): 2 model-level + 2 explainers x 2 metrics
 PER_METHOD = 2 + 2 * 2
 
@@ -155,17 +157,17 @@ def test_dataset_names_cannot_leave_the_leaderboards_folder(tmp_path):
     assert board_path(tmp_path, "mnist") == tmp_path / "mnist.csv"
 
 
-def test_the_repository_wide_files_still_read_and_migrate(tmp_path):
+def test_the_earlier_wide_files_still_read_and_migrate(tmp_path):
     for name in ("mnist", "cifar10"):
-        long = read_leaderboard(REPO_BOARDS / f"{name}.csv")
+        long = read_leaderboard(LEGACY_BOARDS / f"{name}.csv")
         assert set(long.columns) == set(COLUMNS) and len(long) > 0
         acc = long[long["metric"] == "accuracy"]
         assert set(acc["explainer"]) == {"-"} and len(acc) == len(set(acc["method"]))  # no per-explainer copies
         assert set(long.loc[long["metric"] == "deletion_auc", "higher_is_better"]) == {"False"}
-    text = show("mnist", sort="accuracy", leaderboards=REPO_BOARDS)
+    text = show("mnist", sort="accuracy", leaderboards=LEGACY_BOARDS)
     assert ranked(text)[0] == "baseline"
     copy = tmp_path / "mnist.csv"
-    shutil.copy(REPO_BOARDS / "mnist.csv", copy)
+    shutil.copy(LEGACY_BOARDS / "mnist.csv", copy)
     n = migrate_leaderboard(copy)
     df = pd.read_csv(copy)
     assert list(df.columns) == list(COLUMNS) and len(df) == n and df["higher_is_better"].dtype == bool
@@ -174,7 +176,7 @@ def test_the_repository_wide_files_still_read_and_migrate(tmp_path):
 
 def test_a_wide_file_with_an_uninstalled_metric_cannot_be_ranked_by_it(tmp_path):
     path = tmp_path / "mnist.csv"
-    lines = (REPO_BOARDS / "mnist.csv").read_text().splitlines()
+    lines = (LEGACY_BOARDS / "mnist.csv").read_text().splitlines()
     path.write_text("\n".join([lines[0].replace("topk_mass_mean", "gone_metric_mean", 1), *lines[1:]]) + "\n")
     with pytest.raises(UsageError, match="direction of gone_metric is not recorded"):
         show("mnist", sort="gone_metric", leaderboards=tmp_path)
@@ -183,3 +185,10 @@ def test_a_wide_file_with_an_uninstalled_metric_cannot_be_ranked_by_it(tmp_path)
     with pytest.raises(UsageError, match="higher_is_better = ''"):
         migrate_leaderboard(path)
     assert path.read_text() == before
+
+
+def test_the_repository_leaderboards_are_long_and_load_with_plain_read_csv():
+    for name in ("mnist", "cifar10"):
+        df = pd.read_csv(REPO_BOARDS / f"{name}.csv")
+        assert list(df.columns) == list(COLUMNS) and len(df) > 0 and df["higher_is_better"].dtype == bool
+        assert not df.duplicated(list(KEY_COLUMNS)).any() and df["mean"].notna().all()
