@@ -384,6 +384,9 @@ def _run_graph(suite: Suite, cells: list[Cell], out: Path, only: dict[str, set[s
     done_tasks: set[str] = set()
     submitted: set[str] = set()
     users = {k: sum(1 for t in graph.values() if k in t.deps) for k in graph}
+    # One worker: depth-first, so each cell's rows arrive before the next cell trains (graph order is cell
+    # order); several workers: every ready task is submitted at once.
+    depth_first = ex.workers == 1
     try:
         while remaining:
             for key, task in list(remaining.items()):
@@ -397,6 +400,8 @@ def _run_graph(suite: Suite, cells: list[Cell], out: Path, only: dict[str, set[s
                     continue
                 ex.submit(task)
                 submitted.add(key)
+                if depth_first:
+                    break
             if not ex.pending():
                 break
             for key, ok, value in ex.wait():
