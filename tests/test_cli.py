@@ -13,20 +13,10 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from click.testing import CliRunner
+from _cli_helpers import invoke, logged_traceback, one_error_line
 
 import sgq_bench
 from sgq_bench.cli import COMMANDS, main
-
-
-def invoke(*args: str):
-    return CliRunner().invoke(main, list(args))
-
-
-def one_error_line(res) -> str:
-    lines = [line for line in res.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and "Traceback" not in res.output, res.output
-    return lines[0]
 
 
 def py(*args: str, timeout: int = 120) -> subprocess.CompletedProcess:
@@ -143,34 +133,34 @@ def test_a_real_os_error_from_a_command_body(tmp_path):
     assert line.startswith("sgq-bench: ") and "results.jsonl" in line and "internal error" not in line
 
 
-def test_a_torch_runtime_error_is_one_line_with_the_traceback_logged(failing_report, tmp_path):
-    failing_report(RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore torch detail"))
+def report_failing_with(failing_report, tmp_path, exc: BaseException) -> str:
+    """The one error line of ``report`` when its body raises ``exc`` (exit code 1)."""
+    failing_report(exc)
     res = invoke("report", str(tmp_path))
     assert res.exit_code == 1
-    line = one_error_line(res)
+    return one_error_line(res)
+
+
+def test_a_torch_runtime_error_is_one_line_with_the_traceback_logged(failing_report, tmp_path):
+    line = report_failing_with(failing_report, tmp_path,
+                               RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore torch detail"))
     assert line.startswith("sgq-bench: error: RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB (")
-    assert "more torch detail" not in line and Path(line.split("traceback in ")[1][:-1]).is_file()
+    assert "more torch detail" not in line and logged_traceback(line)
 
 
 def test_an_unpickling_error_names_the_file_and_drops_torchs_advice(failing_report, tmp_path):
     import pickle
 
-    failing_report(pickle.UnpicklingError("Weights only load failed. Re-running `torch.load` with "
-                                          "`weights_only` set to `False` will likely succeed"))
-    res = invoke("report", str(tmp_path))
-    assert res.exit_code == 1
-    line = one_error_line(res)
+    line = report_failing_with(failing_report, tmp_path, pickle.UnpicklingError(
+        "Weights only load failed. Re-running `torch.load` with `weights_only` set to `False` will likely succeed"))
     assert f"cannot load {tmp_path / 'results.jsonl'}: not a readable pickle (Weights only load failed)" in line
     assert "weights_only" not in line
 
 
 def test_a_bug_is_one_line_and_the_log_holds_the_traceback(failing_report, tmp_path):
-    failing_report(ValueError("a bug in our code"))
-    res = invoke("report", str(tmp_path))
-    assert res.exit_code == 1
-    line = one_error_line(res)
+    line = report_failing_with(failing_report, tmp_path, ValueError("a bug in our code"))
     assert line.startswith("sgq-bench: internal error: ValueError: a bug in our code (traceback in ")
-    log = Path(line.split("traceback in ")[1][:-1])
+    log = logged_traceback(line)
     assert log.parent == tmp_path / "cache" / "logs"
     text = log.read_text()
     assert "Traceback (most recent call last)" in text and "ValueError: a bug in our code" in text

@@ -4,19 +4,7 @@ a second train loads the checkpoint it wrote; ``list --params`` shows a plugin's
 from __future__ import annotations
 
 import pytest
-from click.testing import CliRunner
-
-from sgq_bench.cli import main
-
-
-def invoke(*args: str):
-    return CliRunner().invoke(main, list(args))
-
-
-def one_error_line(res) -> str:
-    lines = [line for line in res.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and "Traceback" not in res.output, res.output
-    return lines[0]
+from _cli_helpers import invoke, one_error_line
 
 
 @pytest.mark.parametrize(
