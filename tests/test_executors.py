@@ -175,3 +175,38 @@ def test_ray_worker_killed_mid_task_is_retried(tmp_path):
     got = values(out)
     assert len(got) == len({k for k in got})
     assert {k[0] for k in got} == {"baseline", "pact", "sgt", "sgt_pact"}
+
+
+def test_ray_executor_without_ray_names_the_extra(monkeypatch):
+    from sgq_bench.errors import UsageError
+    from sgq_bench.executors import make_executor
+    from sgq_bench.tasks import ExecContext
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now fails as if it were not installed
+    with pytest.raises(UsageError, match=r"pip install 'sgq-bench\[ray\]'"):
+        make_executor("ray", ExecContext())
+
+
+def test_in_process_plugins_are_refused_before_a_ray_run(tmp_path):
+    """A metric registered in this process cannot be imported by a Ray worker: refused up front, and the run
+    directory is not even created."""
+    from sgq_bench import Metric, MetricResult, register
+    from sgq_bench._registry import metrics as metric_registry
+    from sgq_bench.errors import UsageError
+
+    class Local(Metric):
+        name = "local_only_metric"
+        needs_attributions = False
+
+        def compute(self, ctx, attributions):
+            return MetricResult(value=1.0)
+
+    register("metrics", obj=Local, replace=True)
+    try:
+        metrics = [*load_suite("smoke").metrics, "local_only_metric"]
+        suite = load_suite("smoke", {"evaluate.metrics": metrics})
+        with pytest.raises(UsageError, match="in-process plugins.*metric 'local_only_metric'"):
+            run(suite, out=tmp_path / "never", executor="ray", progress=False, log=lambda s: None)
+        assert not (tmp_path / "never").exists()
+    finally:
+        metric_registry.unregister("local_only_metric")
