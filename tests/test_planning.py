@@ -1,0 +1,33 @@
+"""`run --plan`: task counts from the graph, times from a calibration measured once on the device and cached."""
+
+from __future__ import annotations
+
+import json
+
+from sgq_bench.data import cache_dir
+from sgq_bench.planning import format_plan, plan_suite
+
+
+def test_plan_counts_the_graph_and_calibrates_once(tmp_path):
+    plan = plan_suite("smoke", checkpoint_dir=tmp_path / "ckpt", workers=4)
+    # 4 cells; gradient ranked per cell, random once (fixed learner); 2 fractions x roar/kar per ranking
+    assert plan["tasks"] == {"train": 4, "rank": 5, "retrain": 20, "evaluate": 4}
+    assert plan["cached"] == {"train": 0, "rank": 0, "retrain": 0, "evaluate": 0}
+    assert all(plan["seconds"][k] > 0 for k in ("train", "retrain", "evaluate"))
+    assert plan["total_s"] == sum(plan["seconds"].values())
+    assert plan["critical_path_s"] <= plan["wall_s_workers"] <= plan["total_s"]
+    stored = json.loads((cache_dir() / "calibration.json").read_text())
+    assert stored and all(v["step_s"] > 0 and v["fwd_img_s"] > 0 and v["grad_img_s"] > 0 for v in stored.values())
+    before = (cache_dir() / "calibration.json").read_bytes()
+    text = format_plan("smoke", checkpoint_dir=tmp_path / "ckpt", workers=4, log=lambda s: (_ for _ in ()).throw(
+        AssertionError(f"recalibrated: {s}")))  # every timing comes from the cache now
+    assert "train" in text and "on 4 workers" in text and (cache_dir() / "calibration.json").read_bytes() == before
+
+
+def test_plan_leaves_out_what_is_cached(tmp_path):
+    from sgq_bench.runner import run
+
+    run("smoke", out=tmp_path / "run", checkpoint_dir=tmp_path / "ckpt", only="method=baseline", progress=False,
+        report=False, log=lambda s: None)
+    plan = plan_suite("smoke", checkpoint_dir=tmp_path / "ckpt", only="method=baseline")
+    assert plan["tasks"]["train"] == 0 and plan["tasks"]["retrain"] == 0 and plan["cached"]["train"] == 1
