@@ -30,7 +30,14 @@ from sgq_bench._base import EvalContext, Metric, MetricResult, Param, Split
 from sgq_bench._io import atomic_write_text, stable_hash
 from sgq_bench.data import batches, cache_dir, load_dataset, load_split, split_fingerprint, subset
 from sgq_bench.errors import UsageError
-from sgq_bench.metrics.functional import FractionsMixin, fractions_param, k_of, pixel_scores, trapezoid_auc
+from sgq_bench.metrics.functional import (
+    FractionsMixin,
+    fractions_param,
+    k_of,
+    pixel_scores,
+    rank_positions,
+    trapezoid_auc,
+)
 
 ROAR_FRACTIONS = (0.1, 0.3, 0.5, 0.7, 0.9)
 LEARNERS = ("fixed", "own")
@@ -40,16 +47,6 @@ def task_dir(checkpoint_dir: Any = None) -> Path:
     """Where task results live: beside the checkpoints (a shared filesystem for multi-machine runs)."""
     base = Path(checkpoint_dir) if checkpoint_dir else cache_dir() / "checkpoints"
     return base / "tasks"
-
-
-def rank_with_random_ties(scores: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Position of every pixel in its image's descending ranking; ties ordered by a seeded random draw."""
-    noise = torch.rand(scores.shape, generator=generator)
-    order = torch.argsort(noise, dim=1)
-    order = order.gather(1, torch.argsort(scores.gather(1, order), dim=1, descending=True, stable=True))
-    pos = torch.empty_like(order)
-    pos.scatter_(1, order, torch.arange(scores.shape[1]).expand_as(order))
-    return pos
 
 
 @dataclass(frozen=True)
@@ -136,7 +133,7 @@ def compute_rankings(rank: RankSpec, *, device: torch.device, checkpoint_dir: An
     explainer = _registry.explainers.get(rank.explainer)(**dict(rank.explainer_params))
     explainer.setup(dataset)
     g = torch.Generator().manual_seed(rank.tie_seed)
-    return tuple(rank_with_random_ties(split_scores(model, explainer, dataset, s, device), g) for s in (train, test))
+    return tuple(rank_positions(split_scores(model, explainer, dataset, s, device), True, g) for s in (train, test))
 
 
 def masked_split(dataset: Any, split: Split, positions: torch.Tensor, fraction: float, keep: bool) -> Split:
