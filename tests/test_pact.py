@@ -180,3 +180,17 @@ def test_untraceable_models_get_no_residual_boundaries():
     model = PACTQuantizer().prepare(Branchy())
     assert not any(isinstance(m, ResidualQuantBatchNorm2d) for m in model.modules())
     assert isinstance(model.conv2, QuantConv2d)
+
+
+def test_resnet20_pact_trains_under_bf16_autocast_with_an_fp32_range():
+    """Under CPU bf16 autocast the residual BatchNorm's output is bf16; its tracked range must stay fp32
+    (the cifar10_long recipe trains PACT this way; lerp_ refused a bf16 end point)."""
+    torch.manual_seed(0)
+    model = PACTQuantizer().prepare(resnet20(CIFAR10())).train()
+    x = torch.randn(4, 3, 32, 32)
+    for _ in range(2):  # the first step sets the range, the second moves it
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(x).float().logsumexp(1).mean()
+        loss.backward()
+    bn = model.layer1[0].bn2
+    assert bn.out_range.dtype == torch.float32 and float(bn.out_range) > 0

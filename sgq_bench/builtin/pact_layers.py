@@ -137,10 +137,11 @@ class ResidualQuantBatchNorm2d(nn.BatchNorm2d):
         with torch.no_grad():
             if not self._range_known:  # one host sync per module: an untracked range starts at the batch's
                 if float(self.out_range) == 0.0:
-                    self.out_range.copy_(y.detach().abs().amax())
+                    self.out_range.copy_(y.detach().abs().amax())  # copy_ casts a bf16 (autocast) max
                 self._range_known = True
             elif self.training:
-                self.out_range.lerp_(y.detach().abs().amax(), self.range_momentum)
+                # the range stays fp32 under bf16 autocast (lerp_ does not cast its end point)
+                self.out_range.lerp_(y.detach().abs().amax().to(self.out_range.dtype), self.range_momentum)
         return signed8_fake_quant(y, self.out_scale())
 
     def out_scale(self) -> torch.Tensor:
