@@ -12,9 +12,14 @@ import click
 @click.option("--figures/--no-figures", default=True, help="also draw the figures")
 @click.option("--reference", default=None, metavar="METHOD",
               help="method the other methods are compared with (p-values, differences); default baseline")
-def report(run_dir: Path, figures: bool, reference: str | None) -> None:
+@click.option("--claims", default=None, metavar="NAME|FILE",
+              help="also write claims.csv/claims.md: the verdict of each claim across seeds ('paper': the seed "
+                   "paper's claims, or a TOML file of [[claim]] tables)")
+def report(run_dir: Path, figures: bool, reference: str | None, claims: str | None) -> None:
     """summary.csv, summary.md and figures/ of run directory DIR (holding results.jsonl)."""
     from sgq_bench.report.tables import write_report
 
-    given = {"reference": reference} if reference is not None else {}
+    given: dict = {"reference": reference} if reference is not None else {}
+    if claims is not None:
+        given["claims"] = claims
     click.echo(write_report(run_dir, figures=figures, **given))

@@ -3,5 +3,6 @@
 ``stats`` (numbers: t-intervals, Welch and paired-by-seed tests, the within-model bootstrap) ->
 ``summary`` (the across-seed summary table, grouped by protocol, shared by everything below) ->
 ``tables`` (``summary.csv``, ``summary.md``, ``write_report``) and ``figures`` (PNGs). ``tables``
-imports ``figures``; neither imports the other back.
+imports ``figures``; neither imports the other back. ``claims`` (verdicts on stated claims across seeds)
+reads ``summary``'s per-seed table and ``stats``; ``tables`` imports it only to write ``claims.md``.
 """

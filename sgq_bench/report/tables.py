@@ -113,8 +113,14 @@ def to_markdown(summary: pd.DataFrame, reference: str = REFERENCE) -> str:
     return "\n".join(out)
 
 
-def write_report(out: Path, *, figures: bool = True, n_boot: int = 5000, reference: str = REFERENCE) -> str:
-    """Write ``summary.csv``, ``summary.md`` (and ``figures/``) for run directory ``out``; return the markdown."""
+def write_report(out: Path, *, figures: bool = True, n_boot: int = 5000, reference: str = REFERENCE,
+                 claims: str | Path | None = None) -> str:
+    """Write ``summary.csv``, ``summary.md`` (and ``figures/``) for run directory ``out``; return the markdown.
+
+    ``claims`` (a claims TOML file, or a packaged set such as ``paper``): also ``claims.csv`` and
+    ``claims.md``, the verdict of each claim across seeds (:mod:`sgq_bench.report.claims`), appended to the
+    returned markdown.
+    """
     out = Path(out)
     if not out.is_dir():
         raise UsageError(f"{out}: not a run directory")
@@ -123,6 +129,11 @@ def write_report(out: Path, *, figures: bool = True, n_boot: int = 5000, referen
         from sgq_bench.errors import did_you_mean
 
         raise UsageError(f"--reference {reference!r} is not a method of {out}.{did_you_mean(reference, set(results['method']))}")
+    claim_list = None
+    if claims is not None:  # parsed first: a bad claims file fails before anything is written
+        from sgq_bench.report.claims import load_claims
+
+        claim_list = load_claims(claims)
     summary = summarize_results(results, reference=reference, n_boot=n_boot)
     md = to_markdown(summary, reference)
     atomic_write_text(out / "summary.csv", to_csv(summary))
@@ -131,6 +142,11 @@ def write_report(out: Path, *, figures: bool = True, n_boot: int = 5000, referen
         from sgq_bench.report.figures import write_figures
 
         write_figures(out, results, summary, reference=reference)
+    if claim_list is not None:
+        from sgq_bench.report.claims import write_claims
+
+        _, claims_md = write_claims(out, results, claim_list)
+        md += "\n" + claims_md.read_text(encoding="utf-8")
     return md
 
 
