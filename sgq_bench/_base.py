@@ -235,7 +235,8 @@ class EvalContext:
     """What a metric may use: the trained model, the fixed evaluation subset, and how it was made.
 
     ``x``/``y`` are the normalised evaluation inputs and labels on ``device`` (identical for every
-    method of a run); ``spec`` (a ``sgq_bench.train.TrainSpec``) lets retraining metrics (ROAR) and
+    method of a run); ``train_meta`` is what training recorded (``history``: test accuracy after each
+    epoch); ``spec`` (a ``sgq_bench.train.TrainSpec``) lets retraining metrics (ROAR) and
     efficiency metrics rebuild or deploy the model; ``cache`` shares work (e.g. predictions) between
     the metrics of one cell.
     """
@@ -252,6 +253,7 @@ class EvalContext:
     seed: int = 0
     cache: dict[str, Any] = field(default_factory=dict)
     explainer: Explainer | None = None  # the explainer whose attributions are passed (ROAR re-ranks data)
+    train_meta: dict[str, Any] | None = None  # the checkpoint's training record (per-epoch log, precision)
 
 
 @dataclass

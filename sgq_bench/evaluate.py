@@ -196,7 +196,7 @@ def evaluate_cell(
     _log(progress, f"{_cell_name(spec)}: evaluating on {len(split)} test images"
          + (f" -> {results_path}" if results_path else ""))
     ctx = EvalContext(model=model, dataset=dataset, x=x, y=y, device=device, spec=spec, quantizer=quantizer,
-                      data_root=data_root, checkpoint_dir=checkpoint_dir, seed=eval_seed)
+                      data_root=data_root, checkpoint_dir=checkpoint_dir, seed=eval_seed, train_meta=trained.meta)
     for name in pending_model:
         t0 = time.perf_counter()
         res = metric_objs[name].compute(ctx, None)

@@ -119,3 +119,21 @@ def test_cli_evaluate_prints_table(tmp_path):
                  "--explainers", "gradient", "--metrics", "topk_mass,complexity", "--quiet")
     assert res.exit_code == 0, res.output
     assert "topk_mass ^" in res.stdout and "complexity v" in res.stdout and (tmp_path / "results.jsonl").exists()
+
+
+def test_epoch_accuracy_rows_are_the_training_logs_per_epoch_test_accuracy(tmp_path):
+    from dataclasses import replace
+
+    from sgq_bench.train import load_or_train
+
+    spec = smoke_spec()  # 2 epochs
+    history = load_or_train(spec, progress=False).meta["history"]
+    rows = evaluate_cell(spec, results_path=tmp_path / "r.jsonl", explainers=[], metrics=["epoch_accuracy"],
+                         eval_size=16, progress=False)
+    assert [(r["variant"], r["value"]) for r in rows] == [
+        (f"epoch={h['epoch']:03d}", h["test_accuracy"]) for h in history] and len(rows) == 2
+    assert all(r["family"] == "accuracy" and r["extra"]["train_loss"] is not None for r in rows)
+    one = replace(spec, recipe=replace(spec.recipe, epochs=1, train_size=64))
+    (row,) = evaluate_cell(one, results_path=None, explainers=[], metrics=["epoch_accuracy"], eval_size=16,
+                           progress=False)
+    assert row["value"] is None and "no per-epoch test accuracy" in row["reason"]

@@ -154,3 +154,17 @@ def test_figure_names_cannot_leave_the_figures_folder(tmp_path, name):
     with pytest.raises(UsageError, match="would leave"):
         figure_path(tmp_path / "figures", "curves", "synthetic", name)
     assert figure_path(tmp_path / "figures", "curves", "synthetic", "gradient").parent == (tmp_path / "figures").resolve()
+
+
+def test_epoch_accuracy_gets_an_epoch_by_method_table_and_a_figure(tmp_path):
+    rows = [row("baseline", s, "accuracy", 0.9, family="accuracy", eval_size=40) for s in (0, 1)]
+    rows += [row(m, s, "epoch_accuracy", 0.5 + 0.1 * e + 0.01 * s - (0.05 if m == "sgt" else 0), family="accuracy",
+                 variant=f"epoch={e:03d}", eval_size=40) for m in ("baseline", "sgt") for s in (0, 1) for e in (1, 2, 3)]
+    out = write_run(tmp_path / "run", rows)
+    md = write_report(out, figures=True, n_boot=0)
+    table = md.split("### Accuracy against training length")[1]
+    lines = [ln for ln in table.splitlines() if ln.startswith("| ")]
+    assert lines[0] == "| epoch | baseline | sgt |" and [ln.split(" | ")[0] for ln in lines[1:]] == ["| 1", "| 2", "| 3"]
+    assert "0.805 ± 0.0071 (n=2)" in lines[3]  # baseline epoch 3: mean of 0.80 and 0.81
+    assert "epoch_accuracy" not in md.split("### Accuracy against training length")[0]  # not a wide column
+    assert (out / "figures" / "training_synthetic.png").stat().st_size > 0

@@ -4,6 +4,7 @@
 - ``curves_<dataset>_<explainer>.png``: deletion / insertion / MoRF / ROAD curves, one line per method
 - ``roar_<dataset>.png``: ROAR and KAR accuracy vs fraction, real explainers solid, ``random`` dashed
 - ``pareto_<dataset>.png``: accuracy vs packed model size, colour = a faithfulness score
+- ``training_<dataset>.png``: test accuracy after each epoch, mean over seeds with the seeds' range
 
 A run directory holding more than one protocol (suite version, evaluation size, ...) gets one set of
 curve, ROAR and Pareto figures per protocol, the protocol appended to the file name. File names are
@@ -245,6 +246,31 @@ def pareto_figures(summary: pd.DataFrame, fig_dir: Path, tag: str = "") -> list[
     return paths
 
 
+def training_figures(summary: pd.DataFrame, fig_dir: Path, tag: str = "", reference: str = REFERENCE) -> list[Path]:
+    """Accuracy against training length per (dataset, model), from ``epoch_accuracy`` summary rows."""
+    paths = []
+    rows = summary[(summary["metric"] == "epoch_accuracy") & summary["mean"].notna()]
+    for (dataset, model), sub in rows.groupby(["dataset", "model"], sort=True):
+        methods = _method_order(list(sub["method"]), reference)
+        colors = _colors(methods, reference)
+        fig, ax = plt.subplots(figsize=(6.0, 3.8))
+        for meth in methods:
+            m = sub[sub["method"] == meth].assign(epoch=lambda d: d["variant"].str.removeprefix("epoch=").astype(int))
+            m = m.sort_values("epoch")
+            n = int(m["n_seeds"].max())
+            ax.plot(m["epoch"], m["mean"], color=colors[meth], lw=1.6, label=f"{m['method_label'].iloc[0]} (n={n})")
+            if n >= 2:
+                ax.fill_between(m["epoch"], m["ci_low"], m["ci_high"], color=colors[meth], alpha=0.15, lw=0)
+        ax.set_xlabel("epoch", fontsize=9)
+        ax.set_ylabel("test accuracy (full test split)", fontsize=9)
+        ax.set_title(f"{dataset} / {model}: accuracy against training length (mean, 95% CI over seeds)",
+                     fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="lower right")
+        paths.append(_save(fig, figure_path(fig_dir, "training", dataset + tag)))
+    return paths
+
+
 def write_figures(out: Path, results: pd.DataFrame, summary: pd.DataFrame, *,
                   reference: str = REFERENCE) -> list[Path]:
     """Write every figure the results support into ``out/figures``; returns their paths."""
@@ -258,4 +284,5 @@ def write_figures(out: Path, results: pd.DataFrame, summary: pd.DataFrame, *,
         paths += curve_figures(results[mask], fig_dir, tag, reference)
         paths += roar_figures(results[mask], fig_dir, tag, reference)
         paths += pareto_figures(summary[smask], fig_dir, tag)
+        paths += training_figures(summary[smask], fig_dir, tag, reference)
     return paths

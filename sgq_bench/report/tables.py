@@ -29,6 +29,8 @@ from sgq_bench.report.summary import (
 )
 from sgq_bench.results import load_results
 
+EPOCH_METRIC = "epoch_accuracy"  # reported as its own epoch x method table
+
 
 def to_csv(summary: pd.DataFrame) -> str:
     """CSV text of the tidy summary (full float precision; empty cells where a statistic is undefined)."""
@@ -103,14 +105,32 @@ def to_markdown(summary: pd.DataFrame, reference: str = REFERENCE) -> str:
                 + ", ".join(f"{m} {int(seeds[m])}" for m in method_order(list(seeds.index), reference)), ""]
         model_level = rows[rows["explainer"] == NO_EXPLAINER]
         explained = rows[rows["explainer"] != NO_EXPLAINER]
+        by_epoch = model_level["metric"] == EPOCH_METRIC
         for title, part, with_ex in (
-            ("Accuracy", model_level[model_level["family"] != "efficiency"], False),
+            ("Accuracy", model_level[(model_level["family"] != "efficiency") & ~by_epoch], False),
             ("Efficiency", model_level[model_level["family"] == "efficiency"], False),
             ("Interpretability", explained, True),
         ):
             if len(part):
                 out += [f"### {title}", "", _wide(part, with_ex, reference), ""]
+        if by_epoch.any() and model_level.loc[by_epoch, "n_seeds"].max() > 0:
+            out += ["### Accuracy against training length", "",
+                    "Test accuracy on the whole test split after each epoch, from the training log of the same "
+                    "models; p: Welch across seeds against the reference at the same epoch.", "",
+                    _by_epoch(model_level[by_epoch], reference), ""]
     return "\n".join(out)
+
+
+def _by_epoch(rows: pd.DataFrame, reference: str) -> str:
+    """One line per epoch, one column per method (the wide tables would need a column per epoch)."""
+    rows = rows[rows["n_seeds"] > 0].assign(epoch=lambda d: d["variant"].str.removeprefix("epoch=").astype(int))
+    methods = method_order(list(rows["method"]), reference)
+    labels = dict(zip(rows["method"], rows["method_label"]))
+    lines = ["| epoch | " + " | ".join(labels[m] for m in methods) + " |", "|---" * (len(methods) + 1) + "|"]
+    for epoch, sub in rows.groupby("epoch", sort=True):
+        cells = {r.method: cell_text(r) for r in sub.itertuples(index=False)}
+        lines.append(f"| {epoch} | " + " | ".join(cells.get(m, "") for m in methods) + " |")
+    return "\n".join(lines)
 
 
 def write_report(out: Path, *, figures: bool = True, n_boot: int = 5000, reference: str = REFERENCE,
