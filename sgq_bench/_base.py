@@ -229,6 +229,13 @@ class Explainer(Plugin):
         """
         raise NotImplementedError
 
+    def gradient_passes(self) -> float | None:
+        """Input-gradient passes per image this explainer makes, used by ``run --plan`` to price it.
+
+        None = not declared: the plan then assumes 1 per image and says so.
+        """
+        return None
+
 
 @dataclass
 class EvalContext:
@@ -296,6 +303,14 @@ class Metric(Plugin):
             are shared with the other metrics).
         """
         raise NotImplementedError
+
+    def forward_passes(self, n_images: int, n_pixels: int, n_test: int) -> float | None:
+        """Image forward passes this metric makes on ``n_images`` evaluation images of ``n_pixels`` pixels
+        (``n_test``: size of the test split), used by ``run --plan`` to price it.
+
+        None = not declared: the plan then assumes one per image and says so.
+        """
+        return None
 
 
 __all__ = [

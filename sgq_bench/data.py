@@ -338,6 +338,11 @@ def _origin(split: Split) -> tuple[str, bool] | None:
     return None
 
 
+def train_fingerprint(dataset: str, dataset_params: Any = None, data_root: Any = None) -> str:
+    """The fingerprint of a dataset's training split (loaded and hashed once per process)."""
+    return split_fingerprint(load_split(load_dataset(dataset, dict(dataset_params or {})), True, data_root))
+
+
 def split_fingerprint(split: Split) -> str:
     """sha256 (first 16 hex digits) of a split's image and label bytes, shapes and dtypes.
 

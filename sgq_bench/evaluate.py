@@ -32,6 +32,7 @@ from sgq_bench.data import subset
 from sgq_bench.errors import UsageError
 from sgq_bench.explainers import check_attributions
 from sgq_bench.train import (
+    TrainResult,
     TrainSpec,
     inference_copy,
     load_dataset,
@@ -139,12 +140,14 @@ def evaluate_cell(
     fingerprint: str | None = None,
     progress: bool = True,
     eval_seed: int = 0,
+    trained: TrainResult | None = None,
 ) -> list[dict]:
     """Evaluate one trained model; return the rows produced now (appended to ``results_path`` unless None).
 
     Rows whose ``results.row_key`` is in ``done`` or already in ``results_path`` are skipped. Names,
     parameters, ``eval_size`` and (when writing) the run directory's protocol (``check_protocol``;
-    ``fingerprint`` is the suite's) are validated before any model is loaded or trained.
+    ``fingerprint`` is the suite's) are validated before any model is loaded or trained. ``trained``: the
+    model already loaded by the caller (``load_or_train(spec)``), so that it is not read and verified twice.
     """
     device = resolve_device(device)
     keep_freed_memory()
@@ -172,8 +175,9 @@ def evaluate_cell(
         _log(progress, f"{_cell_name(spec)}: all results present" + (f" in {results_path}" if results_path else ""))
         return []
 
-    trained = load_or_train(spec, data_root=data_root, device=device, checkpoint_dir=checkpoint_dir,
-                            progress=progress)
+    if trained is None:
+        trained = load_or_train(spec, data_root=data_root, device=device, checkpoint_dir=checkpoint_dir,
+                                progress=progress)
     base["precision"] = str(trained.meta.get("precision", "fp32"))
     base["train_data_sha256"] = trained.meta.get("train_data_sha256")
     model = trained.model.eval()

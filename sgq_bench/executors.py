@@ -99,8 +99,11 @@ class RayExecutor:
         else:
             self._owns = False
         gpu = str(ctx.device).startswith("cuda")
-        self.remote = ray.remote(_ray_execute).options(
-            num_cpus=threads, num_gpus=1 if gpu else 0, max_retries=SYSTEM_RETRIES, retry_exceptions=False)
+        opts = dict(num_cpus=threads, num_gpus=1 if gpu else 0, max_retries=SYSTEM_RETRIES, retry_exceptions=False)
+        self.remote = ray.remote(_ray_execute).options(**opts)
+        # A ranking (tens of MB) stays in the object store for its dependents: its task returns a small
+        # status object as well, and only that one travels to the driver to learn of success or failure.
+        self.remote_split = ray.remote(_ray_execute_split).options(num_returns=2, **opts)
         self.refs: dict[Any, tuple[Task, Any]] = {}
         self.values: dict[str, Any] = {}
 
@@ -110,19 +113,24 @@ class RayExecutor:
         return max(1, int(cpus // (self.ctx.threads or 1)))
 
     def submit(self, task: Task) -> None:
-        ref = self.remote.remote(task, self.ctx, *[self.values.get(d) for d in task.deps])
-        self.refs[ref] = (task, ref)
+        deps = [self.values.get(d) for d in task.deps]
+        if task.kind == "rank":
+            status, value = self.remote_split.remote(task, self.ctx, *deps)
+            self.refs[status] = (task, value)
+        else:
+            ref = self.remote.remote(task, self.ctx, *deps)
+            self.refs[ref] = (task, ref)
 
     def wait(self) -> list[tuple[str, bool, Any]]:
         ready, _ = self.ray.wait(list(self.refs), num_returns=1, timeout=None)
         done = []
         for ref in ready:
-            task, _ = self.refs.pop(ref)
+            task, value_ref = self.refs.pop(ref)
             try:
-                value = self.ray.get(ref) if task.kind != "rank" else None
-                if task.kind == "rank":
-                    self.ray.get(ref)  # raises if the ranking failed; the ref itself goes to dependents
-                    self.values[task.key] = ref
+                value = self.ray.get(ref)  # raises if the task failed
+                if task.kind == "rank":  # the ranking itself stays in the object store for its dependents
+                    self.values[task.key] = value_ref
+                    value = None
                 done.append((task.key, True, value))
             except KeyboardInterrupt:
                 raise
@@ -153,6 +161,11 @@ class RayExecutor:
 def _ray_execute(task: Task, ctx: ExecContext, *deps: Any) -> Any:
     """Worker side: Ray sets OMP_NUM_THREADS, but torch in a reused worker does not re-read it."""
     return execute(task, ctx, *deps)
+
+
+def _ray_execute_split(task: Task, ctx: ExecContext, *deps: Any) -> tuple[bool, Any]:
+    """(a small status, the value): two Ray objects, so the driver can wait on the first alone."""
+    return True, execute(task, ctx, *deps)
 
 
 def _unwrap(exc: BaseException) -> BaseException:

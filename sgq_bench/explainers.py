@@ -93,6 +93,9 @@ class Gradient(Explainer):
         return _batched(lambda xb, tb: sal.attribute(xb, target=tb, abs=self.abs), x, target,
                         limit=max_batch(model, x))
 
+    def gradient_passes(self) -> float:
+        return 1.0
+
 
 class InputXGradient(Explainer):
     """Input times gradient (captum InputXGradient, computed as x * Saliency)."""
@@ -103,6 +106,9 @@ class InputXGradient(Explainer):
     def attribute(self, model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         ixg = CaptumInputXGradient(model)
         return _batched(lambda xb, tb: ixg.attribute(xb, target=tb), x, target, limit=max_batch(model, x))
+
+    def gradient_passes(self) -> float:
+        return 1.0
 
 
 class IntegratedGradientsExplainer(Explainer):
@@ -129,6 +135,9 @@ class IntegratedGradientsExplainer(Explainer):
                                 internal_batch_size=limit)
 
         return _batched(run, x, target, inputs_per_image=self.n_steps, limit=limit)
+
+    def gradient_passes(self) -> float:
+        return float(self.n_steps)
 
 
 class SmoothGrad(Explainer):
@@ -160,6 +169,9 @@ class SmoothGrad(Explainer):
 
         return _batched(run, x, target, inputs_per_image=self.n_samples, limit=max_batch(model, x))
 
+    def gradient_passes(self) -> float:
+        return float(self.n_samples)
+
 
 class GradCAM(Explainer):
     """Grad-CAM at ``model.explain_layer`` (ReLU'd), bilinearly upsampled and broadcast over channels."""
@@ -178,6 +190,9 @@ class GradCAM(Explainer):
 
         return _batched(run, x, target, limit=max_batch(model, x))
 
+    def gradient_passes(self) -> float:
+        return 1.0
+
 
 class RandomExplainer(Explainer):
     """Control: i.i.d. uniform [0, 1) attributions from a seeded generator (every metric must rank it last)."""
@@ -189,6 +204,9 @@ class RandomExplainer(Explainer):
     def attribute(self, model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         g = torch.Generator().manual_seed(self.seed)
         return torch.rand(x.shape, generator=g, dtype=x.dtype).to(x.device)
+
+    def gradient_passes(self) -> float:
+        return 0.0  # no model involved
 
 
 __all__ = ["GradCAM", "Gradient", "InputXGradient", "IntegratedGradientsExplainer", "RandomExplainer",

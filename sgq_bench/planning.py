@@ -4,13 +4,15 @@ Estimates come from measurement: each (model, method, batch, precision, layout) 
 on the device for a few steps (cached in ``<cache>/calibration.json``, keyed by device, CPU model, torch
 version and threads), and so are an inference forward pass and an input-gradient pass of each model.
 Evaluation is a cost model on top of those timings: the forward (or forward+backward) passes each
-metric and explainer makes, counted from their parameters. A plugin may declare its own count with a
-``forward_passes(n_images, n_pixels)`` method (metrics) or ``gradient_passes`` attribute (explainers);
-otherwise one pass per image is assumed and the plan says so.
+metric and explainer makes, as each plugin class declares them from its own parameters, built-in and
+third-party alike: ``Metric.forward_passes(n_images, n_pixels, n_test)`` (image forwards on the evaluation
+images) and ``Explainer.gradient_passes()`` (input-gradient passes per image). Where a plugin declares
+none (the base methods return None), one pass per image is assumed and the plan says so.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import time
 from dataclasses import dataclass, field, replace
@@ -160,48 +162,46 @@ def _training_seconds(spec: Any, timing: Timing, data_root: Any) -> float:
 
 
 def explainer_passes(explainer: Any) -> tuple[float, str | None]:
-    """Input-gradient passes per image of an explainer (and a note when it is a guess)."""
+    """Input-gradient passes per image of an explainer (and a note when it is a guess).
+
+    The explainer's ``gradient_passes()`` declaration prices it; a plain number attribute (the older form
+    of the declaration) is accepted too. Undeclared: 0 for a model-independent explainer, else 1 and a note.
+    """
     declared = getattr(explainer, "gradient_passes", None)
+    if callable(declared):
+        declared = declared()
     if declared is not None:
         return float(declared), None
-    name = explainer.name
-    if name == "random" or getattr(explainer, "model_independent", False):
+    if getattr(explainer, "model_independent", False):
         return 0.0, None
-    if name == "integrated_gradients":
-        return float(explainer.n_steps), None
-    if name == "smoothgrad":
-        return float(explainer.n_samples), None
-    if name in ("gradient", "input_x_gradient", "gradcam"):
-        return 1.0, None
-    return 1.0, f"explainer {name!r} declares no gradient_passes; 1 per image assumed"
+    return 1.0, f"explainer {explainer.name!r} declares no gradient_passes; 1 per image assumed"
 
 
 def metric_passes(metric: Any, n_images: int, n_pixels: int, n_test: int) -> tuple[float, str | None]:
-    """Image forward passes of a metric on ``n_images`` evaluation images (and a note for a guess)."""
+    """Image forward passes of a metric on ``n_images`` evaluation images (and a note for a guess).
+
+    The metric's ``forward_passes(n_images, n_pixels, n_test)`` declaration prices it (the older
+    two-argument ``forward_passes(n_images, n_pixels)`` is accepted too); None: 1 per image and a note.
+    """
     declared = getattr(metric, "forward_passes", None)
     if callable(declared):
-        return float(declared(n_images, n_pixels)), None
-    name = metric.name
-    cfg = dict(metric.config)
-    draws = max(1, int(cfg.get("tie_draws", 1) or 1))
-    if name in ("deletion_auc", "insertion_auc"):
-        return n_images * (int(cfg.get("steps", 50)) + 1) * draws, None
-    if name in ("morf_accuracy", "road_morf", "road_lerf"):
-        return n_images * (len(cfg.get("fractions", ())) + 1) * draws, None
-    if name == "faithfulness_correlation":
-        return n_images * (int(cfg.get("nr_runs", 100)) + 1), None
-    if name == "infidelity":
-        return n_images * (int(cfg.get("n_perturb_samples", 10)) + 1), None
-    if name == "accuracy":
-        return float(n_test), None
-    if name in ("latency_ms", "throughput"):
-        sizes = [int(b) for b in str(cfg.get("batch_sizes", "1")).split(",") if b.strip()]
-        return 3 * sum(b * (int(cfg.get("runs", 30)) + int(cfg.get("warmup", 5))) for b in sizes), None
-    if name in ("sparseness", "complexity", "topk_mass", "params", "size_bytes", "compression", "bops"):
-        return 0.0, None
-    if name in ("roar", "kar", "peak_memory_mb"):
-        return 0.0, None  # retrains are their own tasks; peak memory is priced per probe process below
-    return float(n_images), f"metric {name!r} declares no forward_passes; 1 per image assumed"
+        declared = declared(*_passes_args(declared, n_images, n_pixels, n_test))
+    else:
+        declared = None
+    if declared is not None:
+        return float(declared), None
+    return float(n_images), f"metric {metric.name!r} declares no forward_passes; 1 per image assumed"
+
+
+def _passes_args(fn: Any, n_images: int, n_pixels: int, n_test: int) -> tuple[int, ...]:
+    """The arguments ``fn`` takes: all three, or (n_images, n_pixels) for a two-argument declaration."""
+    try:
+        inspect.signature(fn).bind(n_images, n_pixels, n_test)
+    except TypeError:
+        return n_images, n_pixels
+    except ValueError:  # no signature to inspect (a builtin): pass all three
+        pass
+    return n_images, n_pixels, n_test
 
 
 def _probe_seconds() -> float:

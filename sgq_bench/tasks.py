@@ -49,9 +49,8 @@ def build_graph(cells: Iterable[Any], *, data_root: Any = None, checkpoint_dir: 
     With ``skip_cached``, finished trainings and retrains are left out (their results are on disk).
     """
     from sgq_bench import _registry
-    from sgq_bench.data import load_dataset, load_split, split_fingerprint
     from sgq_bench.metrics.roar import read_retrain
-    from sgq_bench.train import checkpoint_path, resolve_device, resolve_precision
+    from sgq_bench.train import locate_checkpoint
 
     graph: dict[str, Task] = {}
 
@@ -62,14 +61,10 @@ def build_graph(cells: Iterable[Any], *, data_root: Any = None, checkpoint_dir: 
         return task.key
 
     def train_key(spec: Any, cell_id: str) -> str | None:
-        import dataclasses
-
-        resolved = dataclasses.replace(spec, recipe=resolve_precision(spec.recipe, resolve_device(device)))
-        dataset = load_dataset(spec.dataset, spec.dataset_params)
-        fp = split_fingerprint(load_split(dataset, True, data_root))
-        if skip_cached and checkpoint_path(resolved, checkpoint_dir, fp).exists():
+        where = locate_checkpoint(spec, device=device, data_root=data_root, checkpoint_dir=checkpoint_dir)
+        if skip_cached and where.path.exists():
             return None
-        return add(Task("train", "train:" + spec.key(fp), spec, (), (cell_id,), _spec_label(spec)))
+        return add(Task("train", "train:" + spec.key(where.fingerprint), spec, (), (cell_id,), _spec_label(spec)))
 
     for cell in cells:
         if cell.key() in done_cells:
@@ -151,25 +146,31 @@ def execute(task: Task, ctx: ExecContext, *dep_values: Any) -> Any:
 def evaluate_task(cell: Any, ctx: ExecContext, device: Any, done: set | None = None) -> dict[str, Any]:
     """Score one cell: its rows (not written here) and the saliency-grid samples."""
     from sgq_bench.evaluate import evaluate_cell
+    from sgq_bench.train import load_or_train
 
+    # loaded (and its checksum verified) once for the rows and the saliency samples
+    trained = load_or_train(cell.spec, data_root=ctx.data_root, device=device, checkpoint_dir=ctx.checkpoint_dir,
+                            progress=ctx.progress)
     rows = evaluate_cell(cell.spec, explainers=list(cell.explainers), metrics=list(cell.metrics),
                          eval_size=cell.eval_size, metric_params=cell.metric_params, device=device,
                          data_root=ctx.data_root, checkpoint_dir=ctx.checkpoint_dir, results_path=None,
                          done=done or set(), suite=cell.suite, suite_version=cell.suite_version,
-                         progress=ctx.progress, eval_seed=cell.eval_seed)
-    samples = attribution_samples(cell, device=device, data_root=ctx.data_root, checkpoint_dir=ctx.checkpoint_dir)
+                         progress=ctx.progress, eval_seed=cell.eval_seed, trained=trained)
+    samples = attribution_samples(cell, device=device, data_root=ctx.data_root, model=trained.model)
     return {"rows": rows, "samples": samples}
 
 
 N_SALIENCY_IMAGES = 6  # images kept per cell for the saliency-grid figure
 
 
-def attribution_samples(cell: Any, *, device: Any, data_root: Any = None, checkpoint_dir: Any = None) -> Any:
+def attribution_samples(cell: Any, *, device: Any, data_root: Any = None, checkpoint_dir: Any = None,
+                        model: Any = None) -> Any:
     """Attributions of a few fixed test images for the saliency-grid figure (written by the driver).
 
     Why recompute: metric rows keep numbers, not maps; a handful of images per cell is cheap, and the same
     images (a seeded pick, identical for every method) make the grid comparable. As in the evaluation,
-    each map explains the model's predicted class.
+    each map explains the model's predicted class. ``model``: the cell's trained model when the caller
+    holds it already (else loaded from the checkpoint).
     """
     if not cell.explainers:
         return None
@@ -179,8 +180,10 @@ def attribution_samples(cell: Any, *, device: Any, data_root: Any = None, checkp
     from sgq_bench.data import load_dataset, load_split
     from sgq_bench.train import load_or_train
 
-    model = load_or_train(cell.spec, data_root=data_root, device=device, checkpoint_dir=checkpoint_dir,
-                          progress=False).model.eval()
+    if model is None:
+        model = load_or_train(cell.spec, data_root=data_root, device=device, checkpoint_dir=checkpoint_dir,
+                              progress=False).model
+    model = model.eval()
     dataset = load_dataset(cell.spec.dataset, cell.spec.dataset_params)
     test = load_split(dataset, False, data_root)
     g = torch.Generator().manual_seed(cell.eval_seed + 7)

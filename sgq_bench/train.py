@@ -28,7 +28,7 @@ from sgq_bench._batching import max_batch
 from sgq_bench._io import stable_hash
 from sgq_bench.config.methods import Method
 from sgq_bench.config.suite import Recipe
-from sgq_bench.data import batches, cache_dir, load_dataset, load_split, split_fingerprint, subset
+from sgq_bench.data import batches, cache_dir, load_dataset, load_split, subset, train_fingerprint
 from sgq_bench.errors import PluginError, SgqBenchError, TrainingDiverged, UsageError, warn
 
 # Bump when a change to this loop changes the weights it produces. "2": the key holds the training data's
@@ -75,6 +75,24 @@ class TrainSpec:
 def checkpoint_path(spec: TrainSpec, root: Path | None = None, data_fingerprint: str = "") -> Path:
     root = Path(root) if root is not None else cache_dir() / "checkpoints"
     return root / f"{spec.dataset}-{spec.model}-{spec.method.name}-s{spec.seed}-{spec.key(data_fingerprint)}.pt"
+
+
+@dataclass(frozen=True)
+class CheckpointLocation:
+    """Where the model of a spec lives on one device: the spec with its precision resolved (``auto``
+    becomes bf16 or fp32), the training data's fingerprint, and the checkpoint path they key."""
+
+    spec: TrainSpec
+    fingerprint: str
+    path: Path
+
+
+def locate_checkpoint(spec: TrainSpec, *, device: Any = "cpu", data_root: Any = None,
+                      checkpoint_dir: Path | None = None) -> CheckpointLocation:
+    """The one derivation of a checkpoint's location (training, the task graph and the plan all use it)."""
+    resolved = dataclasses.replace(spec, recipe=resolve_precision(spec.recipe, resolve_device(device)))
+    fingerprint = train_fingerprint(spec.dataset, spec.dataset_params, data_root)
+    return CheckpointLocation(resolved, fingerprint, checkpoint_path(resolved, checkpoint_dir, fingerprint))
 
 
 def bf16_supported(device: torch.device) -> bool:
@@ -362,11 +380,10 @@ def load_or_train(
     """The trained model for ``spec``: loaded from its verified checkpoint when present, else trained
     (resuming from a partial state if a previous training was stopped) and saved."""
     device = resolve_device(device)
-    spec = dataclasses.replace(spec, recipe=resolve_precision(spec.recipe, device))
+    where = locate_checkpoint(spec, device=device, data_root=data_root, checkpoint_dir=checkpoint_dir)
+    spec, fingerprint, path = where.spec, where.fingerprint, where.path
     dataset = load_dataset(spec.dataset, spec.dataset_params)
     full = load_split(dataset, True, data_root)
-    fingerprint = split_fingerprint(full)
-    path = checkpoint_path(spec, checkpoint_dir, fingerprint)
     model, quantizer, objective = build_model(spec, dataset)
     if path.exists() and not force:
         blob = checkpoints.load(path)

@@ -31,3 +31,32 @@ def test_plan_leaves_out_what_is_cached(tmp_path):
         report=False, log=lambda s: None)
     plan = plan_suite("smoke", checkpoint_dir=tmp_path / "ckpt", only="method=baseline")
     assert plan["tasks"]["train"] == 0 and plan["tasks"]["retrain"] == 0 and plan["cached"]["train"] == 1
+
+
+def test_plugins_are_priced_by_their_own_declarations():
+    from sgq_bench import Explainer, Metric, Param
+    from sgq_bench.planning import explainer_passes, metric_passes
+
+    class Declared(Metric):
+        name, higher_is_better = "declared_passes", True
+        params = {"repeats": Param(3, "forwards per image", low=1)}
+
+        def forward_passes(self, n_images, n_pixels, n_test):
+            return n_images * self.repeats + n_test
+
+    class Undeclared(Metric):
+        name, higher_is_better = "undeclared_passes", True
+
+    assert metric_passes(Declared(repeats=4), 10, 784, 100) == (140.0, None)
+    passes, note = metric_passes(Undeclared(), 10, 784, 100)
+    assert passes == 10.0 and note == "metric 'undeclared_passes' declares no forward_passes; 1 per image assumed"
+
+    class Legacy(Explainer):  # the older form: a plain number attribute
+        name, gradient_passes = "legacy_passes", 7
+
+    class Silent(Explainer):
+        name = "silent_passes"
+
+    assert explainer_passes(Legacy()) == (7.0, None)
+    assert explainer_passes(Silent()) == (1.0, "explainer 'silent_passes' declares no gradient_passes; "
+                                                "1 per image assumed")

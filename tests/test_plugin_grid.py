@@ -112,8 +112,10 @@ def check_metric(name: str) -> None:
         xr = x.clone().requires_grad_(True)
         (attributions,) = torch.autograd.grad(model(xr).gather(1, y.view(-1, 1)).sum(), xr)
     quantizer, _ = spec.method.build()
+    # the tiny model trains one epoch (no per-epoch log); a log shaped as training writes it stands in
+    log = {"history": [{"epoch": e, "train_loss": 0.5, "seconds": 1.0, "test_accuracy": 0.5} for e in (1, 2)]}
     ctx = EvalContext(model=model, dataset=dataset, x=x, y=y, device=torch.device("cpu"), spec=spec,
-                      quantizer=quantizer, seed=0)
+                      quantizer=quantizer, seed=0, train_meta=log)
     if "gradient" in _registry.explainers:  # retraining metrics (ROAR) re-rank the data with it
         ctx.explainer = _registry.explainers.get("gradient")()
         ctx.explainer.setup(dataset)

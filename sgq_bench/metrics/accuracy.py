@@ -24,6 +24,9 @@ class Accuracy(Metric):
         acc = split_accuracy(ctx.model, ctx.dataset, test, ctx.device)
         return MetricResult(value=acc, extra={"n": len(test)})
 
+    def forward_passes(self, n_images: int, n_pixels: int, n_test: int) -> float:
+        return float(n_test)  # the whole test split, not the evaluation subset
+
 
 class EpochAccuracy(Metric):
     """Test accuracy after each training epoch (variant ``epoch=NNN``), read from the checkpoint's log.
@@ -41,8 +44,7 @@ class EpochAccuracy(Metric):
     needs_attributions = False
     params = {}
 
-    @staticmethod
-    def forward_passes(n_images: int, n_pixels: int) -> float:
+    def forward_passes(self, n_images: int, n_pixels: int, n_test: int) -> float:
         return 0.0  # read from the training log
 
     def compute(self, ctx: EvalContext, attributions: torch.Tensor | None) -> list[MetricResult]:

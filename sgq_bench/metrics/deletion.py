@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from sgq_bench._base import EvalContext, Metric, MetricResult, Param
 from sgq_bench.metrics.functional import (
+    CurvePasses,
     FractionsMixin,
     attr_scores,
     clean_logits,
@@ -55,7 +56,21 @@ def class_prob(ctx: EvalContext, logits: torch.Tensor) -> torch.Tensor:
     return logits.softmax(-1).gather(-1, cls.view(-1, 1).expand(*logits.shape[:-1], 1)).squeeze(-1)
 
 
-class DeletionAUC(Metric):
+class _StepCurve(CurvePasses, Metric):
+    """A curve over ``steps`` equal steps of the whole image (deletion, insertion): its points."""
+
+    steps: int
+
+    def curve_points(self) -> int:
+        return int(self.steps) + 1
+
+    def step_points(self, ctx: EvalContext) -> tuple[list[int], list[float]]:
+        """Pixels removed (or inserted) at each point, and the fractions they are of the image."""
+        n = ctx.x.shape[2] * ctx.x.shape[3]
+        return [i * n // self.steps for i in range(self.steps + 1)], [i / self.steps for i in range(self.steps + 1)]
+
+
+class DeletionAUC(_StepCurve):
     """RISE deletion: AUC of the predicted-class probability as top-ranked pixels are removed (lower is better)."""
 
     name = "deletion_auc"
@@ -69,11 +84,9 @@ class DeletionAUC(Metric):
     }
 
     def compute(self, ctx: EvalContext, attributions: torch.Tensor | None) -> MetricResult:
-        n = ctx.x.shape[2] * ctx.x.shape[3]
-        ks = [i * n // self.steps for i in range(self.steps + 1)]
+        ks, fractions = self.step_points(ctx)
         logits, ambiguous = removal_logits(ctx, attributions, ks, self.baseline, self.tie_draws)
-        return _curve_result(ctx, attributions, [i / self.steps for i in range(self.steps + 1)],
-                             class_prob(ctx, logits), ambiguous)
+        return _curve_result(ctx, attributions, fractions, class_prob(ctx, logits), ambiguous)
 
 
 def gaussian_blur(x: torch.Tensor, klen: int, sigma: float) -> torch.Tensor:
@@ -86,7 +99,7 @@ def gaussian_blur(x: torch.Tensor, klen: int, sigma: float) -> torch.Tensor:
     return F.conv2d(x, k2.expand(c, 1, klen, klen), padding=klen // 2, groups=c)
 
 
-class InsertionAUC(Metric):
+class InsertionAUC(_StepCurve):
     """RISE insertion: AUC of the predicted-class probability as top-ranked pixels are put back onto a
     blurred copy (higher is better)."""
 
@@ -101,8 +114,8 @@ class InsertionAUC(Metric):
     }
 
     def compute(self, ctx: EvalContext, attributions: torch.Tensor | None) -> MetricResult:
+        ks, fractions = self.step_points(ctx)
         n = ctx.x.shape[2] * ctx.x.shape[3]
-        ks = [i * n // self.steps for i in range(self.steps + 1)]
         key = ("blurred", self.blur_kernel, self.blur_sigma)
         if key not in ctx.cache:  # the blurred start is the same for every explainer
             blurred = gaussian_blur(ctx.x, self.blur_kernel, self.blur_sigma)
@@ -111,11 +124,10 @@ class InsertionAUC(Metric):
         fixed = {0: lambda: blur_logits, n: lambda: clean_logits(ctx)}
         logits, ambiguous = ranked_logits(ctx, attributions, ks, ctx.x, blurred, key=("insertion", *key[1:]),
                                           draws=self.tie_draws, fixed=fixed)
-        return _curve_result(ctx, attributions, [i / self.steps for i in range(self.steps + 1)],
-                             class_prob(ctx, logits), ambiguous)
+        return _curve_result(ctx, attributions, fractions, class_prob(ctx, logits), ambiguous)
 
 
-class MorfAccuracy(FractionsMixin, Metric):
+class MorfAccuracy(CurvePasses, FractionsMixin, Metric):
     """The SGT paper's curve: accuracy after removing the top fraction of pixels, no retraining (lower is better)."""
 
     name = "morf_accuracy"
@@ -127,6 +139,9 @@ class MorfAccuracy(FractionsMixin, Metric):
                           "or black", choices=("mean", "black")),
         "tie_draws": tie_draws_param(),
     }
+
+    def curve_points(self) -> int:
+        return len(self.fractions) + 1  # the fractions and the clean input
 
     def compute(self, ctx: EvalContext, attributions: torch.Tensor | None) -> MetricResult:
         n = ctx.x.shape[2] * ctx.x.shape[3]

@@ -208,6 +208,10 @@ class _Efficiency(Metric):
     higher_is_better: ClassVar[bool] = False
     needs_attributions: ClassVar[bool] = False
 
+    def forward_passes(self, n_images: int, n_pixels: int, n_test: int) -> float:
+        # counted or measured from the weights; peak memory runs in probe processes, priced per probe by the plan
+        return 0.0
+
 
 class Params(_Efficiency):
     """Number of parameters of the trained model (incl. quantizer parameters such as PACT alphas)."""
@@ -259,6 +263,11 @@ class _Timing(_Efficiency):
         "warmup": Param(5, "untimed calls before timing", low=1),
         "threads": Param(1, "torch intra-op threads while timing (recorded)", low=1),
     }
+
+    def forward_passes(self, n_images: int, n_pixels: int, n_test: int) -> float:
+        # fp32, fake_quant and int8 variants, each timed runs + warmup times at every batch size
+        sizes = parse_batch_sizes(self.batch_sizes, self.name)
+        return float(3 * sum(b * (int(self.runs) + int(self.warmup)) for b in sizes))
 
     def timings(self, ctx: EvalContext) -> tuple[dict[tuple[str, int], list[float]], dict[str, Any]]:
         sizes = parse_batch_sizes(self.batch_sizes, self.name)

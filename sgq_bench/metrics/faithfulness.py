@@ -71,6 +71,9 @@ class FaithfulnessCorrelation(Metric):
                           "or mean (0 after normalisation)", choices=("black", "mean")),
     }
 
+    def forward_passes(self, n_images: int, n_pixels: int, n_test: int) -> float:
+        return float(n_images * (int(self.nr_runs) + 1))
+
     def _draws(self, ctx: EvalContext, size: int) -> tuple[torch.Tensor, torch.Tensor]:
         key = ("faithfulness_correlation", self.nr_runs, size, self.baseline, ctx.seed)
         if key not in ctx.cache:
@@ -129,6 +132,9 @@ class Infidelity(Metric):
                            low_open=True),
         "normalize": Param(True, "scale attributions by the optimal beta first (Captum normalize=True)"),
     }
+
+    def forward_passes(self, n_images: int, n_pixels: int, n_test: int) -> float:
+        return float(n_images * (int(self.n_perturb_samples) + 1))
 
     def _draws(self, ctx: EvalContext) -> tuple[torch.Tensor, torch.Tensor]:
         key = ("infidelity", self.n_perturb_samples, self.noise_std, ctx.seed)

@@ -116,6 +116,26 @@ def tie_draws_param(default: int = TIE_DRAWS) -> Param:
                  "(docs/ranking_ties.md)", low=1)
 
 
+def tie_draw_count(tie_draws: Any) -> int:
+    """Tie orders a ranking metric may evaluate (at least 1): what ``run --plan`` multiplies its forwards by."""
+    return max(1, int(tie_draws or 1))
+
+
+class CurvePasses:
+    """``forward_passes`` of a ranking metric: images x points on its curve x tie orders evaluated.
+
+    A subclass says how many points its curve has (``curve_points``) and has a ``tie_draws`` parameter.
+    """
+
+    tie_draws: Any
+
+    def curve_points(self) -> int:
+        raise NotImplementedError
+
+    def forward_passes(self, n_images: int, n_pixels: int, n_test: int) -> float:
+        return float(n_images * self.curve_points() * tie_draw_count(self.tie_draws))
+
+
 def tie_generator(seed: int, draw: int) -> torch.Generator:
     """The generator of tie order number ``draw`` of a cell seeded ``seed``.
 

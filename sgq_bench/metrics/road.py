@@ -25,6 +25,7 @@ import torch
 from sgq_bench._base import EvalContext, Metric, MetricResult, Param
 from sgq_bench._batching import MAX_IMAGES
 from sgq_bench.metrics.functional import (
+    CurvePasses,
     FractionsMixin,
     ambiguous_cuts,
     attr_scores,
@@ -178,7 +179,7 @@ def road_images(x: torch.Tensor, pos: torch.Tensor, k: int, noise: float, genera
     return out.to(x.dtype)
 
 
-class _Road(FractionsMixin, Metric):
+class _Road(CurvePasses, FractionsMixin, Metric):
     family = "road"
     descending = True
     params = {
@@ -188,6 +189,9 @@ class _Road(FractionsMixin, Metric):
                  low_open=True),
         "tie_draws": tie_draws_param(),
     }
+
+    def curve_points(self) -> int:
+        return len(self.fractions) + 1  # the fractions and the clean input
 
     def _impute(self, x: torch.Tensor, unknown: torch.Tensor, eps: torch.Tensor | None) -> torch.Tensor:
         imgs = linear_impute(x, unknown, tol=self.tol)

@@ -19,6 +19,7 @@ Removed pixels take the per-channel train mean (0 after normalisation).
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -28,7 +29,7 @@ import torch
 
 from sgq_bench._base import EvalContext, Metric, MetricResult, Param, Split
 from sgq_bench._io import atomic_write_text, stable_hash
-from sgq_bench.data import batches, cache_dir, load_dataset, load_split, split_fingerprint, subset
+from sgq_bench.data import batches, cache_dir, load_dataset, load_split, subset, train_fingerprint
 from sgq_bench.errors import UsageError
 from sgq_bench.metrics.functional import (
     FractionsMixin,
@@ -64,8 +65,11 @@ class RankSpec:
     data_root: Any = None
 
     def key(self) -> str:
-        dataset = load_dataset(self.dataset, dict(self.dataset_params))
-        fp = split_fingerprint(load_split(dataset, True, self.data_root))
+        return self._key
+
+    @functools.cached_property
+    def _key(self) -> str:  # computed once: every retrain of this ranking asks for it
+        fp = train_fingerprint(self.dataset, self.dataset_params, self.data_root)
         return stable_hash({
             "explainer": self.explainer, "explainer_params": list(self.explainer_params),
             "model": self.model_spec.key(fp) if self.model_spec is not None else None,
@@ -211,6 +215,9 @@ class _Roar(FractionsMixin, Metric):
                          "cross-entropy, the same for every cell) or 'own' (the cell's method)",
                          choices=LEARNERS),
     }
+
+    def forward_passes(self, n_images: int, n_pixels: int, n_test: int) -> float:
+        return 0.0  # the retrains (and their test-split accuracies) are priced as their own tasks
 
     def tasks(self, spec: Any, explainer: Any, data_root: Any = None) -> list[RetrainTask]:
         return retrain_tasks(spec, explainer, fractions=tuple(self.fractions), keep=self.keep, epochs=self.epochs,

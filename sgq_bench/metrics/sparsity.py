@@ -74,6 +74,9 @@ class Sparseness(Metric):
     higher_is_better = True
     params = {"eps": Param(1e-7, "added to every pixel before the Gini index (Quantus: 1e-7)", low=0.0)}
 
+    def forward_passes(self, n_images: int, n_pixels: int, n_test: int) -> float:
+        return 0.0  # a function of the maps alone
+
     def compute(self, ctx: EvalContext, attributions: torch.Tensor | None) -> MetricResult:
         scores = pixel_scores(attributions)
         return _result(gini(scores, self.eps), scores)
@@ -87,6 +90,9 @@ class Complexity(Metric):
     higher_is_better = False
     params = {}
 
+    def forward_passes(self, n_images: int, n_pixels: int, n_test: int) -> float:
+        return 0.0  # a function of the maps alone
+
     def compute(self, ctx: EvalContext, attributions: torch.Tensor | None) -> MetricResult:
         scores = pixel_scores(attributions)
         return _result(entropy(scores), scores)
@@ -99,6 +105,9 @@ class TopKMass(Metric):
     family = "sparsity"
     higher_is_better = True
     params = {"k": Param(0.1, "fraction of pixels", low=0.0, high=1.0, low_open=True)}
+
+    def forward_passes(self, n_images: int, n_pixels: int, n_test: int) -> float:
+        return 0.0  # a function of the maps alone
 
     def compute(self, ctx: EvalContext, attributions: torch.Tensor | None) -> MetricResult:
         scores = pixel_scores(attributions)
