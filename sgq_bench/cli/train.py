@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from sgq_bench.cli._options import model_options, progress_option
+from sgq_bench.cli._options import model_options, progress_option, threads_option
 from sgq_bench.cli._spec import train_spec
 
 if TYPE_CHECKING:
@@ -17,15 +17,20 @@ if TYPE_CHECKING:
 @click.command(short_help="train (or load) one model, print its test accuracy")
 @model_options()
 @click.option("--force", is_flag=True, help="retrain even if a checkpoint exists")
+@threads_option()
 @progress_option
 def train(force: bool, progress: bool, data_root: str | None, device: str, checkpoint_dir: Path | None,
-          **picked: object) -> None:
+          threads: int | None, **picked: object) -> None:
     """Train (or load from cache) one model and print its test accuracy."""
+    import torch
+
     from sgq_bench._batching import keep_freed_memory
     from sgq_bench.data import load_dataset, load_split
     from sgq_bench.train import accuracy, load_or_train, resolve_device
 
     spec = train_spec(**picked)
+    if threads is not None:
+        torch.set_num_threads(threads)
     dev = resolve_device(device)
     keep_freed_memory()  # CPU passes reuse freed pages instead of faulting in new ones (2x faster)
     result = load_or_train(spec, data_root=data_root, device=dev, checkpoint_dir=checkpoint_dir, force=force,
