@@ -169,7 +169,7 @@ def _values(per_seed: pd.DataFrame, method: str, explainer: str, metric: str, va
 
 
 def _fmt(x: float) -> str:
-    return f"{x:+.4g}"
+    return f"{x:+.3g}"
 
 
 def evaluate_claims(results: pd.DataFrame, claims: Iterable[Claim], *, alpha: float = 0.05,
