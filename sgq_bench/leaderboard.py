@@ -344,11 +344,12 @@ def check_top(top: Any) -> int | None:
 
 
 def show(dataset: str | None = None, *, sort: str = "accuracy", leaderboards: str | Path = DEFAULT_DIR,
-         explainer: str | None = None, top: int | None = None) -> str:
+         explainer: str | None = None, top: int | None = None, suite: str | None = None) -> str:
     """A ranked plain-text table per dataset: best first in the direction recorded in the file.
 
     ``sort`` is a metric, or ``metric[variant]``. Model-level metrics (explainer ``-``) are ranked
-    whatever ``explainer`` says; for the others, ``explainer`` keeps that explainer's rows.
+    whatever ``explainer`` says; for the others, ``explainer`` keeps that explainer's rows. ``suite``
+    keeps one suite's rows (a one-seed pipeline check and a 5-seed study rank apart, not mixed).
     """
     top = check_top(top)
     m = SORT_NAME.match(sort or "")
@@ -361,11 +362,26 @@ def show(dataset: str | None = None, *, sort: str = "accuracy", leaderboards: st
         raise UsageError(f"no leaderboard for dataset {dataset!r} in {leaderboards}.{did_you_mean(dataset, known)}")
     if not files:
         raise UsageError(f"no leaderboards in {leaderboards}; publish one with `sgq-bench leaderboard publish DIR`")
-    return "\n\n".join(_show_one(path, m["metric"], m["variant"] or "", sort, explainer, top) for path in files)
+    return "\n\n".join(_show_one(path, m["metric"], m["variant"] or "", sort, explainer, top, suite)
+                       for path in files)
 
 
-def _show_one(path: Path, metric: str, variant: str, sort: str, explainer: str | None, top: int | None) -> str:
+def _mean_text(mean: str, std: str) -> str:
+    """``mean ± std`` at 4 and 2 significant digits (the CSV keeps full precision)."""
+    try:
+        text = f"{float(mean):.4g}"
+        return text + (f" ± {float(std):.2g}" if std else "")
+    except ValueError:
+        return f"{mean} ± {std}" if std else str(mean)
+
+
+def _show_one(path: Path, metric: str, variant: str, sort: str, explainer: str | None, top: int | None,
+              suite: str | None = None) -> str:
     df = read_leaderboard(path)
+    if suite is not None:
+        if suite not in set(df["suite"]):
+            raise UsageError(f"{path}: no rows of suite {suite!r}.{did_you_mean(suite, set(df['suite']))}")
+        df = df[df["suite"] == suite]
     sel = df[(df["metric"] == metric) & (df["variant"] == variant)]
     if not len(sel):
         names = sorted({f"{a}[{b}]" if b else a for a, b in zip(df["metric"], df["variant"])})
@@ -397,9 +413,10 @@ def _show_one(path: Path, metric: str, variant: str, sort: str, explainer: str |
             "seeds", "suite", "eval_size", "date"]
     lines = [head]
     for i, r in enumerate(sel.to_dict("records"), 1):
-        val = r["mean"] + (f" ± {r['std']}" if r["std"] else "")
+        val = _mean_text(r["mean"], r["std"])
         lines.append([str(i), r["method"], r["bits"], r["explainer"], val,
-                      *([acc.get(tuple(r[k] for k in proto), "")] if show_acc else []), r["n_seeds"],
+                      *([_mean_text(acc[key], "") if (key := tuple(r[k] for k in proto)) in acc else ""]
+                        if show_acc else []), r["n_seeds"],
                       f"{r['suite']} v{r['suite_version']}", r["eval_size"] or "?", r["date"]])
     widths = [max(len(x[j]) for x in lines) for j in range(len(head))]
     text = "\n".join("  ".join(x[j].ljust(widths[j]) for j in range(len(head))).rstrip() for x in lines)

@@ -192,3 +192,17 @@ def test_the_repository_leaderboards_are_long_and_load_with_plain_read_csv():
         df = pd.read_csv(REPO_BOARDS / f"{name}.csv")
         assert list(df.columns) == list(COLUMNS) and len(df) > 0 and df["higher_is_better"].dtype == bool
         assert not df.duplicated(list(KEY_COLUMNS)).any() and df["mean"].notna().all()
+
+
+def test_show_keeps_one_suite_and_rounds_mean_and_std(tmp_path):
+    rows = [row(m, s, "accuracy", 0.98 + 0.001 * s + 0.0001 * i, family="accuracy", suite="seeds")
+            for i, m in enumerate(("baseline", "sgt")) for s in range(3)]
+    rows += [row(m, 0, "accuracy", 0.99, family="accuracy", suite="quick") for m in ("baseline", "sgt")]
+    lb = tmp_path / "lb"
+    publish(write_run(tmp_path / "run", rows), lb)
+    assert len(ranked(show("synthetic", leaderboards=lb))) == 4
+    text = show("synthetic", leaderboards=lb, suite="seeds")
+    assert ranked(text) == ["sgt", "baseline"] and "quick" not in text
+    assert "0.9811 ± 0.001 " in text  # 4 and 2 significant digits; the CSV keeps full precision
+    with pytest.raises(UsageError, match="no rows of suite 'seed'"):
+        show("synthetic", leaderboards=lb, suite="seed")

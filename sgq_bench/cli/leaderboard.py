@@ -36,10 +36,12 @@ def publish(run_dir: Path, folder: Path, skip_undefined: bool) -> None:
               help="metric column to rank by (its direction is recorded in the file)")
 @click.option("--explainer", default=None, help="only rows of this explainer")
 @click.option("--top", type=click.IntRange(min=1), default=None, help="show the best N rows (N >= 1)")
+@click.option("--suite", default=None, help="only rows of this suite (e.g. mnist_seeds)")
 @click.option("--leaderboards", "--to", "folder", type=click.Path(file_okay=False, path_type=Path),
               default=DEFAULT_DIR, help=_HELP)
-def show(dataset: str | None, sort: str, explainer: str | None, top: int | None, folder: Path) -> None:
+def show(dataset: str | None, sort: str, explainer: str | None, top: int | None, suite: str | None,
+         folder: Path) -> None:
     """Ranked table of one dataset's leaderboard (or of all of them)."""
     from sgq_bench.leaderboard import show as show_boards
 
-    click.echo(show_boards(dataset, sort=sort, leaderboards=folder, explainer=explainer, top=top))
+    click.echo(show_boards(dataset, sort=sort, leaderboards=folder, explainer=explainer, top=top, suite=suite))
