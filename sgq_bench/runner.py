@@ -218,6 +218,7 @@ def run(
     workers: int | None = None,
     lock_timeout_s: float | None = None,
     log: Callable[[str], None] = print,
+    claims: str | Path | None = None,
 ) -> RunResult:
     """Run (or resume) a suite into ``out`` and write its report; the Python twin of ``sgq-bench run``.
 
@@ -229,6 +230,8 @@ def run(
         device, data_root, checkpoint_dir: passed to training and evaluation.
         progress: tqdm bars (tasks across all workers).
         report, figures: write ``summary.{csv,md}`` (and ``figures/``) at the end.
+        claims: with the report, also ``claims.{csv,md}``: the verdict of each claim of this claims file
+            (or packaged set, e.g. ``paper``) across seeds; the file is checked before any work starts.
         threads: torch intra-op threads per task (restored afterwards; recorded in the manifest). On a
             shared or oversubscribed CPU, 1 is often several times faster than the default.
         executor: ``serial`` (this process) or ``ray`` (``address`` joins a running cluster; default: a
@@ -252,6 +255,10 @@ def run(
         raise UsageError(f"--threads {threads!r} must be an integer >= 1")
     if workers is not None and (not isinstance(workers, int) or workers < 1):
         raise UsageError(f"--workers {workers!r} must be an integer >= 1")
+    if claims is not None:
+        from sgq_bench.report.claims import load_claims
+
+        load_claims(claims)  # a bad claims file fails now, not after hours of training
     if executor == "ray":
         from sgq_bench.executors import check_importable_plugins
 
@@ -286,7 +293,7 @@ def run(
         if report and results_path.exists():
             from sgq_bench.report.tables import write_report
 
-            result.summary_md = write_report(out, figures=figures)
+            result.summary_md = write_report(out, figures=figures, claims=claims)
     return result
 
 

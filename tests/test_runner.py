@@ -71,6 +71,21 @@ def test_smoke_suite_end_to_end(smoke_run):
     assert {"roar_synthetic.png", "pareto_synthetic.png"} <= figs
 
 
+def test_run_writes_claim_verdicts_and_refuses_a_bad_claims_file_first(smoke_run, tmp_path, capsys):
+    assert main(["run", "--suite", "smoke", "--out", str(smoke_run), "--quiet", "--no-figures", "--claims", "paper"],
+                standalone_mode=False) == 0
+    md = (smoke_run / "claims.md").read_text()
+    assert "untested (n = 1/1 seeds" in md  # smoke trains one seed: no claim is decided
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[claim]]\nid = "x"\n')
+    before = (smoke_run / "results.jsonl").read_bytes()
+    capsys.readouterr()
+    assert main(["run", "--suite", "smoke", "--out", str(tmp_path / "fresh"), "--claims", str(bad)],
+                standalone_mode=False) == 2
+    assert "needs a non-empty string" in capsys.readouterr().err
+    assert not (tmp_path / "fresh").exists() and (smoke_run / "results.jsonl").read_bytes() == before
+
+
 def test_rerun_does_nothing(smoke_run, capsys):
     before = (smoke_run / "results.jsonl").read_bytes()
     assert main(["run", "--suite", "smoke", "--out", str(smoke_run), "--quiet", "--no-figures"], standalone_mode=False) == 0

@@ -39,10 +39,13 @@ from sgq_bench.cli._values import parse_pairs
 @click.option("--plan", is_flag=True, help="print what would run (cells, cached models, estimated cost) and exit")
 @click.option("--report/--no-report", default=True, help="write summary tables and figures at the end")
 @click.option("--figures/--no-figures", default=True, help="with the report, also draw the figures")
+@click.option("--claims", default=None, metavar="NAME|FILE",
+              help="with the report, also claims.csv/claims.md: each claim's verdict across seeds ('paper', or a "
+                   "TOML file of [[claim]] tables)")
 @progress_option
 def run(suite: str, out: Path | None, only: str | None, assignments: tuple[str, ...], data_root: str | None,
         device: str, checkpoint_dir: Path | None, threads: int | None, workers: int | None, executor: str,
-        address: str | None, plan: bool, report: bool, figures: bool, progress: bool) -> int:
+        address: str | None, plan: bool, report: bool, figures: bool, claims: str | None, progress: bool) -> int:
     """Run (or resume) a suite: train or load each model, score it, write the report."""
     overrides = parse_pairs(assignments, "--set", "bits=4/2")
     if plan:
@@ -57,7 +60,7 @@ def run(suite: str, out: Path | None, only: str | None, assignments: tuple[str, 
     keep_freed_memory()  # CPU passes reuse freed pages instead of faulting in new ones (2x faster)
     result = run_suite(suite, out=out, only=only, overrides=overrides, device=device, data_root=data_root,
                        checkpoint_dir=checkpoint_dir, progress=progress, report=report, figures=figures,
-                       threads=threads, executor=executor, address=address, workers=workers)
+                       threads=threads, executor=executor, address=address, workers=workers, claims=claims)
     if result.summary_md:
         click.echo(result.summary_md)
     click.echo(f"\n{result.done} cell(s) run, {result.skipped} already done, {len(result.failed)} failed "
