@@ -97,6 +97,8 @@ def test_packaged_paper_claims_load_and_bad_files_are_one_line_usage_errors(tmp_
                          ('[[claim]]\nid="a"\ntext="t"\nmethod="pact"\nmetric="m"\nfoo=1\n', "unknown key(s) foo"),
                          ('[[claim]]\nid="a"\ntext="t"\nmethod="p"\nmetric="m"\nkind="not_worse"\nmargin=-1\n',
                           "margin -1.0"),
+                         ('[[claim]]\nid="a"\ntext="t"\nmethod="p"\nmetric="m"\ndatasets="mnist"\n',
+                          "must be a list of dataset names"),
                          ("x = [", "not valid TOML")):
         bad.write_text(text)
         with pytest.raises(UsageError, match=needle.replace("(", r"\(").replace(")", r"\)")):

@@ -99,7 +99,10 @@ def _claim(entry: Any, where: str) -> Claim:
             raise UsageError(f"{where}: claim {entry['id']!r}: margin {args['margin']!r} is not a number")
         args["margin"] = float(args["margin"])
     if "datasets" in args:
-        args["datasets"] = tuple(str(d) for d in args["datasets"])
+        if not isinstance(args["datasets"], list) or not all(isinstance(d, str) for d in args["datasets"]):
+            raise UsageError(f"{where}: claim {entry['id']!r}: datasets {args['datasets']!r} must be a list of "
+                             "dataset names, e.g. [\"mnist\"]")
+        args["datasets"] = tuple(args["datasets"])
     records = []
     for rec in args.pop("elsewhere", []):
         if not isinstance(rec, dict) or not isinstance(rec.get("source"), str) or not isinstance(
