@@ -10,7 +10,7 @@ from _cli_helpers import invoke, one_error_line
 from _results import row, write_run
 
 from sgq_bench.errors import UsageError
-from sgq_bench.report.claims import Claim, Elsewhere, evaluate_claims, holm, load_claims
+from sgq_bench.report.claims import Claim, Elsewhere, evaluate_claims, holm, load_claims, to_markdown
 from sgq_bench.results import load_results
 
 
@@ -75,6 +75,8 @@ def test_one_seed_is_untested_and_elsewhere_numbers_mark_instability(tmp_path):
     t = evaluate_claims(df, claims).set_index("claim")
     assert t.loc["p", "verdict"] == "holds; unstable across runs (here +0.05, machine B: -0.07)"
     assert t.loc["s", "verdict"].startswith("untested (n = 1/3 seeds")
+    line = next(ln for ln in to_markdown(t.reset_index()).splitlines() if ln.startswith("| s |"))
+    assert "| +0.19 |" in line and "nan" not in line  # one seed: a difference, no interval
 
 
 def test_reference_variant_compares_int8_with_fp32_latency(tmp_path):

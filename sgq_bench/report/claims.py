@@ -274,6 +274,11 @@ def _p(p: float) -> str:
     return "–" if not np.isfinite(p) else ("<0.001" if p < 0.001 else f"{p:.3f}")
 
 
+def _ci(low: float, high: float) -> str:
+    """`` [low, high]``, or nothing where one seed gives no interval."""
+    return f" [{_fmt(low)}, {_fmt(high)}]" if np.isfinite(low) and np.isfinite(high) else ""
+
+
 def to_markdown(table: pd.DataFrame) -> str:
     """The claims table for people: one line per claim and protocol, verdict last."""
     head = ("| claim | dataset | n (method/ref) | reference | method | difference [95% CI] | p Welch | p paired | "
@@ -283,7 +288,7 @@ def to_markdown(table: pd.DataFrame) -> str:
         what = r.text + (f" (margin {r.margin:g})" if r.kind == "not_worse" else "")
         lines.append(
             f"| {what} | {r.dataset} ({r.suite}) | {r.n_method}/{r.n_reference} | {r.mean_reference:.4g} | "
-            f"{r.mean_method:.4g} | {_fmt(r.diff)} [{_fmt(r.diff_ci_low)}, {_fmt(r.diff_ci_high)}] | "
+            f"{r.mean_method:.4g} | {_fmt(r.diff)}{_ci(r.diff_ci_low, r.diff_ci_high)} | "
             f"{_p(r.p_welch)} | {_p(r.p_paired)} | {_p(r.p_test)} ({_p(r.p_holm)}) | {r.verdict} |")
     return "\n".join(lines) + "\n"
 
