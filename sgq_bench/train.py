@@ -89,7 +89,7 @@ class CheckpointLocation:
 
 def locate_checkpoint(spec: TrainSpec, *, device: Any = "cpu", data_root: Any = None,
                       checkpoint_dir: Path | None = None) -> CheckpointLocation:
-    """The one derivation of a checkpoint's location (training, the task graph and the plan all use it)."""
+    """The one derivation of a checkpoint's location (training and the task graph, hence the plan, use it)."""
     resolved = dataclasses.replace(spec, recipe=resolve_precision(spec.recipe, resolve_device(device)))
     fingerprint = train_fingerprint(spec.dataset, spec.dataset_params, data_root)
     return CheckpointLocation(resolved, fingerprint, checkpoint_path(resolved, checkpoint_dir, fingerprint))

@@ -19,7 +19,5 @@ def report(run_dir: Path, figures: bool, reference: str | None, claims: str | No
     """summary.csv, summary.md and figures/ of run directory DIR (holding results.jsonl)."""
     from sgq_bench.report.tables import write_report
 
-    given: dict = {"reference": reference} if reference is not None else {}
-    if claims is not None:
-        given["claims"] = claims
-    click.echo(write_report(run_dir, figures=figures, **given))
+    given = {"reference": reference} if reference is not None else {}
+    click.echo(write_report(run_dir, figures=figures, claims=claims, **given))

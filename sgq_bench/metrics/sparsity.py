@@ -66,7 +66,14 @@ def _result(per: torch.Tensor, scores: torch.Tensor, **extra) -> MetricResult:
     return MetricResult(value=value, per_sample=to_list(per), extra={**extra, **undefined})
 
 
-class Sparseness(Metric):
+class _MapStatistic(Metric):
+    """A sparsity metric: a function of the maps alone, so it runs the model on nothing."""
+
+    def forward_passes(self, n_images: int, n_pixels: int, n_test: int) -> float:
+        return 0.0
+
+
+class Sparseness(_MapStatistic):
     """Gini index of the per-pixel |attribution| (Chalasani et al. 2020; Quantus Sparseness). Higher = sparser."""
 
     name = "sparseness"
@@ -74,15 +81,12 @@ class Sparseness(Metric):
     higher_is_better = True
     params = {"eps": Param(1e-7, "added to every pixel before the Gini index (Quantus: 1e-7)", low=0.0)}
 
-    def forward_passes(self, n_images: int, n_pixels: int, n_test: int) -> float:
-        return 0.0  # a function of the maps alone
-
     def compute(self, ctx: EvalContext, attributions: torch.Tensor | None) -> MetricResult:
         scores = pixel_scores(attributions)
         return _result(gini(scores, self.eps), scores)
 
 
-class Complexity(Metric):
+class Complexity(_MapStatistic):
     """Entropy of the normalised per-pixel |attribution| (Bhatt et al. 2020; Quantus Complexity). Lower = simpler."""
 
     name = "complexity"
@@ -90,24 +94,18 @@ class Complexity(Metric):
     higher_is_better = False
     params = {}
 
-    def forward_passes(self, n_images: int, n_pixels: int, n_test: int) -> float:
-        return 0.0  # a function of the maps alone
-
     def compute(self, ctx: EvalContext, attributions: torch.Tensor | None) -> MetricResult:
         scores = pixel_scores(attributions)
         return _result(entropy(scores), scores)
 
 
-class TopKMass(Metric):
+class TopKMass(_MapStatistic):
     """Share of the total per-pixel |attribution| held by the top ``k`` fraction of pixels. Higher = more focused."""
 
     name = "topk_mass"
     family = "sparsity"
     higher_is_better = True
     params = {"k": Param(0.1, "fraction of pixels", low=0.0, high=1.0, low_open=True)}
-
-    def forward_passes(self, n_images: int, n_pixels: int, n_test: int) -> float:
-        return 0.0  # a function of the maps alone
 
     def compute(self, ctx: EvalContext, attributions: torch.Tensor | None) -> MetricResult:
         scores = pixel_scores(attributions)

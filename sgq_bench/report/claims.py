@@ -29,10 +29,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import scipy.stats as _sp
 
 from sgq_bench.errors import UsageError
-from sgq_bench.report.stats import paired_seed_p, welch_difference
+from sgq_bench.report.stats import paired_seed_p, welch_difference, welch_p
 from sgq_bench.report.summary import NO_EXPLAINER, PROTOCOL_KEYS, REFERENCE, _per_seed
 
 KINDS = ("better", "not_worse")
@@ -156,12 +155,7 @@ def holm(p: Sequence[float]) -> np.ndarray:
 
 def _not_worse_p(effect_m: np.ndarray, effect_r: np.ndarray, margin: float) -> float:
     """One-sided Welch p of mean(effect_m) - mean(effect_r) > -margin (values oriented: higher is better)."""
-    a, b = effect_m + margin, effect_r
-    if a.size < 2 or b.size < 2:
-        return math.nan
-    if a.std() == 0 and b.std() == 0:
-        return 0.0 if a.mean() > b.mean() else 1.0
-    return float(_sp.ttest_ind(a, b, equal_var=False, alternative="greater").pvalue)
+    return welch_p(effect_m + margin, effect_r, alternative="greater")
 
 
 def _values(per_seed: pd.DataFrame, method: str, explainer: str, metric: str, variant: str) -> pd.DataFrame:
@@ -293,8 +287,8 @@ def to_markdown(table: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_claims(out: Path, results: pd.DataFrame, claims: Sequence[Claim]) -> tuple[Path, Path]:
-    """``claims.csv`` and ``claims.md`` of run directory ``out``; returns their paths."""
+def write_claims(out: Path, results: pd.DataFrame, claims: Sequence[Claim]) -> str:
+    """Write ``claims.csv`` and ``claims.md`` into run directory ``out``; returns the markdown."""
     from sgq_bench._io import atomic_write_text
 
     table = evaluate_claims(results, claims)
@@ -304,5 +298,6 @@ def write_claims(out: Path, results: pd.DataFrame, claims: Sequence[Claim]) -> t
              "with its 95% CI, the paired-by-seed p where seeds pair up, and the p of the claim's own test "
              "(two-sided Welch; one-sided against the margin for `not worse` claims) with Holm's correction "
              "over the claims below. See `sgq_bench/report/claims.py` for the verdict rules.\n\n")
-    atomic_write_text(md_path, intro + (to_markdown(table) if not table.empty else "No claim could be tested.\n"))
-    return csv_path, md_path
+    md = intro + (to_markdown(table) if not table.empty else "No claim could be tested.\n")
+    atomic_write_text(md_path, md)
+    return md

@@ -52,19 +52,21 @@ def summarize(values: Sequence[float], confidence: float = 0.95) -> Summary:
     return Summary(mean, std, n, mean - half, mean + half)
 
 
-def welch_p(a: Sequence[float], b: Sequence[float]) -> float:
-    """Two-sided Welch t-test p-value of mean(a) != mean(b); NaN when either side has < 2 values.
+def welch_p(a: Sequence[float], b: Sequence[float], alternative: str = "two-sided") -> float:
+    """Welch t-test p-value of mean(a) != mean(b) (``alternative="greater"``: of mean(a) > mean(b)); NaN
+    when either side has < 2 values.
 
-    Two constant, equal samples give p = 1; two constant, different samples give p = 0 (no noise,
-    a real difference), instead of scipy's NaN.
+    Two constant samples (no noise) give p = 0 where the difference is real in the tested direction and 1
+    otherwise, instead of scipy's NaN.
     """
     x = np.asarray([v for v in a if v is not None and math.isfinite(v)], dtype=float)
     y = np.asarray([v for v in b if v is not None and math.isfinite(v)], dtype=float)
     if x.size < 2 or y.size < 2:
         return NAN
     if x.std() == 0 and y.std() == 0:
-        return 1.0 if x.mean() == y.mean() else 0.0
-    return float(_sp.ttest_ind(x, y, equal_var=False).pvalue)
+        real = x.mean() > y.mean() if alternative == "greater" else x.mean() != y.mean()
+        return 0.0 if real else 1.0
+    return float(_sp.ttest_ind(x, y, equal_var=False, alternative=alternative).pvalue)
 
 
 def t_halfwidth(std: np.ndarray, n: np.ndarray, confidence: float = 0.95) -> np.ndarray:

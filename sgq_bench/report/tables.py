@@ -165,8 +165,7 @@ def write_report(out: Path, *, figures: bool = True, n_boot: int = 5000, referen
     if claim_list is not None:
         from sgq_bench.report.claims import write_claims
 
-        _, claims_md = write_claims(out, results, claim_list)
-        md += "\n" + claims_md.read_text(encoding="utf-8")
+        md += "\n" + write_claims(out, results, claim_list)
     return md
 
 
