@@ -85,7 +85,10 @@ def parse_only(text: str | None) -> dict[str, set[str]]:
 
 
 def expand(suite: Suite, only: dict[str, set[str]] | None = None) -> list[Cell]:
-    """The suite's cells in a stable order (dataset, method, seed), filtered by ``only``.
+    """The suite's cells in a stable order (dataset, seed, method), filtered by ``only``.
+
+    Seed before method: a run stopped part-way (or several workers taking cells in this order) has
+    whole seeds, each a complete comparison of the methods, rather than every seed of the first method.
 
     A value in ``only`` that matches nothing in the suite is an error with suggestions, so a typo
     does not silently run nothing.
@@ -105,8 +108,8 @@ def expand(suite: Suite, only: dict[str, set[str]] | None = None) -> list[Cell]:
     cells = []
     for plan in suite.datasets:
         params = suite.params_for(plan.name)
-        for method in suite.methods:
-            for seed in suite.seeds:
+        for seed in suite.seeds:
+            for method in suite.methods:
                 fields_ = {"dataset": plan.name, "model": plan.model, "method": method.name, "seed": str(seed)}
                 if any(fields_[k] not in v for k, v in only.items()):
                     continue
