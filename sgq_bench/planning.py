@@ -216,32 +216,96 @@ def _probe_seconds() -> float:
 
 def plan_suite(suite: Any, *, only: Any = None, overrides: dict[str, Any] | None = None, device: str = "cpu",
                workers: int | None = None, data_root: Any = None, checkpoint_dir: Any = None,
-               log: Any = None) -> dict[str, Any]:
-    """Count the suite's tasks (what is already cached excluded) and estimate their time on ``device``."""
-    from sgq_bench import _registry
+               out: Any = None, threads: int | None = None, log: Any = None) -> dict[str, Any]:
+    """Count the suite's tasks and estimate their time on ``device``: what is left, as the same ``run``
+    would see it.
+
+    Cells finished in the run directory ``out`` (default ``runs/<suite>``, as ``run``), cached models
+    and the part of a training that a saved mid-training state skips are left out; ``threads`` is timed
+    as the run would use it.
+    """
+    import torch
+
     from sgq_bench.config.suite import Suite, load_suite
-    from sgq_bench.runner import expand, parse_only
+    from sgq_bench.runner import done_keys, expand, parse_only
     from sgq_bench.tasks import build_graph
 
     if not isinstance(suite, Suite):
         suite = load_suite(str(suite), overrides)
     only = parse_only(only) if isinstance(only, str) or only is None else only
-    cells = expand(suite, only)
+    all_cells = expand(suite, only)
+    out = Path(out) if out is not None else Path("runs") / suite.name
+    finished = done_keys(out) if out.is_dir() else set()
+    cells = [c for c in all_cells if c.key() not in finished]
     graph = build_graph(cells, data_root=data_root, checkpoint_dir=checkpoint_dir, device=device)
     all_graph = build_graph(cells, data_root=data_root, checkpoint_dir=checkpoint_dir, device=device,
                             skip_cached=False)
     cache = _load_cache()
     rows = {k: PlanRow(k) for k in ("train", "rank", "retrain", "evaluate")}
-    probe_s: float | None = None
+    old_threads = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)  # the calibration key holds the thread count: timed as the run runs
+    resumed: list[float] = []
 
     def timing(spec: Any) -> Timing:
         return calibrate(spec, device, data_root=data_root, cache=cache, log=log)
 
+    try:
+        _price(graph, cells, rows, timing, resumed, device, data_root, checkpoint_dir)
+    finally:
+        torch.set_num_threads(old_threads)
+    _save_cache(cache)
+    if resumed:
+        rows["train"].notes.add(f"{len(resumed)} training(s) resume from a saved state, "
+                                + ", ".join(f"{f:.0%}" for f in resumed) + " done (priced for what is left)")
+    total = sum(r.seconds for r in rows.values())
+    n_workers = workers or 1
+    # Workers help only where tasks are independent: the critical path (a cell's train -> rank -> retrain
+    # -> evaluate chain) bounds the wall time from below.
+    critical = _critical_path(graph, rows, cells) if graph else 0.0
+    return {"suite": suite.name, "version": suite.version, "device": str(device), "cells": len(all_cells),
+            "cells_done": len(all_cells) - len(cells), "out": str(out),
+            "tasks": {k: r.count for k, r in rows.items()}, "cached": {
+                k: sum(1 for t in all_graph.values() if t.kind == k) - rows[k].count for k in rows},
+            "seconds": {k: r.seconds for k, r in rows.items()}, "total_s": total, "workers": n_workers,
+            "wall_s_workers": max(total / n_workers, critical), "critical_path_s": critical,
+            "notes": sorted(set().union(*(r.notes for r in rows.values())))}
+
+
+def trained_fraction(spec: Any, *, device: Any = "cpu", data_root: Any = None, checkpoint_dir: Any = None) -> float:
+    """Share of ``spec``'s training steps already done in its saved mid-training state (0 without one, or
+    with one that cannot be read: training would then start over too)."""
+    from sgq_bench import checkpoints
+    from sgq_bench.errors import SgqBenchError
+    from sgq_bench.train import locate_checkpoint
+
+    where = locate_checkpoint(spec, device=device, data_root=data_root, checkpoint_dir=checkpoint_dir)
+    partial = checkpoints.partial_path(where.path)
+    if not partial.exists():
+        return 0.0
+    try:
+        state = checkpoints.load(partial)
+    except SgqBenchError:
+        return 0.0
+    n, _ = _train_images(spec, data_root)
+    total = max(1, n // spec.recipe.batch_size) * spec.recipe.epochs
+    return min(1.0, max(0.0, float(state.get("step", 0)) / total))
+
+
+def _price(graph: dict[str, Any], cells: list[Any], rows: dict[str, PlanRow], timing: Any, resumed: list[float],
+           device: Any, data_root: Any, checkpoint_dir: Any) -> None:
+    """Add each task's estimated seconds to its kind's row."""
+    from sgq_bench import _registry
+
+    probe_s: float | None = None
     for task in graph.values():
         row = rows[task.kind]
         row.count += 1
         if task.kind == "train":
-            row.seconds += _training_seconds(task.payload, timing(task.payload), data_root)
+            done = trained_fraction(task.payload, device=device, data_root=data_root, checkpoint_dir=checkpoint_dir)
+            if done:
+                resumed.append(done)
+            row.seconds += (1.0 - done) * _training_seconds(task.payload, timing(task.payload), data_root)
         elif task.kind == "retrain":
             row.seconds += _training_seconds(task.payload.learner, timing(task.payload.learner), data_root)
         elif task.kind == "rank":
@@ -282,18 +346,6 @@ def plan_suite(suite: Any, *, only: Any = None, overrides: dict[str, Any] | None
                 if note:
                     row.notes.add(note)
             row.seconds += seconds
-    _save_cache(cache)
-    total = sum(r.seconds for r in rows.values())
-    n_workers = workers or 1
-    # Workers help only where tasks are independent: the critical path (a cell's train -> rank -> retrain
-    # -> evaluate chain) bounds the wall time from below.
-    critical = _critical_path(graph, rows, cells) if graph else 0.0
-    return {"suite": suite.name, "version": suite.version, "device": str(device), "cells": len(cells),
-            "tasks": {k: r.count for k, r in rows.items()}, "cached": {
-                k: sum(1 for t in all_graph.values() if t.kind == k) - rows[k].count for k in rows},
-            "seconds": {k: r.seconds for k, r in rows.items()}, "total_s": total, "workers": n_workers,
-            "wall_s_workers": max(total / n_workers, critical), "critical_path_s": critical,
-            "notes": sorted(set().union(*(r.notes for r in rows.values())))}
 
 
 def _critical_path(graph: dict[str, Any], rows: dict[str, PlanRow], cells: list[Any]) -> float:
@@ -321,7 +373,8 @@ def _hms(seconds: float) -> str:
 def format_plan(suite: Any, **kwargs: Any) -> str:
     """The plan as text: tasks per kind, estimated time per kind, total on this device and on N workers."""
     p = plan_suite(suite, **kwargs)
-    lines = [f"plan for suite {p['suite']} v{p['version']} on {p['device']}: {p['cells']} cells"]
+    lines = [f"plan for suite {p['suite']} v{p['version']} on {p['device']}: {p['cells']} cells"
+             + (f", {p['cells_done']} already done in {p['out']}" if p["cells_done"] else "")]
     lines.append(f"{'task':<10} {'to run':>7} {'cached':>7} {'estimated':>11}")
     for kind in ("train", "rank", "retrain", "evaluate"):
         lines.append(f"{kind:<10} {p['tasks'][kind]:>7} {p['cached'][kind]:>7} {_hms(p['seconds'][kind]):>11}")

@@ -29,8 +29,42 @@ def test_plan_leaves_out_what_is_cached(tmp_path):
 
     run("smoke", out=tmp_path / "run", checkpoint_dir=tmp_path / "ckpt", only="method=baseline", progress=False,
         report=False, log=lambda s: None)
-    plan = plan_suite("smoke", checkpoint_dir=tmp_path / "ckpt", only="method=baseline")
+    plan = plan_suite("smoke", checkpoint_dir=tmp_path / "ckpt", only="method=baseline", out=tmp_path / "elsewhere")
     assert plan["tasks"]["train"] == 0 and plan["tasks"]["retrain"] == 0 and plan["cached"]["train"] == 1
+    assert plan["tasks"]["evaluate"] == 1 and plan["cells_done"] == 0  # another run directory has not scored it
+    plan = plan_suite("smoke", checkpoint_dir=tmp_path / "ckpt", only="method=baseline", out=tmp_path / "run")
+    assert plan["cells_done"] == 1 and plan["total_s"] == 0 and all(n == 0 for n in plan["tasks"].values())
+    assert "1 already done in" in format_plan("smoke", checkpoint_dir=tmp_path / "ckpt", only="method=baseline",
+                                              out=tmp_path / "run")
+
+
+def test_plan_prices_only_what_a_saved_training_state_leaves(tmp_path):
+    """A training stopped half-way (its .partial.pt state) costs half; an unreadable state costs it all."""
+    import torch
+
+    from sgq_bench import checkpoints
+    from sgq_bench.config.suite import load_suite
+    from sgq_bench.runner import expand
+    from sgq_bench.train import locate_checkpoint
+
+    kw = dict(checkpoint_dir=tmp_path / "ckpt", only="method=baseline", out=tmp_path / "run", threads=1)
+    before = torch.get_num_threads()
+    full = plan_suite("smoke", **kw)
+    assert torch.get_num_threads() == before  # --threads is timed, then put back
+    spec = expand(load_suite("smoke"), {"method": {"baseline"}})[0].spec
+    partial = checkpoints.partial_path(locate_checkpoint(spec, checkpoint_dir=tmp_path / "ckpt").path)
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    from sgq_bench.planning import _train_images
+
+    n, _ = _train_images(spec, None)
+    total = max(1, n // spec.recipe.batch_size) * spec.recipe.epochs
+    checkpoints.save(partial, {"step": total // 2, "epoch": 0})
+    half = plan_suite("smoke", **kw)
+    left = 1 - (total // 2) / total
+    assert abs(half["seconds"]["train"] - left * full["seconds"]["train"]) < 1e-9 * full["seconds"]["train"]
+    assert any("resume from a saved state" in n for n in half["notes"])
+    partial.write_bytes(b"damaged")
+    assert plan_suite("smoke", **kw)["seconds"]["train"] == full["seconds"]["train"]
 
 
 def test_plugins_are_priced_by_their_own_declarations():

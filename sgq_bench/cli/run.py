@@ -52,7 +52,7 @@ def run(suite: str, out: Path | None, only: str | None, assignments: tuple[str, 
         from sgq_bench.planning import format_plan
 
         click.echo(format_plan(suite, only=only, overrides=overrides, device=device, workers=workers,
-                               data_root=data_root, checkpoint_dir=checkpoint_dir))
+                               data_root=data_root, checkpoint_dir=checkpoint_dir, out=out, threads=threads))
         return 0
     from sgq_bench._batching import keep_freed_memory
     from sgq_bench.runner import run as run_suite
