@@ -32,7 +32,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("metrics", ("metrics", "metrics.*")),                      # some retrain (ROAR) or re-evaluate
     ("evaluate", ("results", "evaluate")),
     ("report", ("report", "report.*")),
-    ("runner", ("tasks", "executors", "runner", "planning")),
+    ("runner", ("tasks", "executors", "runner", "planning", "status")),
     ("leaderboard", ("leaderboard",)),
     ("bench", ("bench", "bench.*")),                            # reference adapters, timing benches
     ("api", ("",)),                                             # sgq_bench/__init__: the public API

@@ -17,9 +17,10 @@ from sgq_bench.cli.leaderboard import leaderboard
 from sgq_bench.cli.list import list_
 from sgq_bench.cli.report import report
 from sgq_bench.cli.run import run
+from sgq_bench.cli.status import status
 from sgq_bench.cli.train import train
 
-COMMANDS = (list_, train, evaluate, run, report, leaderboard, bench)  # in the order of the data flow
+COMMANDS = (list_, train, evaluate, run, status, report, leaderboard, bench)  # in the order of the data flow
 
 
 def version() -> str:

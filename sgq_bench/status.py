@@ -1,0 +1,143 @@
+"""Where a (possibly running) suite stands, cell by cell: done, scoring, training (how far), failed, waiting.
+
+Why: with several workers or a Ray cluster, a run's own progress bar shows tasks, not the epochs of
+hour-long trainings, and a stopped run says nothing until it is rerun. Everything needed is on disk
+already: ``cells.jsonl`` and ``errors.jsonl`` in the run directory, and each training's checkpoint or
+mid-training state (epoch, step, seconds so far, per-epoch test accuracy) in the checkpoint cache. This
+module only reads; it never takes the run lock, so it can watch a run while it writes.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+STATES = ("done", "trained", "training", "failed", "waiting")
+
+
+def suite_status(suite: Any, *, out: Any = None, only: Any = None, overrides: dict[str, Any] | None = None,
+                 device: str = "cpu", data_root: Any = None, checkpoint_dir: Any = None) -> Any:
+    """One row per cell of ``suite`` (a pandas DataFrame) with its state and training progress.
+
+    Columns: ``cell``, ``state`` (one of ``STATES``; ``trained`` means the model exists and its scores do
+    not yet), ``epoch``/``epochs``, ``step``/``steps``, ``test_accuracy`` (after the last finished epoch),
+    ``train_s`` (training seconds so far), ``left_s`` (the rest at this training's own pace so far),
+    ``saved_ago_s`` (age of the mid-training state: a state that stops getting younger is not running)
+    and ``error`` (the last error of a failed cell).
+    """
+    import pandas as pd
+
+    from sgq_bench.config.suite import Suite, load_suite
+    from sgq_bench.runner import done_keys, expand, parse_only, read_jsonl
+
+    if not isinstance(suite, Suite):
+        suite = load_suite(str(suite), overrides)
+    only = parse_only(only) if isinstance(only, str) or only is None else only
+    out = Path(out) if out is not None else Path("runs") / suite.name
+    finished = done_keys(out) if out.is_dir() else set()
+    errors = {r.get("cell"): r for r in read_jsonl(out / "errors.jsonl")} if out.is_dir() else {}
+    rows = []
+    for cell in expand(suite, only):
+        row = {"cell": cell.id, **_training_progress(cell.spec, device, data_root, checkpoint_dir)}
+        err = errors.get(cell.id)
+        if cell.key() in finished:
+            row["state"] = "done"
+        elif err is not None and _after(err.get("time"), row.get("saved_at")):
+            row["state"], row["error"] = "failed", f"{err.get('error')}: {err.get('message')}"
+        rows.append(row)
+    columns = ["cell", "state", "epoch", "epochs", "step", "steps", "test_accuracy", "train_s", "left_s",
+               "saved_ago_s", "error"]
+    frame = pd.DataFrame(rows).reindex(columns=columns)
+    frame.attrs.update(suite=suite.name, version=suite.version, out=str(out))
+    return frame
+
+
+def _training_progress(spec: Any, device: Any, data_root: Any, checkpoint_dir: Any) -> dict[str, Any]:
+    """The state of ``spec``'s training from its checkpoint or mid-training state (read and verified)."""
+    from sgq_bench import checkpoints
+    from sgq_bench.data import load_dataset, load_split
+    from sgq_bench.errors import SgqBenchError
+    from sgq_bench.train import locate_checkpoint
+
+    where = locate_checkpoint(spec, device=device, data_root=data_root, checkpoint_dir=checkpoint_dir)
+    recipe = where.spec.recipe
+    dataset = load_dataset(spec.dataset, spec.dataset_params)
+    n = len(load_split(dataset, True, data_root))
+    n = min(n, recipe.train_size) if recipe.train_size else n
+    steps = max(1, n // recipe.batch_size) * recipe.epochs
+    row: dict[str, Any] = {"state": "waiting", "epochs": recipe.epochs, "steps": steps}
+    partial = checkpoints.partial_path(where.path)
+    try:
+        if where.path.exists():
+            meta = checkpoints.load(where.path)["meta"]
+            return {**row, "state": "trained", "epoch": recipe.epochs, "step": meta.get("steps", steps),
+                    "test_accuracy": _last_accuracy(meta.get("history")), "train_s": meta.get("train_seconds"),
+                    "left_s": 0.0}
+        if partial.exists():
+            mtime = partial.stat().st_mtime
+            state = checkpoints.load(partial)
+    except SgqBenchError as exc:
+        return {**row, "state": "failed", "error": str(exc)}
+    if not partial.exists():
+        return row
+    step, elapsed = int(state.get("step", 0)), float(state.get("elapsed", 0.0))
+    return {**row, "state": "training", "epoch": int(state.get("epoch", 0)), "step": step,
+            "test_accuracy": _last_accuracy(state.get("history")), "train_s": elapsed,
+            "left_s": elapsed / step * (steps - step) if step else None,
+            "saved_ago_s": max(0.0, time.time() - mtime), "saved_at": mtime}
+
+
+def _last_accuracy(history: Any) -> float | None:
+    accs = [h["test_accuracy"] for h in history or [] if isinstance(h, dict) and "test_accuracy" in h]
+    return float(accs[-1]) if accs else None
+
+
+def _after(when: str | None, saved_at: float | None) -> bool:
+    """Whether an error logged at ``when`` (ISO time) is newer than a training state saved at ``saved_at``."""
+    if saved_at is None or not when:
+        return True
+    try:
+        return datetime.fromisoformat(when).timestamp() >= saved_at
+    except ValueError:
+        return True
+
+
+def format_status(frame: Any) -> str:
+    """The status table as text: one line per cell, then the counts per state and the time left."""
+    lines = [f"{'cell':<36} {'state':<9} {'epoch':>7} {'progress':>8} {'test acc':>8} {'trained':>9} "
+             f"{'left':>9} {'saved':>9}"]
+    for r in frame.itertuples(index=False):
+        epoch = f"{int(r.epoch)}/{int(r.epochs)}" if _has(r.epoch) else ""
+        progress = f"{r.step / r.steps:.0%}" if _has(r.step) else ""
+        acc = f"{r.test_accuracy:.4f}" if _has(r.test_accuracy) else ""
+        saved = f"{_hms(r.saved_ago_s)} ago" if _has(r.saved_ago_s) else ""
+        lines.append(f"{r.cell:<36} {r.state:<9} {epoch:>7} {progress:>8} {acc:>8} {_hms(r.train_s):>9} "
+                     f"{_hms(r.left_s):>9} {saved:>9}")
+        if r.state == "failed" and _has(r.error):
+            lines.append(f"    {r.error}")
+    counts = frame["state"].value_counts()
+    tally = ", ".join(f"{int(counts[s])} {s}" for s in STATES if s in counts)
+    meta = frame.attrs
+    lines.append(f"suite {meta.get('suite')} v{meta.get('version')} in {meta.get('out')}: {len(frame)} cells: {tally}")
+    running = frame[frame["state"] == "training"]
+    if len(running):
+        lines.append(f"the {len(running)} training(s) under way need {_hms(running['left_s'].dropna().sum())} more "
+                     "in all, each at its own pace so far; `run --plan` prices everything left")
+    return "\n".join(lines)
+
+
+def _has(value: Any) -> bool:
+    return value is not None and value == value  # NaN != NaN
+
+
+def _hms(seconds: Any) -> str:
+    if not _has(seconds):
+        return ""
+    seconds = float(seconds)
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
