@@ -17,6 +17,7 @@ from sgq_bench.tasks import ExecContext, Task, execute
 
 EXECUTORS = ("serial", "ray")
 SYSTEM_RETRIES = 3  # a worker that dies (node lost, OOM kill) is retried; an exception in a task is not
+CANCEL_GRACE_S = 60.0  # how long a cancelled training gets to reach its next step and save its state
 
 
 class SerialExecutor:
@@ -145,12 +146,31 @@ class RayExecutor:
         self.values.pop(key, None)
 
     def cancel(self) -> None:
-        for ref in list(self.refs):
-            try:
-                self.ray.cancel(ref, force=True)
-            except Exception:  # already finished or lost: nothing left to cancel
-                pass
+        """Stop what is outstanding without losing a training's progress.
+
+        A plain cancel reaches a running task as SIGINT, so a training saves its state at its next step
+        and ends (``train._StopFlag``), as it does on Ctrl-C in a serial run; queued tasks are dropped.
+        Tasks still running after ``CANCEL_GRACE_S`` (or at a second interrupt) are killed. Why: a
+        forced cancel kills the worker at once, and a training lost everything since its last save.
+        """
+        refs = list(self.refs)
         self.refs.clear()
+        for ref in refs:
+            self._cancel(ref, force=False)
+        try:
+            if refs:
+                self.ray.wait(refs, num_returns=len(refs), timeout=CANCEL_GRACE_S)
+        except KeyboardInterrupt:  # a second Ctrl-C: kill now
+            pass
+        finally:
+            for ref in refs:
+                self._cancel(ref, force=True)
+
+    def _cancel(self, ref: Any, *, force: bool) -> None:
+        try:
+            self.ray.cancel(ref, force=force)
+        except Exception:  # already finished or lost: nothing left to cancel
+            pass
 
     def close(self) -> None:
         self.values.clear()

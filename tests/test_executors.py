@@ -177,6 +177,51 @@ def test_ray_worker_killed_mid_task_is_retried(tmp_path):
     assert {k[0] for k in got} == {"baseline", "pact", "sgt", "sgt_pact"}
 
 
+def test_interrupted_ray_run_lets_a_training_save_its_state(tmp_path):
+    """SIGINT to a Ray run's driver mid-epoch: the training task is cancelled gently, reaches its next step
+    and saves its state there (batch > 0: only a stop saves mid-epoch within 10 minutes), and the driver
+    exits as interrupted. A forced cancel kills the worker and loses every step since the epoch began."""
+    pytest.importorskip("ray")
+    suite = tmp_path / "long.toml"
+    suite.write_text(textwrap.dedent("""
+        version = "1"
+        name = "long"
+        seeds = [0]
+        methods = ["baseline"]
+        [datasets.synthetic]
+        model = "test_cnn"
+        eval_size = 16
+        params = { train_n = 16384, test_n = 64 }
+        [datasets.synthetic.recipe]
+        optimizer = "adam"
+        epochs = 50
+        batch_size = 32
+        [evaluate]
+        explainers = ["gradient"]
+        metrics = ["accuracy"]
+    """))
+    ckpt, out = tmp_path / "ckpt", tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "sgq_bench", "run", "--suite", str(suite), "--out", str(out),
+                             "--checkpoint-dir", str(ckpt), "--executor", "ray", "--workers", "1", "--threads", "1",
+                             "--quiet", "--no-report"], env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 180
+    while not list(ckpt.glob("*.partial.pt")) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)  # the first epoch's save: the worker is training, at the start of epoch 2
+    assert proc.poll() is None, proc.communicate()
+    partial = list(ckpt.glob("*.partial.pt"))[0]
+    time.sleep(0.5)
+    signalled = time.time_ns()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "interrupted" in err, err
+    assert partial.stat().st_mtime_ns > signalled, "no state was saved after the interrupt"
+    from sgq_bench import checkpoints
+
+    state = checkpoints.load(partial)
+    assert state["epoch"] >= 1 and state["batch"] > 0, (state["epoch"], state["batch"])
+
+
 def test_ray_executor_without_ray_names_the_extra(monkeypatch):
     from sgq_bench.errors import UsageError
     from sgq_bench.executors import make_executor
