@@ -76,6 +76,7 @@ class RayExecutor:
     """
 
     name = "ray"
+    cancel_grace_s = CANCEL_GRACE_S
 
     def __init__(self, ctx: ExecContext, *, address: str | None = None, workers: int | None = None) -> None:
         try:
@@ -110,8 +111,12 @@ class RayExecutor:
 
     @property
     def workers(self) -> int:
-        cpus = self.ray.cluster_resources().get("CPU", 1)
-        return max(1, int(cpus // (self.ctx.threads or 1)))
+        """Tasks the cluster can run at once now: its CPUs per ``--threads`` (and its GPUs on CUDA)."""
+        resources = self.ray.cluster_resources()
+        slots = int(resources.get("CPU", 1) // (self.ctx.threads or 1))
+        if str(self.ctx.device).startswith("cuda"):
+            slots = min(slots, int(resources.get("GPU", 0)))
+        return max(1, slots)
 
     def submit(self, task: Task) -> None:
         deps = [self.values.get(d) for d in task.deps]
@@ -148,9 +153,10 @@ class RayExecutor:
     def cancel(self) -> None:
         """Stop what is outstanding without losing a training's progress.
 
-        A plain cancel reaches a running task as SIGINT, so a training saves its state at its next step
-        and ends (``train._StopFlag``), as it does on Ctrl-C in a serial run; queued tasks are dropped.
-        Tasks still running after ``CANCEL_GRACE_S`` (or at a second interrupt) are killed. Why: a
+        A plain cancel reaches a running task as a simulated SIGINT in its main thread (where Ray runs
+        tasks), so a training saves its state at its next step and ends (``train._StopFlag``), as on
+        Ctrl-C in a serial run; queued tasks are dropped. Tasks still running after ``cancel_grace_s``
+        (or at a second interrupt) are killed. Why: a
         forced cancel kills the worker at once, and a training lost everything since its last save.
         """
         refs = list(self.refs)
@@ -159,7 +165,7 @@ class RayExecutor:
             self._cancel(ref, force=False)
         try:
             if refs:
-                self.ray.wait(refs, num_returns=len(refs), timeout=CANCEL_GRACE_S)
+                self.ray.wait(refs, num_returns=len(refs), timeout=self.cancel_grace_s)
         except KeyboardInterrupt:  # a second Ctrl-C: kill now
             pass
         finally:

@@ -227,7 +227,7 @@ def plan_suite(suite: Any, *, only: Any = None, overrides: dict[str, Any] | None
     import torch
 
     from sgq_bench.config.suite import Suite, load_suite
-    from sgq_bench.runner import done_keys, expand, parse_only
+    from sgq_bench.runner import done_keys, expand, parse_only, read_manifest
     from sgq_bench.tasks import build_graph
 
     if not isinstance(suite, Suite):
@@ -235,6 +235,8 @@ def plan_suite(suite: Any, *, only: Any = None, overrides: dict[str, Any] | None
     only = parse_only(only) if isinstance(only, str) or only is None else only
     all_cells = expand(suite, only)
     out = Path(out) if out is not None else Path("runs") / suite.name
+    if out.is_dir():
+        read_manifest(out, suite)  # run would refuse a directory of another configuration: so does the plan
     finished = done_keys(out) if out.is_dir() else set()
     cells = [c for c in all_cells if c.key() not in finished]
     graph = build_graph(cells, data_root=data_root, checkpoint_dir=checkpoint_dir, device=device)
@@ -245,7 +247,7 @@ def plan_suite(suite: Any, *, only: Any = None, overrides: dict[str, Any] | None
     old_threads = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)  # the calibration key holds the thread count: timed as the run runs
-    resumed: list[float] = []
+    resumed: list[tuple[str, float]] = []
 
     def timing(spec: Any) -> Timing:
         return calibrate(spec, device, data_root=data_root, cache=cache, log=log)
@@ -256,8 +258,8 @@ def plan_suite(suite: Any, *, only: Any = None, overrides: dict[str, Any] | None
         torch.set_num_threads(old_threads)
     _save_cache(cache)
     if resumed:
-        rows["train"].notes.add(f"{len(resumed)} training(s) resume from a saved state, "
-                                + ", ".join(f"{f:.0%}" for f in resumed) + " done (priced for what is left)")
+        rows["train"].notes.add(f"{len(resumed)} training(s) resume from a saved state (priced for what is left): "
+                                + ", ".join(f"{label} {f:.0%} done" for label, f in resumed))
     total = sum(r.seconds for r in rows.values())
     n_workers = workers or 1
     # Workers help only where tasks are independent: the critical path (a cell's train -> rank -> retrain
@@ -292,8 +294,8 @@ def trained_fraction(spec: Any, *, device: Any = "cpu", data_root: Any = None, c
     return min(1.0, max(0.0, float(state.get("step", 0)) / total))
 
 
-def _price(graph: dict[str, Any], cells: list[Any], rows: dict[str, PlanRow], timing: Any, resumed: list[float],
-           device: Any, data_root: Any, checkpoint_dir: Any) -> None:
+def _price(graph: dict[str, Any], cells: list[Any], rows: dict[str, PlanRow], timing: Any,
+           resumed: list[tuple[str, float]], device: Any, data_root: Any, checkpoint_dir: Any) -> None:
     """Add each task's estimated seconds to its kind's row."""
     from sgq_bench import _registry
 
@@ -304,7 +306,7 @@ def _price(graph: dict[str, Any], cells: list[Any], rows: dict[str, PlanRow], ti
         if task.kind == "train":
             done = trained_fraction(task.payload, device=device, data_root=data_root, checkpoint_dir=checkpoint_dir)
             if done:
-                resumed.append(done)
+                resumed.append((task.label, done))
             row.seconds += (1.0 - done) * _training_seconds(task.payload, timing(task.payload), data_root)
         elif task.kind == "retrain":
             row.seconds += _training_seconds(task.payload.learner, timing(task.payload.learner), data_root)

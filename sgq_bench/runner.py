@@ -175,22 +175,35 @@ class RunResult:
         return not self.failed
 
 
+def read_manifest(out: Path, suite: Suite) -> dict[str, Any] | None:
+    """``out/manifest.json`` (None if absent); a run directory of another suite configuration is refused,
+    by ``run`` and by what reads a run directory for it (``status``, ``--plan``) alike."""
+    path = out / "manifest.json"
+    if not path.exists():
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+    except ValueError as exc:
+        raise UsageError(f"{path}: not valid JSON ({exc}); fix or delete it") from None
+    if manifest.get("fingerprint") != suite.fingerprint():
+        raise UsageError(
+            f"{out} holds results of a different configuration of suite "
+            f"{manifest.get('suite', {}).get('name')!r} (fingerprint {manifest.get('fingerprint')} != "
+            f"{suite.fingerprint()}); use another --out, or the --set values that run used"
+        )
+    return manifest
+
+
+def manifest_device(manifest: dict[str, Any] | None) -> str | None:
+    """The ``--device`` of a run directory's latest run (older manifests: from its provenance)."""
+    runs = (manifest or {}).get("runs") or [{}]
+    device = runs[-1].get("device") or str(runs[-1].get("provenance", {}).get("device", "")).split(":")[0]
+    return device or None
+
+
 def _manifest(out: Path, suite: Suite, only: dict[str, set[str]], device: Any) -> dict[str, Any]:
     """Load ``manifest.json`` (refusing a different suite configuration) or start a new one."""
-    path = out / "manifest.json"
-    if path.exists():
-        try:
-            manifest = json.loads(path.read_text())
-        except ValueError as exc:
-            raise UsageError(f"{path}: not valid JSON ({exc}); fix or delete it") from None
-        if manifest.get("fingerprint") != suite.fingerprint():
-            raise UsageError(
-                f"{out} holds results of a different configuration of suite "
-                f"{manifest.get('suite', {}).get('name')!r} (fingerprint {manifest.get('fingerprint')} != "
-                f"{suite.fingerprint()}); use another --out"
-            )
-    else:
-        manifest = {"fingerprint": suite.fingerprint(), "runs": []}
+    manifest = read_manifest(out, suite) or {"fingerprint": suite.fingerprint(), "runs": []}
     manifest["suite"] = suite.as_dict()
     for earlier in manifest["runs"]:  # we hold the lock: a run still 'running' was killed (SIGKILL, power)
         if earlier.get("status") == "running":
@@ -375,7 +388,7 @@ def _run_graph(suite: Suite, cells: list[Cell], out: Path, only: dict[str, set[s
 
     manifest = _manifest(out, suite, only, device)
     run_info = manifest["runs"][-1]
-    run_info.update(executor=executor_name, address=address, threads=threads)
+    run_info.update(device=str(device), executor=executor_name, address=address, threads=threads)
     atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=2, default=str))
     todo = [c for c in cells if c.key() not in finished]
     by_id = {c.id: c for c in todo}
@@ -394,11 +407,10 @@ def _run_graph(suite: Suite, cells: list[Cell], out: Path, only: dict[str, set[s
     done_tasks: set[str] = set()
     submitted: set[str] = set()
     users = {k: sum(1 for t in graph.values() if k in t.deps) for k in graph}
-    # One worker: depth-first, so each cell's rows arrive before the next cell trains (graph order is cell
-    # order); several workers: every ready task is submitted at once.
-    depth_first = ex.workers == 1
+    order = {k: i for i, k in enumerate(graph)}
     try:
         while remaining:
+            ready = []
             for key, task in list(remaining.items()):
                 if key in submitted:
                     continue
@@ -408,10 +420,14 @@ def _run_graph(suite: Suite, cells: list[Cell], out: Path, only: dict[str, set[s
                         remaining.pop(key)
                         bar.update(1)
                     continue
-                ex.submit(task)
+                ready.append(key)
+            # Only as many tasks as workers are handed out, work on models already trained first, then in
+            # cell order: each cell's rows arrive (and are saved) as soon as its model exists, instead of
+            # after every training queued ahead of its scoring. One worker is then depth-first.
+            ready.sort(key=lambda k: (graph[k].kind == "train", order[k]))
+            for key in ready[: max(0, ex.workers - ex.pending())]:  # re-read: a cluster can grow
+                ex.submit(graph[key])
                 submitted.add(key)
-                if depth_first:
-                    break
             if not ex.pending():
                 break
             for key, ok, value in ex.wait():
@@ -444,6 +460,9 @@ def _run_graph(suite: Suite, cells: list[Cell], out: Path, only: dict[str, set[s
                         "finished": _now()}], log)
         status = "failed" if failed else "done"
     except KeyboardInterrupt:
+        grace = getattr(ex, "cancel_grace_s", 0)
+        if grace and ex.pending():
+            log(f"stopping: running tasks get up to {grace:.0f} s to save their state; interrupt again to kill them")
         ex.cancel()
         raise
     finally:

@@ -4,7 +4,7 @@ Why: with several workers or a Ray cluster, a run's own progress bar shows tasks
 hour-long trainings, and a stopped run says nothing until it is rerun. Everything needed is on disk
 already: ``cells.jsonl`` and ``errors.jsonl`` in the run directory, and each training's checkpoint or
 mid-training state (epoch, step, seconds so far, per-epoch test accuracy) in the checkpoint cache. This
-module only reads; it never takes the run lock, so it can watch a run while it writes.
+module writes nothing and never takes the run lock, so it can watch a run while it writes.
 """
 
 from __future__ import annotations
@@ -18,30 +18,37 @@ STATES = ("done", "trained", "training", "failed", "waiting")
 
 
 def suite_status(suite: Any, *, out: Any = None, only: Any = None, overrides: dict[str, Any] | None = None,
-                 device: str = "cpu", data_root: Any = None, checkpoint_dir: Any = None) -> Any:
+                 device: str | None = None, data_root: Any = None, checkpoint_dir: Any = None) -> Any:
     """One row per cell of ``suite`` (a pandas DataFrame) with its state and training progress.
 
     Columns: ``cell``, ``state`` (one of ``STATES``; ``trained`` means the model exists and its scores do
     not yet), ``epoch``/``epochs``, ``step``/``steps``, ``test_accuracy`` (after the last finished epoch),
     ``train_s`` (training seconds so far), ``left_s`` (the rest at this training's own pace so far),
     ``saved_ago_s`` (age of the mid-training state: a state that stops getting younger is not running)
-    and ``error`` (the last error of a failed cell).
+    and ``error`` (the last error of a failed cell). Progress is as of the last saved state (every epoch
+    and every 10 minutes). ``device`` defaults to the run directory's last ``--device``: it decides
+    ``precision = "auto"``, hence which checkpoints are this run's.
     """
     import pandas as pd
 
     from sgq_bench.config.suite import Suite, load_suite
-    from sgq_bench.runner import done_keys, expand, parse_only, read_jsonl
+    from sgq_bench.runner import done_keys, expand, manifest_device, parse_only, read_jsonl, read_manifest
 
     if not isinstance(suite, Suite):
         suite = load_suite(str(suite), overrides)
     only = parse_only(only) if isinstance(only, str) or only is None else only
     out = Path(out) if out is not None else Path("runs") / suite.name
+    manifest = read_manifest(out, suite) if out.is_dir() else None  # another configuration: refused
+    device = device or manifest_device(manifest) or "cpu"
     finished = done_keys(out) if out.is_dir() else set()
-    errors = {r.get("cell"): r for r in read_jsonl(out / "errors.jsonl")} if out.is_dir() else {}
+    errors: dict[str, dict[str, Any]] = {}
+    for r in read_jsonl(out / "errors.jsonl") if out.is_dir() else []:
+        errors[r.get("key") or r.get("cell")] = r  # the last error of each cell key
     rows = []
     for cell in expand(suite, only):
         row = {"cell": cell.id, **_training_progress(cell.spec, device, data_root, checkpoint_dir)}
-        err = errors.get(cell.id)
+        err = errors.get(cell.key()) or next((e for e in errors.values() if e.get("cell") == cell.id
+                                              and not e.get("key")), None)
         if cell.key() in finished:
             row["state"] = "done"
         elif err is not None and _after(err.get("time"), row.get("saved_at")):
@@ -50,7 +57,8 @@ def suite_status(suite: Any, *, out: Any = None, only: Any = None, overrides: di
     columns = ["cell", "state", "epoch", "epochs", "step", "steps", "test_accuracy", "train_s", "left_s",
                "saved_ago_s", "error"]
     frame = pd.DataFrame(rows).reindex(columns=columns)
-    frame.attrs.update(suite=suite.name, version=suite.version, out=str(out))
+    frame = frame.astype({c: "Int64" for c in ("epoch", "epochs", "step", "steps")})
+    frame.attrs.update(suite=suite.name, version=suite.version, out=str(out), device=device)
     return frame
 
 
@@ -68,20 +76,25 @@ def _training_progress(spec: Any, device: Any, data_root: Any, checkpoint_dir: A
     n = min(n, recipe.train_size) if recipe.train_size else n
     steps = max(1, n // recipe.batch_size) * recipe.epochs
     row: dict[str, Any] = {"state": "waiting", "epochs": recipe.epochs, "steps": steps}
+    # Each file is looked at once (stat, then load): a running training replaces its state, and removes it
+    # when the final checkpoint is written, at any moment.
+    try:
+        mtime = where.path.stat().st_mtime
+        meta = checkpoints.load(where.path)["meta"]
+        return {**row, "state": "trained", "epoch": recipe.epochs, "step": meta.get("steps", steps),
+                "test_accuracy": _last_accuracy(meta.get("history")), "train_s": meta.get("train_seconds"),
+                "left_s": 0.0, "saved_at": mtime}
+    except FileNotFoundError:
+        pass
+    except SgqBenchError as exc:
+        if where.path.exists():  # run fails on a damaged model too, until it is deleted
+            return {**row, "state": "failed", "error": str(exc)}
     partial = checkpoints.partial_path(where.path)
     try:
-        if where.path.exists():
-            meta = checkpoints.load(where.path)["meta"]
-            return {**row, "state": "trained", "epoch": recipe.epochs, "step": meta.get("steps", steps),
-                    "test_accuracy": _last_accuracy(meta.get("history")), "train_s": meta.get("train_seconds"),
-                    "left_s": 0.0}
-        if partial.exists():
-            mtime = partial.stat().st_mtime
-            state = checkpoints.load(partial)
-    except SgqBenchError as exc:
-        return {**row, "state": "failed", "error": str(exc)}
-    if not partial.exists():
-        return row
+        mtime = partial.stat().st_mtime
+        state = checkpoints.load(partial)
+    except (FileNotFoundError, SgqBenchError):
+        return row  # no saved state, or one that run would discard (training then starts over)
     step, elapsed = int(state.get("step", 0)), float(state.get("elapsed", 0.0))
     return {**row, "state": "training", "epoch": int(state.get("epoch", 0)), "step": step,
             "test_accuracy": _last_accuracy(state.get("history")), "train_s": elapsed,
@@ -95,11 +108,12 @@ def _last_accuracy(history: Any) -> float | None:
 
 
 def _after(when: str | None, saved_at: float | None) -> bool:
-    """Whether an error logged at ``when`` (ISO time) is newer than a training state saved at ``saved_at``."""
+    """Whether an error logged at ``when`` (ISO time, whole seconds) is newer than the model or training
+    state saved at ``saved_at``: a cell that failed and then trained on in a later run is not failed."""
     if saved_at is None or not when:
         return True
     try:
-        return datetime.fromisoformat(when).timestamp() >= saved_at
+        return datetime.fromisoformat(when).timestamp() + 1.0 > saved_at  # + 1: the log keeps no fraction
     except ValueError:
         return True
 
@@ -129,7 +143,9 @@ def format_status(frame: Any) -> str:
 
 
 def _has(value: Any) -> bool:
-    return value is not None and value == value  # NaN != NaN
+    import pandas as pd
+
+    return not pd.isna(value)
 
 
 def _hms(seconds: Any) -> str:

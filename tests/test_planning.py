@@ -47,8 +47,9 @@ def test_plan_prices_only_what_a_saved_training_state_leaves(tmp_path):
     from sgq_bench.runner import expand
     from sgq_bench.train import locate_checkpoint
 
-    kw = dict(checkpoint_dir=tmp_path / "ckpt", only="method=baseline", out=tmp_path / "run", threads=1)
     before = torch.get_num_threads()
+    kw = dict(checkpoint_dir=tmp_path / "ckpt", only="method=baseline", out=tmp_path / "run",
+              threads=before % 2 + 1)  # not the current count, so that putting it back is seen
     full = plan_suite("smoke", **kw)
     assert torch.get_num_threads() == before  # --threads is timed, then put back
     spec = expand(load_suite("smoke"), {"method": {"baseline"}})[0].spec
@@ -62,7 +63,7 @@ def test_plan_prices_only_what_a_saved_training_state_leaves(tmp_path):
     half = plan_suite("smoke", **kw)
     left = 1 - (total // 2) / total
     assert abs(half["seconds"]["train"] - left * full["seconds"]["train"]) < 1e-9 * full["seconds"]["train"]
-    assert any("resume from a saved state" in n for n in half["notes"])
+    assert any("resume from a saved state" in n and "baseline" in n and "50% done" in n for n in half["notes"])
     partial.write_bytes(b"damaged")
     assert plan_suite("smoke", **kw)["seconds"]["train"] == full["seconds"]["train"]
 

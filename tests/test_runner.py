@@ -18,6 +18,13 @@ def lines(path: Path) -> list[dict]:
     return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
 
 
+def test_cells_come_seed_by_seed():
+    """dataset, then seed, then method: a run stopped part-way holds whole seeds (complete comparisons)."""
+    cells = expand(load_suite("smoke", {"seeds": [0, 1]}))
+    assert [(c.spec.seed, c.spec.method.name) for c in cells] == [
+        (s, m) for s in (0, 1) for m in ("baseline", "pact", "sgt", "sgt_pact")]
+
+
 def test_parse_only_and_expand():
     suite = load_suite("smoke")
     cells = expand(suite)

@@ -48,6 +48,39 @@ def test_status_follows_cells_through_every_state(tmp_path):
     assert res.exit_code == 0, res.output
     rows = [json.loads(line) for line in res.stdout.splitlines()]
     assert [r["state"] for r in rows] == ["done", "training", "trained", "failed"]
+    assert rows[1]["step"] == 5 and isinstance(rows[1]["epochs"], int)
+
+    # An error older than the model: the cell failed once, then trained in a later run. An error of the
+    # same cell id under another key (another configuration of the cell) is not this cell's.
+    old = {"cell": cells["sgt"].id, "key": cells["sgt"].key(), "error": "RuntimeError", "message": "old",
+           "time": "2020-01-01T00:00:00+00:00"}
+    other = {"cell": cells["sgt"].id, "key": "another-key", "error": "RuntimeError", "message": "other", "time": _now()}
+    with open(out / "errors.jsonl", "a") as f:
+        f.write(json.dumps(old) + "\n" + json.dumps(other) + "\n")
+    assert suite_status("smoke", out=out, checkpoint_dir=ck).set_index("cell").loc[cells["sgt"].id, "state"] == "trained"
+    # A damaged saved state is one run discards (training starts over): waiting, not failed.
+    from sgq_bench import checkpoints
+    from sgq_bench.train import locate_checkpoint
+
+    partial = checkpoints.partial_path(locate_checkpoint(cells["pact"].spec, checkpoint_dir=ck).path)
+    partial.write_bytes(b"damaged")
+    assert suite_status("smoke", out=out, checkpoint_dir=ck).set_index("cell").loc[cells["pact"].id, "state"] == "waiting"
+
+
+def test_status_reads_the_runs_device_and_refuses_another_configuration(tmp_path):
+    from sgq_bench.runner import run
+    from sgq_bench.status import suite_status
+
+    out = tmp_path / "run"
+    run("smoke", out=out, checkpoint_dir=tmp_path / "ck", only="method=baseline", progress=False, report=False,
+        log=lambda s: None, threads=1)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["runs"][-1]["device"] == "cpu"
+    assert suite_status("smoke", out=out, checkpoint_dir=tmp_path / "ck").attrs["device"] == "cpu"
+    res = invoke("status", "--suite", "smoke", "--out", str(out), "--set", "seeds=[5]")
+    assert res.exit_code == 2 and "different configuration" in one_error_line(res)
+    res = invoke("run", "--suite", "smoke", "--out", str(out), "--set", "seeds=[5]", "--plan")
+    assert res.exit_code == 2 and "different configuration" in one_error_line(res)
 
 
 def test_status_of_an_unknown_suite_is_a_usage_error(tmp_path):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from sgq_bench.cli._options import checkpoint_dir_option, data_root_option, device_option, suite_option
+from sgq_bench.cli._options import checkpoint_dir_option, data_root_option, suite_option
 from sgq_bench.cli._values import parse_pairs
 
 
@@ -17,13 +17,14 @@ from sgq_bench.cli._values import parse_pairs
 @click.option("--only", default=None, metavar="FIELD=VALUE,...", help="restrict cells, as in run")
 @click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE", help="the run's --set values, if any")
 @data_root_option
-@device_option
+@click.option("--device", default=None, help="the run's --device (default: the run directory's last one); it "
+              "decides precision = auto, hence which checkpoints are the run's")
 @checkpoint_dir_option
 @click.option("--json", "as_json", is_flag=True, help="one JSON object per cell instead of the table")
 def status(suite: str, out: Path | None, only: str | None, assignments: tuple[str, ...], data_root: str | None,
-           device: str, checkpoint_dir: Path | None, as_json: bool) -> None:
-    """Each cell of SUITE: done, trained (scores pending), training (epoch, test accuracy, time left at its
-    own pace), failed (why) or waiting. Reads only; safe while the run writes."""
+           device: str | None, checkpoint_dir: Path | None, as_json: bool) -> None:
+    """Each cell of the suite: done, trained (scores pending), training (epoch, test accuracy, time left at
+    its own pace, as of its last saved state), failed (why) or waiting. Writes nothing; safe mid-run."""
     from sgq_bench.status import format_status, suite_status
 
     overrides = parse_pairs(assignments, "--set", "bits=4/2")
