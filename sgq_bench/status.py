@@ -14,7 +14,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-STATES = ("done", "trained", "training", "failed", "waiting")
+STATES = ("done", "trained", "training", "stopped", "failed", "waiting")
+# A running training saves its state every epoch and every SAVE_EVERY_S (10 min); a state this old belongs
+# to one that is not running now (stopped or killed; a rerun resumes it).
+STALE_AFTER_S = 1200.0
 
 
 def suite_status(suite: Any, *, out: Any = None, only: Any = None, overrides: dict[str, Any] | None = None,
@@ -22,7 +25,7 @@ def suite_status(suite: Any, *, out: Any = None, only: Any = None, overrides: di
     """One row per cell of ``suite`` (a pandas DataFrame) with its state and training progress.
 
     Columns: ``cell``, ``state`` (one of ``STATES``; ``trained`` means the model exists and its scores do
-    not yet), ``epoch``/``epochs``, ``step``/``steps``, ``test_accuracy`` (after the last finished epoch),
+    not yet; ``stopped``, a training whose saved state is older than ``STALE_AFTER_S``), ``epoch``/``epochs``, ``step``/``steps``, ``test_accuracy`` (after the last finished epoch),
     ``train_s`` (training seconds so far), ``left_s`` (the rest at this training's own pace so far),
     ``saved_ago_s`` (age of the mid-training state: a state that stops getting younger is not running)
     and ``error`` (the last error of a failed cell). Progress is as of the last saved state (every epoch
@@ -96,10 +99,12 @@ def _training_progress(spec: Any, device: Any, data_root: Any, checkpoint_dir: A
     except (FileNotFoundError, SgqBenchError):
         return row  # no saved state, or one that run would discard (training then starts over)
     step, elapsed = int(state.get("step", 0)), float(state.get("elapsed", 0.0))
-    return {**row, "state": "training", "epoch": int(state.get("epoch", 0)), "step": step,
+    age = max(0.0, time.time() - mtime)
+    return {**row, "state": "training" if age < STALE_AFTER_S else "stopped", "epoch": int(state.get("epoch", 0)),
+            "step": step,
             "test_accuracy": _last_accuracy(state.get("history")), "train_s": elapsed,
             "left_s": elapsed / step * (steps - step) if step else None,
-            "saved_ago_s": max(0.0, time.time() - mtime), "saved_at": mtime}
+            "saved_ago_s": age, "saved_at": mtime}
 
 
 def _last_accuracy(history: Any) -> float | None:
@@ -135,10 +140,11 @@ def format_status(frame: Any) -> str:
     tally = ", ".join(f"{int(counts[s])} {s}" for s in STATES if s in counts)
     meta = frame.attrs
     lines.append(f"suite {meta.get('suite')} v{meta.get('version')} in {meta.get('out')}: {len(frame)} cells: {tally}")
-    running = frame[frame["state"] == "training"]
-    if len(running):
-        lines.append(f"the {len(running)} training(s) under way need {_hms(running['left_s'].dropna().sum())} more "
-                     "in all, each at its own pace so far; `run --plan` prices everything left")
+    for state, what in (("training", "under way"), ("stopped", "stopped (a rerun resumes them)")):
+        part = frame[frame["state"] == state]
+        if len(part):
+            lines.append(f"the {len(part)} training(s) {what} need {_hms(part['left_s'].dropna().sum())} more in "
+                         "all, each at its own pace so far; `run --plan` prices everything left")
     return "\n".join(lines)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 
 import pytest
 
@@ -42,6 +43,13 @@ def test_status_follows_cells_through_every_state(tmp_path):
     assert 0 <= stopped["saved_ago_s"] < 600
     assert frame.loc[cells["sgt"].id, "left_s"] == 0 and frame.loc[cells["sgt"].id, "epoch"] == frame.loc[
         cells["sgt"].id, "epochs"]
+    stale = time.time() - 3600  # a state an hour old: its training is not running
+    partial = next(ck.glob("*.partial.pt"))
+    os.utime(partial, (stale, stale))
+    later = suite_status("smoke", out=out, checkpoint_dir=ck).set_index("cell")
+    assert later.loc[cells["pact"].id, "state"] == "stopped" and later.loc[cells["pact"].id, "saved_ago_s"] > 3500
+    assert "1 training(s) stopped (a rerun resumes them)" in format_status(later.reset_index())
+    os.utime(partial)
     text = format_status(frame.reset_index())
     assert "1 done, 1 trained, 1 training, 1 failed" in text and "RuntimeError: out of memory" in text
     res = invoke("status", "--suite", "smoke", "--out", str(out), "--checkpoint-dir", str(ck), "--json")
