@@ -93,10 +93,13 @@ class RayExecutor:
                 kwargs["address"] = address
             else:
                 kwargs["num_cpus"] = (workers or max(1, (os.cpu_count() or 1) // threads)) * threads
+            sigterm = _sigterm_handler()
             try:
                 ray.init(**kwargs)
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 raise UsageError(f"--address {address!r}: cannot join the Ray cluster ({exc})") from None
+            finally:
+                _restore_sigterm(sigterm)
             self._owns = True
         else:
             self._owns = False
@@ -182,6 +185,22 @@ class RayExecutor:
         self.values.clear()
         if self._owns:
             self.ray.shutdown()
+
+
+def _sigterm_handler() -> Any:
+    import signal
+
+    return signal.getsignal(signal.SIGTERM)
+
+
+def _restore_sigterm(handler: Any) -> None:
+    """Put back the driver's SIGTERM handler, which ``ray.init`` replaces by a crash logger that exits at
+    once: the runner's handler turns SIGTERM (a scheduler's preemption) into the gentle interrupt."""
+    import signal
+    import threading
+
+    if handler is not None and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, handler)
 
 
 def _ray_execute(task: Task, ctx: ExecContext, *deps: Any) -> Any:
