@@ -42,7 +42,17 @@ def suite_status(suite: Any, *, out: Any = None, only: Any = None, overrides: di
     only = parse_only(only) if isinstance(only, str) or only is None else only
     out = Path(out) if out is not None else Path("runs") / suite.name
     manifest = read_manifest(out, suite) if out.is_dir() else None  # another configuration: refused
-    device = device or manifest_device(manifest) or "cpu"
+    if device is None and manifest_device(manifest):
+        device = manifest_device(manifest)
+        from sgq_bench.errors import UsageError
+        from sgq_bench.train import resolve_device
+
+        try:
+            resolve_device(device)
+        except UsageError:
+            raise UsageError(f"{out} was run with --device {device}, which this machine lacks; its checkpoints "
+                             "are found by the device's precision: run status where it ran, or pass --device") from None
+    device = device or "cpu"
     finished = done_keys(out) if out.is_dir() else set()
     errors: dict[str, dict[str, Any]] = {}
     for r in read_jsonl(out / "errors.jsonl") if out.is_dir() else []:

@@ -89,6 +89,14 @@ def test_status_reads_the_runs_device_and_refuses_another_configuration(tmp_path
     assert res.exit_code == 2 and "different configuration" in one_error_line(res)
     res = invoke("run", "--suite", "smoke", "--out", str(out), "--set", "seeds=[5]", "--plan")
     assert res.exit_code == 2 and "different configuration" in one_error_line(res)
+    import torch
+
+    if not torch.cuda.is_available():  # a run made on a GPU node, looked at from a CPU-only one
+        manifest["runs"][-1]["device"] = "cuda"
+        (out / "manifest.json").write_text(json.dumps(manifest))
+        res = invoke("status", "--suite", "smoke", "--out", str(out))
+        assert res.exit_code == 2 and "was run with --device cuda" in one_error_line(res)
+        assert invoke("status", "--suite", "smoke", "--out", str(out), "--device", "cpu").exit_code == 0
 
 
 def test_status_of_an_unknown_suite_is_a_usage_error(tmp_path):
