@@ -57,7 +57,7 @@ def provenance(device: torch.device | str = "cpu") -> dict[str, Any]:
     return {
         "sgq_bench_version": _version("sgq-bench"),
         "git_commit": git_commit(),
-        "torch_version": torch.__version__,
+        "torch_version": str(torch.__version__),  # a plain str: TorchVersion does not load with weights_only
         "torchvision_version": _version("torchvision"),
         "captum_version": _version("captum"),
         "quantus_version": _version("quantus"),

@@ -180,6 +180,7 @@ def evaluate_cell(
                                 progress=progress)
     base["precision"] = str(trained.meta.get("precision", "fp32"))
     base["train_data_sha256"] = trained.meta.get("train_data_sha256")
+    base["training_provenance"] = trained.meta.get("provenance")  # a GPU-trained model scored on a CPU says so
     model = trained.model.eval()
     x = dataset.normalize(split.images.to(device))
     y = split.labels.to(device)

@@ -67,6 +67,9 @@ FIELDS: dict[str, Field] = {
     "checkpoint_key": Field("str", doc="hash of everything that determines the weights"),
     "precision": Field("str", required=False, fill=True, doc="training precision of the checkpoint (fp32 | bf16)"),
     "train_data_sha256": Field("str", required=False, nullable=True, fill=True, doc="fingerprint of the training data"),
+    "training_provenance": Field("dict", required=False, nullable=True, fill=True,
+                                 doc="where and by what the model was trained: device, git commit, versions "
+                                     "(null for checkpoints made before it was recorded)"),
     # how it was evaluated
     "eval_size": Field("int", doc="test images actually evaluated"),
     "eval_seed": Field("int", doc="seed of the evaluation subset and of metric draws"),

@@ -26,6 +26,7 @@ from sgq_bench import _registry, checkpoints
 from sgq_bench._base import Dataset, Objective, Quantizer, Split, TrainContext
 from sgq_bench._batching import max_batch
 from sgq_bench._io import stable_hash
+from sgq_bench._provenance import provenance
 from sgq_bench.config.methods import Method
 from sgq_bench.config.suite import Recipe
 from sgq_bench.data import batches, cache_dir, load_dataset, load_split, subset, train_fingerprint
@@ -398,7 +399,9 @@ def load_or_train(
                         desc=f"{spec.dataset}/{spec.model}/{spec.method.name}/s{spec.seed}", progress=progress,
                         state_path=partial, test_split=test, on_step=on_step)
     meta = {"key": spec.key(fingerprint), "spec": spec.key_material(fingerprint), "train_size": len(split),
-            "train_data_sha256": fingerprint, **stats}
+            "train_data_sha256": fingerprint, **stats,
+            # where and by what code the weights were made (a row's own provenance is its evaluation's)
+            "provenance": provenance(device)}
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     checkpoints.save(path, {"state_dict": state, "meta": meta})
     checkpoints.remove(partial)

@@ -25,7 +25,7 @@ def row(method: str, seed: int, metric: str, value: float, *, explainer: str = "
         "family": family, "variant": variant, "value": value, "higher_is_better": higher, "params": {},
         "curve": curve, "per_sample": per_sample,
         "eval_size": eval_size or (len(per_sample) if per_sample else 8), "eval_seed": 0, "suite": suite,
-        "suite_version": version, "precision": "fp32", "train_data_sha256": "0123abcd", "reason": reason,
+        "suite_version": version, "precision": "fp32", "train_data_sha256": "0123abcd", "training_provenance": {"device": "cpu"}, "reason": reason,
         "provenance": {"sgq_bench_version": "0.1.0", "git_commit": "abc123", "torch_version": "2.x",
                        "device": "cpu:test"},
         "time_s": 0.01, "created": "2026-01-02T03:04:05+00:00",

@@ -29,6 +29,9 @@ def test_rows_schema_and_resume(tmp_path):
         assert REQUIRED <= set(r), REQUIRED - set(r)
         assert r["precision"] == "fp32" and len(r["train_data_sha256"]) >= 16 and r["reason"] is None
         assert r["eval_size"] == 16
+        # the training's own provenance travels with every row (the row's provenance is its evaluation's)
+        assert {"device", "git_commit", "torch_version"} <= set(r["training_provenance"])
+        assert r["training_provenance"]["device"].startswith("cpu")
     acc = [r for r in rows if r["metric"] == "accuracy"]
     assert len(acc) == 1 and acc[0]["explainer"] == "-"
     dele = next(r for r in rows if r["metric"] == "deletion_auc" and r["explainer"] == "gradient")

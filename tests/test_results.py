@@ -28,13 +28,14 @@ def test_append_then_read_round_trips_and_fills_fields_added_later(tmp_path):
     path = tmp_path / "results.jsonl"
     first = row("baseline", 0, "accuracy", 0.9, family="accuracy")
     old = {k: v for k, v in row("pact", 1, "accuracy", 0.8, family="accuracy").items()
-           if k not in ("precision", "reason", "train_data_sha256")}  # a row written before those fields
+           if k not in ("precision", "reason", "train_data_sha256", "training_provenance")}  # written before those
     old["recipe"] = {"epochs": 1}
     append_rows(path, [first])
     append_rows(path, [old])
     back = read_rows(path)
     assert back[0] == first
     assert back[1]["precision"] == "fp32" and back[1]["reason"] is None and back[1]["train_data_sha256"] is None
+    assert back[1]["training_provenance"] is None
     assert validate_row({**old, "recipe": {"precision": "auto"}}, "x")["precision"] == "unknown"
     assert read_rows(tmp_path / "missing.jsonl") == []
 
@@ -130,4 +131,4 @@ def test_load_results_of_a_folder_without_results_is_one_line(tmp_path):
 def test_schema_documents_every_field():
     assert {"reason", "precision", "train_data_sha256", "value", "seed", "suite_version"} <= set(FIELDS)
     assert set(NESTED_FIELDS) == {"quantizer_params", "objective_params", "recipe", "explainer_params", "params",
-                                  "curve", "per_sample", "extra", "plugins", "provenance"}
+                                  "curve", "per_sample", "extra", "plugins", "provenance", "training_provenance"}
