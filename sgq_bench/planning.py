@@ -154,9 +154,15 @@ def _train_images(spec: Any, data_root: Any) -> tuple[int, int]:
     return (min(n_train, spec.recipe.train_size) if spec.recipe.train_size else n_train), n_test
 
 
+def training_steps(spec: Any, data_root: Any) -> int:
+    """Optimizer steps of ``spec``'s whole training, counted as ``train.train_model`` takes them."""
+    n, _ = _train_images(spec, data_root)
+    return max(1, n // spec.recipe.batch_size) * spec.recipe.epochs
+
+
 def _training_seconds(spec: Any, timing: Timing, data_root: Any) -> float:
-    n, n_test = _train_images(spec, data_root)
-    steps = max(1, n // spec.recipe.batch_size) * spec.recipe.epochs
+    _, n_test = _train_images(spec, data_root)
+    steps = training_steps(spec, data_root)
     per_epoch_eval = n_test * timing.fwd_img_s * (spec.recipe.epochs if spec.recipe.epochs > 1 else 0)
     return steps * timing.step_s + per_epoch_eval + n_test * timing.fwd_img_s
 
@@ -289,9 +295,7 @@ def trained_fraction(spec: Any, *, device: Any = "cpu", data_root: Any = None, c
         state = checkpoints.load(partial)
     except SgqBenchError:
         return 0.0
-    n, _ = _train_images(spec, data_root)
-    total = max(1, n // spec.recipe.batch_size) * spec.recipe.epochs
-    return min(1.0, max(0.0, float(state.get("step", 0)) / total))
+    return min(1.0, max(0.0, float(state.get("step", 0)) / training_steps(spec, data_root)))
 
 
 def _price(graph: dict[str, Any], cells: list[Any], rows: dict[str, PlanRow], timing: Any,

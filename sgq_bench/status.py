@@ -78,16 +78,13 @@ def suite_status(suite: Any, *, out: Any = None, only: Any = None, overrides: di
 def _training_progress(spec: Any, device: Any, data_root: Any, checkpoint_dir: Any) -> dict[str, Any]:
     """The state of ``spec``'s training from its checkpoint or mid-training state (read and verified)."""
     from sgq_bench import checkpoints
-    from sgq_bench.data import load_dataset, load_split
     from sgq_bench.errors import SgqBenchError
+    from sgq_bench.planning import training_steps
     from sgq_bench.train import locate_checkpoint
 
     where = locate_checkpoint(spec, device=device, data_root=data_root, checkpoint_dir=checkpoint_dir)
     recipe = where.spec.recipe
-    dataset = load_dataset(spec.dataset, spec.dataset_params)
-    n = len(load_split(dataset, True, data_root))
-    n = min(n, recipe.train_size) if recipe.train_size else n
-    steps = max(1, n // recipe.batch_size) * recipe.epochs
+    steps = training_steps(spec, data_root)
     row: dict[str, Any] = {"state": "waiting", "epochs": recipe.epochs, "steps": steps}
     # Each file is looked at once (stat, then load): a running training replaces its state, and removes it
     # when the final checkpoint is written, at any moment.
