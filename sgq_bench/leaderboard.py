@@ -74,10 +74,11 @@ def rows_from_run(run: str | Path, *, skip_undefined: bool = False) -> pd.DataFr
     import pandas as pd
 
     from sgq_bench._plugins import plugins_label, row_plugins
+    from sgq_bench.report.controls import with_control_gains
     from sgq_bench.report.summary import GROUP_KEYS, summarize_results
     from sgq_bench.results import load_results
 
-    results = load_results(run)
+    results = with_control_gains(load_results(run))  # the derived rows need provenance too
     summary = summarize_results(results, n_boot=0)
     undefined = summary[summary["n_seeds"] == 0]
     if len(undefined):

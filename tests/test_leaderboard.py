@@ -27,7 +27,7 @@ REPO_BOARDS = Path(__file__).resolve().parent.parent / "leaderboards"
 # The wide-format files published before the long format (kept to test reading and migrating them).
 LEGACY_BOARDS = Path(__file__).resolve().parent / "fixtures" / "legacy_leaderboards"
 # metrics per (method, seed) in grid(): 2 model-level + 2 explainers x 2 metrics
-PER_METHOD = 2 + 2 * 2
+PER_METHOD = 2 + 2 * 2 + 2  # model-level, two explainers x two scores, gradient against the random control
 
 
 @pytest.fixture

@@ -98,8 +98,9 @@ def test_summary_csv_is_tidy_long_and_loads_with_read_csv(tmp_path):
     table = pd.read_csv(out / "summary.csv")
     assert list(table.columns) == list(SUMMARY_COLUMNS)
     assert all(c.isascii() and c.replace("_", "").isalnum() and c == c.lower() for c in table.columns)
-    # one row per (method, explainer, metric, variant): 4 methods x (2 model-level + 2 x 2 explained) + latency
-    assert len(table) == 4 * (2 + 2 * 2) + 1
+    # one row per (method, explainer, metric, variant): 4 methods x (2 model-level + 2 x 2 explained
+    # + gradient's 2 scores against the random control) + latency
+    assert len(table) == 4 * (2 + 2 * 2 + 2) + 1
     acc = table[(table["method"] == "pact") & (table["metric"] == "accuracy")].iloc[0]
     vals = [0.91, 0.912, 0.914]
     assert acc["n_seeds"] == 3 and acc["mean"] == pytest.approx(np.mean(vals))

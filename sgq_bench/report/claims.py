@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from sgq_bench.errors import UsageError
+from sgq_bench.report.controls import with_control_gains
 from sgq_bench.report.stats import paired_seed_p, welch_difference, welch_p
 from sgq_bench.report.summary import NO_EXPLAINER, PROTOCOL_KEYS, REFERENCE, _per_seed
 
@@ -172,7 +173,7 @@ def _fmt(x: float) -> str:
 def evaluate_claims(results: pd.DataFrame, claims: Iterable[Claim], *, alpha: float = 0.05,
                     confidence: float = 0.95) -> pd.DataFrame:
     """One row per (claim, protocol) the results hold both sides of; columns :data:`CLAIM_COLUMNS`."""
-    per_seed = _per_seed(results)
+    per_seed = _per_seed(with_control_gains(results))
     rows: list[dict[str, Any]] = []
     for claim in claims:
         ref_variant = claim.variant if claim.reference_variant is None else claim.reference_variant

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from sgq_bench.report.controls import CONTROL_FAMILY, with_control_gains
 from sgq_bench.report.stats import (
     mean_per_sample,
     paired_bootstrap_p,
@@ -29,7 +30,7 @@ NO_EXPLAINER = "-"
 PROTOCOL_KEYS = ("suite", "suite_version", "dataset", "model", "eval_size", "eval_seed", "precision")
 GROUP_KEYS = (*PROTOCOL_KEYS, "method", "explainer", "metric", "variant")
 COMPARE_KEYS = tuple(k for k in GROUP_KEYS if k != "method")
-FAMILY_ORDER = ("accuracy", "deletion", "road", "roar", "sparsity", "faithfulness", "efficiency")
+FAMILY_ORDER = ("accuracy", "deletion", "road", CONTROL_FAMILY, "roar", "sparsity", "faithfulness", "efficiency")
 SUMMARY_COLUMNS = (
     "dataset", "model", "method", "method_label", "quantizer", "objective", "bits", "explainer", "metric", "variant",
     "family", "suite", "suite_version", "eval_size", "eval_seed", "precision", "reference", "n_seeds",
@@ -87,8 +88,9 @@ def summarize_results(df: pd.DataFrame, *, reference: str = REFERENCE, n_boot: i
     ``p_welch``; ``p_paired``: paired t-test over seeds, when both trained the same seeds.
     ``p_within_model``: paired bootstrap over evaluation images (``n_boot`` resamples, 0 = skip) of the
     seed-averaged per-image values -- about these models, not about the method.
+    Ranking metrics also get ``<metric>_vs_random`` groups (:mod:`sgq_bench.report.controls`).
     """
-    per_seed = _per_seed(df)
+    per_seed = _per_seed(with_control_gains(df))
     keys = list(GROUP_KEYS)
     grouped = per_seed.groupby(keys, sort=False, dropna=False)
     out = grouped.agg(

@@ -17,6 +17,7 @@ import pandas as pd
 
 from sgq_bench._io import atomic_write_text
 from sgq_bench.errors import UsageError
+from sgq_bench.report.controls import CONTROL_FAMILY
 from sgq_bench.report.summary import (
     NO_EXPLAINER,
     PROTOCOL_KEYS,
@@ -105,14 +106,21 @@ def to_markdown(summary: pd.DataFrame, reference: str = REFERENCE) -> str:
                 + ", ".join(f"{m} {int(seeds[m])}" for m in method_order(list(seeds.index), reference)), ""]
         model_level = rows[rows["explainer"] == NO_EXPLAINER]
         explained = rows[rows["explainer"] != NO_EXPLAINER]
+        against_control = explained["family"] == CONTROL_FAMILY
         by_epoch = model_level["metric"] == EPOCH_METRIC
         for title, part, with_ex in (
             ("Accuracy", model_level[(model_level["family"] != "efficiency") & ~by_epoch], False),
             ("Efficiency", model_level[model_level["family"] == "efficiency"], False),
-            ("Interpretability", explained, True),
+            ("Interpretability", explained[~against_control], True),
         ):
             if len(part):
                 out += [f"### {title}", "", _wide(part, with_ex, reference), ""]
+        if against_control.any():
+            out += ["### Interpretability against the random control", "",
+                    "Each ranking score minus the same model's score with a random map, on the same images: what "
+                    "the map adds beyond how the model reacts to losing pixels at all "
+                    "(`sgq_bench/report/controls.py`). Compare methods here when they change the model.", "",
+                    _wide(explained[against_control], True, reference), ""]
         if by_epoch.any() and model_level.loc[by_epoch, "n_seeds"].max() > 0:
             out += ["### Accuracy against training length", "",
                     "Test accuracy on the whole test split after each epoch, from the training log of the same "

@@ -1,0 +1,76 @@
+"""Ranking scores measured against the same model's random-map control.
+
+Why: deletion, insertion, MoRF and ROAD score a saliency map by how the *model* reacts as pixels are
+removed or kept in the map's order. Their value mixes two things: how well the map orders the pixels,
+and how sensitive the model is to losing pixels at all. Methods that change the model (SGT trains on
+masked inputs) move the second part, and a raw score then credits the map with what the model did.
+The ``random`` explainer is the control that separates them: the same model, the same images, the same
+metric, pixels in a random order. ``<metric>_vs_random`` = score of the map - score of the random map,
+per trained model (and per image), so a method is compared with ``baseline`` on what its maps add
+beyond chance. Example, MNIST, 5 seeds: SGT + PACT's gradient deletion AUC is 0.080 below baseline's,
+and so is its random-map deletion AUC; against the control the two are equal.
+
+Derived rows are added by the report layer (summary, claims, leaderboards) and never stored: a run
+directory written before this module gets them too.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+CONTROL_EXPLAINER = "random"
+CONTROLLED_FAMILIES = ("deletion", "road")  # one model, perturbed in the map's order (ROAR retrains: not here)
+CONTROL_FAMILY = "vs_random"
+SUFFIX = "_vs_random"
+_MATCH = ("suite", "suite_version", "dataset", "model", "eval_size", "eval_seed", "precision", "method",
+          "metric", "variant", "seed")
+
+
+def _difference(a: object, b: object) -> list | None:
+    """Per-image difference of two per-sample lists of the same length; None otherwise."""
+    if not (isinstance(a, list) and isinstance(b, list)) or len(a) != len(b) or not a:
+        return None
+    x = np.asarray([np.nan if v is None else v for v in a], dtype=float)
+    y = np.asarray([np.nan if v is None else v for v in b], dtype=float)
+    return [None if not np.isfinite(v) else float(v) for v in x - y]
+
+
+def with_control_gains(results: pd.DataFrame) -> pd.DataFrame:
+    """``results`` plus one ``<metric>_vs_random`` row per ranking-metric row of a real explainer whose
+    model also has a ``random`` row (same protocol, method, seed, metric, variant).
+
+    The new row copies the explainer's row (provenance, recipe, explainer, direction) with ``value`` =
+    value - control value, ``per_sample`` the per-image difference, and family ``vs_random``. Idempotent:
+    rows derived before are replaced.
+    """
+    need = {*_MATCH, "explainer", "family", "value"}
+    if results.empty or not need <= set(results.columns):
+        return results
+    base = results[results["family"] != CONTROL_FAMILY]
+    ranking = base[base["family"].isin(CONTROLLED_FAMILIES) & ~base["metric"].astype(str).str.endswith(SUFFIX)]
+    control = ranking[ranking["explainer"] == CONTROL_EXPLAINER].drop_duplicates(list(_MATCH), keep="last")
+    maps = ranking[~ranking["explainer"].isin([CONTROL_EXPLAINER, "-"])]
+    if control.empty or maps.empty:
+        return base
+    keep = list(_MATCH) + ["value"] + (["per_sample"] if "per_sample" in control.columns else [])
+    ctrl = control[keep].rename(columns={"value": "_control", "per_sample": "_control_sample"})
+    merged = maps.merge(ctrl, on=list(_MATCH), how="inner", validate="many_to_one")
+    if merged.empty:
+        return base
+    value = pd.to_numeric(merged["value"], errors="coerce").astype(float)
+    merged["value"] = value - pd.to_numeric(merged["_control"], errors="coerce").astype(float)
+    if "per_sample" in merged.columns:
+        merged["per_sample"] = [_difference(a, b) for a, b in zip(merged["per_sample"], merged["_control_sample"])]
+    if "reason" in merged.columns:
+        undefined = ~np.isfinite(merged["value"].to_numpy()) & merged["reason"].isna().to_numpy()
+        merged.loc[undefined, "reason"] = "the random control is undefined for this model"
+    merged["metric"] = merged["metric"].astype(str) + SUFFIX
+    merged["family"] = CONTROL_FAMILY
+    if "curve" in merged.columns:
+        merged["curve"] = None
+    derived = merged.drop(columns=[c for c in ("_control", "_control_sample") if c in merged.columns])
+    return pd.concat([base, derived[base.columns]], ignore_index=True)
+
+
+__all__ = ["CONTROLLED_FAMILIES", "CONTROL_EXPLAINER", "CONTROL_FAMILY", "SUFFIX", "with_control_gains"]
