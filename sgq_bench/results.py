@@ -81,7 +81,8 @@ FIELDS: dict[str, Field] = {
     "target": Field("str", required=False, doc="which class the attributions explain"),
     # the number
     "metric": Field("str"),
-    "family": Field("str", doc="table group: accuracy, deletion, road, roar, sparsity, faithfulness, ..."),
+    "family": Field("str", doc="table group: accuracy, deletion, road, roar, sparsity, faithfulness, ... "
+                    "(reports add vs_random rows, never stored)"),
     "variant": Field("str", nullable=True, doc="e.g. int8@bs128 for one of several measurements"),
     "value": Field("number", nullable=True, doc="null when undefined (then 'reason' says why)"),
     "reason": Field("str", required=False, nullable=True, fill=True, doc="why value is null"),

@@ -89,3 +89,30 @@ def test_a_run_without_a_random_control_is_unchanged(tmp_path):
     rows = [row("baseline", s, "deletion_auc", 0.2, explainer="gradient", higher=False) for s in range(2)]
     df = load_results(write_run(tmp_path / "run", rows))
     assert len(with_control_gains(df)) == len(df)
+
+
+def test_each_model_is_matched_with_its_own_control_and_an_undefined_control_says_so(tmp_path):
+    """Two checkpoints of one method and seed in one run directory (e.g. retrained with another recipe)."""
+    rows = []
+    for key, grad, rand in (("A", 0.2, 0.8), ("B", 0.3, 0.5)):
+        for ex, v in (("gradient", grad), ("random", rand)):
+            r = row("baseline", 0, "deletion_auc", v, explainer=ex, higher=False, per_sample=[v, None])
+            r["checkpoint_key"] = key
+            rows.append(r)
+    rows.append(row("sgt", 0, "deletion_auc", 0.1, explainer="gradient", higher=False, per_sample=[0.1, 0.1]))
+    rows.append(row("sgt", 0, "deletion_auc", None, explainer="random", higher=False, per_sample=[0.1, 0.1],
+                    reason="constant attributions"))
+    out = with_control_gains(load_results(write_run(tmp_path / "run", rows)))
+    gains = out[out["metric"] == "deletion_auc_vs_random"].set_index(["method", "checkpoint_key"])
+    assert gains.loc[("baseline", "A"), "value"] == pytest.approx(-0.6)
+    assert gains.loc[("baseline", "B"), "value"] == pytest.approx(-0.2)
+    first, second = gains.loc[("baseline", "A"), "per_sample"]
+    assert first == pytest.approx(-0.6) and second is None  # an undefined image stays undefined
+    undefined = gains.loc[("sgt", "sgt-0")]
+    assert pd.isna(undefined["value"]) and "random control is undefined" in undefined["reason"]
+
+
+def test_nothing_to_derive_returns_the_rows_unchanged(tmp_path):
+    df = with_control_gains(_frame(tmp_path))
+    without_control = df[df["explainer"] != "random"]
+    assert with_control_gains(without_control).equals(without_control)  # derived rows are not dropped

@@ -25,14 +25,21 @@ CONTROL_FAMILY = "vs_random"
 SUFFIX = "_vs_random"
 _MATCH = ("suite", "suite_version", "dataset", "model", "eval_size", "eval_seed", "precision", "method",
           "metric", "variant", "seed")
+_MODEL = "checkpoint_key"  # also matched where present: one run directory may hold two models of a seed
+
+
+def _floats(values: object) -> np.ndarray | None:
+    if not isinstance(values, (list, tuple, np.ndarray)) or len(values) == 0:
+        return None
+    return pd.to_numeric(pd.Series(list(values), dtype=object), errors="coerce").to_numpy(dtype=float)
 
 
 def _difference(a: object, b: object) -> list | None:
-    """Per-image difference of two per-sample lists of the same length; None otherwise."""
-    if not (isinstance(a, list) and isinstance(b, list)) or len(a) != len(b) or not a:
+    """Per-image difference of two per-sample sequences of the same length (None, text: undefined);
+    None when either is missing or the lengths differ."""
+    x, y = _floats(a), _floats(b)
+    if x is None or y is None or x.shape != y.shape:
         return None
-    x = np.asarray([np.nan if v is None else v for v in a], dtype=float)
-    y = np.asarray([np.nan if v is None else v for v in b], dtype=float)
     return [None if not np.isfinite(v) else float(v) for v in x - y]
 
 
@@ -42,35 +49,38 @@ def with_control_gains(results: pd.DataFrame) -> pd.DataFrame:
 
     The new row copies the explainer's row (provenance, recipe, explainer, direction) with ``value`` =
     value - control value, ``per_sample`` the per-image difference, and family ``vs_random``. Idempotent:
-    rows derived before are replaced.
+    rows derived before are replaced; with nothing to derive, ``results`` comes back unchanged.
     """
     need = {*_MATCH, "explainer", "family", "value"}
     if results.empty or not need <= set(results.columns):
         return results
-    base = results[results["family"] != CONTROL_FAMILY]
-    ranking = base[base["family"].isin(CONTROLLED_FAMILIES) & ~base["metric"].astype(str).str.endswith(SUFFIX)]
-    control = ranking[ranking["explainer"] == CONTROL_EXPLAINER].drop_duplicates(list(_MATCH), keep="last")
+    match = [*_MATCH, _MODEL] if _MODEL in results.columns else list(_MATCH)
+    derived_before = (results["family"] == CONTROL_FAMILY) & results["metric"].astype(str).str.endswith(SUFFIX)
+    base = results[~derived_before]
+    ranking = base[base["family"].isin(CONTROLLED_FAMILIES)]
+    control = ranking[ranking["explainer"] == CONTROL_EXPLAINER].drop_duplicates(match, keep="last")
     maps = ranking[~ranking["explainer"].isin([CONTROL_EXPLAINER, "-"])]
     if control.empty or maps.empty:
-        return base
-    keep = list(_MATCH) + ["value"] + (["per_sample"] if "per_sample" in control.columns else [])
+        return results
+    keep = match + ["value"] + (["per_sample"] if "per_sample" in control.columns else [])
     ctrl = control[keep].rename(columns={"value": "_control", "per_sample": "_control_sample"})
-    merged = maps.merge(ctrl, on=list(_MATCH), how="inner", validate="many_to_one")
+    merged = maps.merge(ctrl, on=match, how="inner", validate="many_to_one")
     if merged.empty:
-        return base
+        return results
     value = pd.to_numeric(merged["value"], errors="coerce").astype(float)
     merged["value"] = value - pd.to_numeric(merged["_control"], errors="coerce").astype(float)
     if "per_sample" in merged.columns:
         merged["per_sample"] = [_difference(a, b) for a, b in zip(merged["per_sample"], merged["_control_sample"])]
+    undefined = ~np.isfinite(merged["value"].to_numpy())
     if "reason" in merged.columns:
-        undefined = ~np.isfinite(merged["value"].to_numpy()) & merged["reason"].isna().to_numpy()
-        merged.loc[undefined, "reason"] = "the random control is undefined for this model"
+        undefined &= merged["reason"].isna().to_numpy()
+    merged.loc[undefined, "reason"] = "the random control is undefined for this model"
     merged["metric"] = merged["metric"].astype(str) + SUFFIX
     merged["family"] = CONTROL_FAMILY
     if "curve" in merged.columns:
         merged["curve"] = None
     derived = merged.drop(columns=[c for c in ("_control", "_control_sample") if c in merged.columns])
-    return pd.concat([base, derived[base.columns]], ignore_index=True)
+    return pd.concat([base, derived], ignore_index=True)
 
 
 __all__ = ["CONTROLLED_FAMILIES", "CONTROL_EXPLAINER", "CONTROL_FAMILY", "SUFFIX", "with_control_gains"]
