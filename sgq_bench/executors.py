@@ -8,11 +8,14 @@ so a 50 MB ranking goes worker-to-worker and never through the driver).
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import uuid
 from collections import deque
+from pathlib import Path
 from typing import Any
 
-from sgq_bench.errors import UsageError
+from sgq_bench.errors import UsageError, warn
 from sgq_bench.tasks import ExecContext, Task, execute
 
 EXECUTORS = ("serial", "ray")
@@ -84,7 +87,10 @@ class RayExecutor:
         except ImportError:
             raise UsageError("--executor ray needs Ray: pip install 'sgq-bench[ray]'") from None
         self.ray = ray
-        self.ctx = ctx
+        # where cancel() asks trainings to stop: beside the checkpoints, which every worker can reach
+        root = Path(ctx.checkpoint_dir) if ctx.checkpoint_dir else _default_checkpoint_dir()
+        stop = root / ".stop" / f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        self.ctx = ctx = dataclasses.replace(ctx, stop_file=str(stop))
         threads = ctx.threads or 1
         if not ray.is_initialized():
             kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
@@ -156,24 +162,41 @@ class RayExecutor:
     def cancel(self) -> None:
         """Stop what is outstanding without losing a training's progress.
 
-        A plain cancel reaches a running task as a simulated SIGINT in its main thread (where Ray runs
-        tasks), so a training saves its state at its next step and ends (``train._StopFlag``), as on
-        Ctrl-C in a serial run; queued tasks are dropped. Tasks still running after ``cancel_grace_s``
-        (or at a second interrupt) are killed. Why: a
-        forced cancel kills the worker at once, and a training lost everything since its last save.
+        Running trainings are asked to stop through ``ctx.stop_file``: each saves its state at its next
+        step and ends, as on Ctrl-C in a serial run. Other tasks have nothing to save and are killed at
+        once. Trainings still running after ``cancel_grace_s`` (or at a second interrupt) are killed.
+        Why not ``ray.cancel(force=False)``: cancelling a task at the moment it ends can abort the driver
+        (Ray's "Tried to complete task that was not pending" check; ray-project/ray#54798), and a gentle
+        cancel makes exactly that moment likely. Only tasks that do not end by themselves are cancelled.
         """
-        refs = list(self.refs)
+        refs = list(self.refs.items())
         self.refs.clear()
-        for ref in refs:
-            self._cancel(ref, force=False)
+        training = [ref for ref, (task, _) in refs if task.kind == "train"]
+        for ref, (task, _) in refs:
+            if task.kind != "train":
+                self._cancel(ref, force=True)
+        if not training:
+            return
+        ready: list[Any] = []
         try:
-            if refs:
-                self.ray.wait(refs, num_returns=len(refs), timeout=self.cancel_grace_s)
+            self._request_stop(training)
+            ready, _ = self.ray.wait(training, num_returns=len(training), timeout=self.cancel_grace_s)
         except KeyboardInterrupt:  # a second Ctrl-C: kill now
             pass
         finally:
-            for ref in refs:
-                self._cancel(ref, force=True)
+            for ref in training:
+                if ref not in ready:
+                    self._cancel(ref, force=True)
+
+    def _request_stop(self, training: list[Any]) -> None:
+        path = Path(self.ctx.stop_file or "")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.touch()
+        except OSError as exc:  # an unwritable checkpoint dir: fall back to Ray's own (racy) gentle cancel
+            warn(f"could not write {path} ({exc.strerror or exc}); cancelling the trainings through Ray")
+            for ref in training:
+                self._cancel(ref, force=False)
 
     def _cancel(self, ref: Any, *, force: bool) -> None:
         try:
@@ -183,8 +206,19 @@ class RayExecutor:
 
     def close(self) -> None:
         self.values.clear()
+        if self.ctx.stop_file:
+            try:
+                Path(self.ctx.stop_file).unlink(missing_ok=True)
+            except OSError:
+                pass
         if self._owns:
             self.ray.shutdown()
+
+
+def _default_checkpoint_dir() -> Path:
+    from sgq_bench.data import cache_dir
+
+    return cache_dir() / "checkpoints"
 
 
 def _sigterm_handler() -> Any:

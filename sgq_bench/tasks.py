@@ -40,6 +40,7 @@ class ExecContext:
     checkpoint_dir: Any = None
     threads: int | None = None
     progress: bool = False
+    stop_file: str | None = None  # trainings save their state and stop once it exists (RayExecutor.cancel)
 
 
 def build_graph(cells: Iterable[Any], *, data_root: Any = None, checkpoint_dir: Any = None, device: Any = "cpu",
@@ -120,7 +121,7 @@ def execute(task: Task, ctx: ExecContext, *dep_values: Any) -> Any:
         from sgq_bench.train import load_or_train
 
         res = load_or_train(task.payload, data_root=ctx.data_root, device=device, checkpoint_dir=ctx.checkpoint_dir,
-                            progress=ctx.progress)
+                            progress=ctx.progress, stop_file=ctx.stop_file)
         return {"path": str(res.path), "loaded": res.loaded}
     if task.kind == "rank":
         from sgq_bench.metrics.roar import compute_rankings

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import os
 import signal
 import threading
 import time
@@ -184,11 +185,21 @@ class TrainResult:
 class _StopFlag:
     """SIGINT/SIGTERM during training only set a flag; the loop saves its state at the next step boundary
     and then raises KeyboardInterrupt. Why: an exception raised inside backward or the optimizer step
-    would leave half-updated weights; a second signal interrupts at once."""
+    would leave half-updated weights; a second signal interrupts at once.
 
-    def __init__(self) -> None:
+    ``stop_file``: a stop is also requested when this file exists (checked every step, a stat call). A
+    distributed run stops its workers' trainings this way: cancelling a Ray task that ends at that moment
+    can abort the driver (a known race inside Ray), and a file needs no Ray call at all.
+    """
+
+    def __init__(self, stop_file: str | os.PathLike[str] | None = None) -> None:
         self.raised = False
+        self._stop_file = None if stop_file is None else os.fspath(stop_file)
         self._old: dict[int, Any] = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.raised or (self._stop_file is not None and os.path.exists(self._stop_file))
 
     def __enter__(self) -> _StopFlag:
         if threading.current_thread() is threading.main_thread():
@@ -237,6 +248,7 @@ def train_model(
     state_path: Path | None = None,
     test_split: Split | None = None,
     on_step: Callable[[int, int], None] | None = None,
+    stop_file: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Fit ``model`` in place with ``objective`` following ``recipe``; returns loss/time statistics.
 
@@ -245,6 +257,7 @@ def train_model(
     continues from it: the final weights are bit-identical on CPU to an uninterrupted run. With
     ``test_split``, test accuracy is recorded after each epoch (``history``) without touching any RNG.
     ``on_step(step, total)`` is called after each optimizer step (progress across processes, tests).
+    ``stop_file``: the training also stops (saving its state, as on SIGINT) once this file exists.
     """
     recipe = resolve_precision(recipe, device)
     model.to(device).train()
@@ -290,7 +303,7 @@ def train_model(
         })
 
     last_save = time.monotonic()
-    with _StopFlag() as stop:
+    with _StopFlag(stop_file) as stop:
         for epoch in range(start_epoch, recipe.epochs):
             ctx.epoch = epoch
             data_gen.set_state(epoch_gen_state)
@@ -337,7 +350,7 @@ def train_model(
                 if state_path is not None and time.monotonic() - last_save >= SAVE_EVERY_S:
                     snapshot(epoch, batch_no, epoch_gen_state)  # long epochs: SIGKILL loses minutes, not hours
                     last_save = time.monotonic()
-                if stop.raised:
+                if stop.requested:
                     snapshot(epoch, batch_no, epoch_gen_state)
                     bar.close()
                     raise KeyboardInterrupt(f"{desc}: stopped at step {step}/{total}"
@@ -377,6 +390,7 @@ def load_or_train(
     progress: bool = True,
     force: bool = False,
     on_step: Callable[[int, int], None] | None = None,
+    stop_file: str | os.PathLike[str] | None = None,
 ) -> TrainResult:
     """The trained model for ``spec``: loaded from its verified checkpoint when present, else trained
     (resuming from a partial state if a previous training was stopped) and saved."""
@@ -397,7 +411,7 @@ def load_or_train(
     test = load_split(dataset, False, data_root) if spec.recipe.epochs > 1 else None
     stats = train_model(model, quantizer, objective, dataset, split, spec.recipe, spec.seed, device,
                         desc=f"{spec.dataset}/{spec.model}/{spec.method.name}/s{spec.seed}", progress=progress,
-                        state_path=partial, test_split=test, on_step=on_step)
+                        state_path=partial, test_split=test, on_step=on_step, stop_file=stop_file)
     meta = {"key": spec.key(fingerprint), "spec": spec.key_material(fingerprint), "train_size": len(split),
             "train_data_sha256": fingerprint, **stats,
             # where and by what code the weights were made (a row's own provenance is its evaluation's)

@@ -260,6 +260,7 @@ def test_interrupted_ray_run_lets_a_training_save_its_state(tmp_path):
 
     state = checkpoints.load(partial)
     assert state["epoch"] >= 1 and state["batch"] > 0, (state["epoch"], state["batch"])
+    assert not list(ckpt.glob(".stop/*")), "the stop request is removed when the run ends"
 
 
 def test_ray_executor_without_ray_names_the_extra(monkeypatch):

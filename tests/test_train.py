@@ -101,6 +101,22 @@ def test_training_stopped_by_sigterm_resumes_bit_identical(method, stop_at, tmp_
     assert all(0 <= h["test_accuracy"] <= 1 for h in resumed.meta["history"])
 
 
+def test_training_stops_when_its_stop_file_appears_and_resumes_from_there(tmp_path):
+    """How a Ray run stops its workers' trainings (RayExecutor.cancel): no signal, a file."""
+    spec = _spec("baseline", recipe=replace(RECIPE, epochs=1, train_size=512))
+    stop = tmp_path / "stop-now"
+
+    def request(step, total):
+        if step == 3:
+            stop.touch()
+
+    with pytest.raises(KeyboardInterrupt, match="stopped at step 3/.*state saved"):
+        load_or_train(spec, checkpoint_dir=tmp_path / "ckpt", progress=False, on_step=request, stop_file=stop)
+    stop.unlink()
+    resumed = load_or_train(spec, checkpoint_dir=tmp_path / "ckpt", progress=False, stop_file=stop)
+    assert resumed.meta["resumed_at_step"] == 3 and not resumed.loaded
+
+
 def test_damaged_checkpoint_is_refused_with_one_line_naming_it(tmp_path):
     from sgq_bench.errors import CheckpointError
 
