@@ -21,6 +21,17 @@ from sgq_bench.errors import CheckpointError
 FORMAT = 2  # version of the file layout below
 
 
+def checkpoint_dir(chosen: str | os.PathLike[str] | None = None) -> Path:
+    """The checkpoint directory: ``chosen`` (``--checkpoint-dir``) when given, else the user cache's
+    ``checkpoints``. One definition, because training, ROAR's task files and Ray's stop requests must
+    all agree on it."""
+    if chosen:
+        return Path(chosen)
+    from sgq_bench.data import cache_dir  # late: data pulls in the dataset registry
+
+    return cache_dir() / "checkpoints"
+
+
 def tensors_sha256(tree: Any) -> str:
     """sha256 over every tensor in a nested dict/list (name, dtype, shape and bytes), in sorted order."""
     h = hashlib.sha256()

@@ -15,6 +15,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
+from sgq_bench.checkpoints import checkpoint_dir
 from sgq_bench.errors import UsageError, warn
 from sgq_bench.tasks import ExecContext, Task, execute
 
@@ -88,7 +89,7 @@ class RayExecutor:
             raise UsageError("--executor ray needs Ray: pip install 'sgq-bench[ray]'") from None
         self.ray = ray
         # where cancel() asks trainings to stop: beside the checkpoints, which every worker can reach
-        root = Path(ctx.checkpoint_dir) if ctx.checkpoint_dir else _default_checkpoint_dir()
+        root = checkpoint_dir(ctx.checkpoint_dir)
         stop = root / ".stop" / f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
         self.ctx = ctx = dataclasses.replace(ctx, stop_file=str(stop))
         threads = ctx.threads or 1
@@ -213,12 +214,6 @@ class RayExecutor:
                 pass
         if self._owns:
             self.ray.shutdown()
-
-
-def _default_checkpoint_dir() -> Path:
-    from sgq_bench.data import cache_dir
-
-    return cache_dir() / "checkpoints"
 
 
 def _sigterm_handler() -> Any:

@@ -74,12 +74,12 @@ def rows_from_run(run: str | Path, *, skip_undefined: bool = False) -> pd.DataFr
     import pandas as pd
 
     from sgq_bench._plugins import plugins_label, row_plugins
-    from sgq_bench.report.controls import with_control_gains
+    from sgq_bench.report.controls import source_metric
     from sgq_bench.report.summary import GROUP_KEYS, summarize_results
     from sgq_bench.results import load_results
 
-    results = with_control_gains(load_results(run))  # the derived rows need provenance too
-    summary = summarize_results(results, n_boot=0)
+    results = load_results(run)
+    summary = summarize_results(results, n_boot=0)  # adds the derived <metric>_vs_random groups
     undefined = summary[summary["n_seeds"] == 0]
     if len(undefined):
         first = undefined.iloc[0]
@@ -103,9 +103,12 @@ def rows_from_run(run: str | Path, *, skip_undefined: bool = False) -> pd.DataFr
                                                  "quantus_version", "git_commit", "device")},
             "date": str(last["created"] or "")[:10],
         }
+    metric_at = GROUP_KEYS.index("metric")
     records = []
     for r in summary.to_dict("records"):
         key = tuple(r[k] for k in GROUP_KEYS)
+        # a derived score carries the provenance of the map scores it was derived from
+        key = key[:metric_at] + (source_metric(r["metric"], r["family"]),) + key[metric_at + 1:]
         row = {k: str(r[k]) for k in ("dataset", "suite", "suite_version", "eval_size", "eval_seed", "precision",
                                       "model", "method", "quantizer", "objective", "bits", "explainer", "metric",
                                       "variant", "family", "seeds")}

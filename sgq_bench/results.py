@@ -33,6 +33,8 @@ if TYPE_CHECKING:
 
 RESULTS_FILE = "results.jsonl"
 NO_EXPLAINER = "-"  # the explainer of model-level metrics (accuracy, efficiency)
+# the columns that fix an evaluation protocol: rows are compared, averaged or matched only within one
+PROTOCOL_KEYS = ("suite", "suite_version", "dataset", "model", "eval_size", "eval_seed", "precision")
 
 
 @dataclass(frozen=True)
@@ -304,6 +306,6 @@ def load_results(run: str | Path, *, nested: bool = True, dedupe: bool = True) -
     return df
 
 
-__all__ = ["COLUMNS", "EXTRA_COLUMNS", "FIELDS", "KEY_FIELDS", "NESTED_FIELDS", "NO_EXPLAINER", "RESULTS_FILE",
-           "Field", "append_rows", "bits_label", "latest", "load_results", "read_rows", "result_key",
+__all__ = ["COLUMNS", "EXTRA_COLUMNS", "FIELDS", "KEY_FIELDS", "NESTED_FIELDS", "NO_EXPLAINER", "PROTOCOL_KEYS",
+           "RESULTS_FILE", "Field", "append_rows", "bits_label", "latest", "load_results", "read_rows", "result_key",
            "results_path", "row_key", "validate_row"]

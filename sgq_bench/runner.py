@@ -22,6 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from sgq_bench import checkpoints
 from sgq_bench._io import append_jsonl, atomic_write_text, stable_hash
 from sgq_bench._provenance import provenance
 from sgq_bench.config.suite import Suite, load_suite
@@ -287,9 +288,7 @@ def run(
     from sgq_bench._lock import run_lock
 
     with run_lock(out, timeout_s=lock_timeout_s, log=log):
-        from sgq_bench.data import cache_dir
-
-        _remove_stale_temps(out, checkpoint_dir or cache_dir() / "checkpoints")
+        _remove_stale_temps(out, checkpoints.checkpoint_dir(checkpoint_dir))
         results_path = out / "results.jsonl"
         _read_results(results_path)  # a corrupted line stops us here, before anything is written
         finished = done_keys(out)

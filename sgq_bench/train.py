@@ -30,7 +30,7 @@ from sgq_bench._io import stable_hash
 from sgq_bench._provenance import provenance
 from sgq_bench.config.methods import Method
 from sgq_bench.config.suite import Recipe
-from sgq_bench.data import batches, cache_dir, load_dataset, load_split, subset, train_fingerprint
+from sgq_bench.data import batches, load_dataset, load_split, subset, train_fingerprint
 from sgq_bench.errors import PluginError, SgqBenchError, TrainingDiverged, UsageError, warn
 
 # Bump when a change to this loop changes the weights it produces. "2": the key holds the training data's
@@ -75,7 +75,7 @@ class TrainSpec:
 
 
 def checkpoint_path(spec: TrainSpec, root: Path | None = None, data_fingerprint: str = "") -> Path:
-    root = Path(root) if root is not None else cache_dir() / "checkpoints"
+    root = Path(root) if root is not None else checkpoints.checkpoint_dir()
     return root / f"{spec.dataset}-{spec.model}-{spec.method.name}-s{spec.seed}-{spec.key(data_fingerprint)}.pt"
 
 

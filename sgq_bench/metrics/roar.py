@@ -27,9 +27,10 @@ from typing import Any
 
 import torch
 
+from sgq_bench import checkpoints
 from sgq_bench._base import EvalContext, Metric, MetricResult, Param, Split
 from sgq_bench._io import atomic_write_text, stable_hash
-from sgq_bench.data import batches, cache_dir, load_dataset, load_split, subset, train_fingerprint
+from sgq_bench.data import batches, load_dataset, load_split, subset, train_fingerprint
 from sgq_bench.errors import UsageError
 from sgq_bench.metrics.functional import (
     FractionsMixin,
@@ -46,8 +47,7 @@ LEARNERS = ("fixed", "own")
 
 def task_dir(checkpoint_dir: Any = None) -> Path:
     """Where task results live: beside the checkpoints (a shared filesystem for multi-machine runs)."""
-    base = Path(checkpoint_dir) if checkpoint_dir else cache_dir() / "checkpoints"
-    return base / "tasks"
+    return checkpoints.checkpoint_dir(checkpoint_dir) / "tasks"
 
 
 @dataclass(frozen=True)

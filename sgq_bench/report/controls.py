@@ -19,12 +19,13 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from sgq_bench.results import NO_EXPLAINER, PROTOCOL_KEYS
+
 CONTROL_EXPLAINER = "random"
 CONTROLLED_FAMILIES = ("deletion", "road")  # one model, perturbed in the map's order (ROAR retrains: not here)
 CONTROL_FAMILY = "vs_random"
 SUFFIX = "_vs_random"
-_MATCH = ("suite", "suite_version", "dataset", "model", "eval_size", "eval_seed", "precision", "method",
-          "metric", "variant", "seed")
+_MATCH = (*PROTOCOL_KEYS, "method", "metric", "variant", "seed")
 _MODEL = "checkpoint_key"  # also matched where present: one run directory may hold two models of a seed
 
 
@@ -43,6 +44,14 @@ def _difference(a: object, b: object) -> list | None:
     return [None if not np.isfinite(v) else float(v) for v in x - y]
 
 
+def source_metric(metric: str, family: str) -> str:
+    """The metric a score was derived from: ``deletion_auc`` for ``deletion_auc_vs_random`` of family
+    ``vs_random``; any other metric is its own source."""
+    if family == CONTROL_FAMILY and metric.endswith(SUFFIX):
+        return metric[: -len(SUFFIX)]
+    return metric
+
+
 def with_control_gains(results: pd.DataFrame) -> pd.DataFrame:
     """``results`` plus one ``<metric>_vs_random`` row per ranking-metric row of a real explainer whose
     model also has a ``random`` row (same protocol, method, seed, metric, variant).
@@ -59,7 +68,7 @@ def with_control_gains(results: pd.DataFrame) -> pd.DataFrame:
     base = results[~derived_before]
     ranking = base[base["family"].isin(CONTROLLED_FAMILIES)]
     control = ranking[ranking["explainer"] == CONTROL_EXPLAINER].drop_duplicates(match, keep="last")
-    maps = ranking[~ranking["explainer"].isin([CONTROL_EXPLAINER, "-"])]
+    maps = ranking[~ranking["explainer"].isin([CONTROL_EXPLAINER, NO_EXPLAINER])]
     if control.empty or maps.empty:
         return results
     keep = match + ["value"] + (["per_sample"] if "per_sample" in control.columns else [])
@@ -83,4 +92,4 @@ def with_control_gains(results: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([base, derived], ignore_index=True)
 
 
-__all__ = ["CONTROLLED_FAMILIES", "CONTROL_EXPLAINER", "CONTROL_FAMILY", "SUFFIX", "with_control_gains"]
+__all__ = ["CONTROLLED_FAMILIES", "CONTROL_EXPLAINER", "CONTROL_FAMILY", "SUFFIX", "source_metric", "with_control_gains"]

@@ -24,10 +24,9 @@ from sgq_bench.report.stats import (
     t_halfwidth,
     welch_difference,
 )
+from sgq_bench.results import NO_EXPLAINER, PROTOCOL_KEYS
 
 REFERENCE = "baseline"  # the default reference method of comparisons
-NO_EXPLAINER = "-"
-PROTOCOL_KEYS = ("suite", "suite_version", "dataset", "model", "eval_size", "eval_seed", "precision")
 GROUP_KEYS = (*PROTOCOL_KEYS, "method", "explainer", "metric", "variant")
 COMPARE_KEYS = tuple(k for k in GROUP_KEYS if k != "method")
 FAMILY_ORDER = ("accuracy", "deletion", "road", CONTROL_FAMILY, "roar", "sparsity", "faithfulness", "efficiency")
