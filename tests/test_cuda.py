@@ -74,6 +74,9 @@ def test_smoke_suite_on_cuda_names_its_device_and_matches_the_cpu_scores(tmp_pat
         assert main(["run", "--suite", "smoke", "--out", str(out), "--device", device, "--checkpoint-dir", str(ckpt),
                      "--quiet", "--no-figures"], standalone_mode=False) == 0
         runs[device] = [json.loads(line) for line in Path(out, "results.jsonl").read_text().splitlines()]
+        if device == "cpu":
+            trained = json.loads((out / "manifest.json").read_text())["runs"][-1]["tasks"]["train"]
+            assert trained == 0, "the CPU run must reuse the models trained on CUDA"
     gpu, cpu = runs["cuda"], runs["cpu"]
     assert gpu and all(r["provenance"]["device"].startswith("cuda:") for r in gpu)
     assert all(r["provenance"]["device"].startswith("cpu") for r in cpu)
