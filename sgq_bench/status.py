@@ -27,8 +27,9 @@ def suite_status(suite: Any, *, out: Any = None, only: Any = None, overrides: di
     Columns: ``cell``, ``state`` (one of ``STATES``; ``trained`` means the model exists and its scores do
     not yet; ``stopped``, a training whose saved state is older than ``STALE_AFTER_S``), ``epoch``/``epochs``, ``step``/``steps``, ``test_accuracy`` (after the last finished epoch),
     ``train_s`` (training seconds so far), ``left_s`` (the rest at this training's own pace so far),
-    ``saved_ago_s`` (age of the mid-training state: a state that stops getting younger is not running)
-    and ``error`` (the last error of a failed cell). Progress is as of the last saved state (every epoch
+    ``saved_ago_s`` (age of the mid-training state: a state that stops getting younger is not running),
+    ``precision`` (as resolved on ``device``) and ``checkpoint`` (the file name, which carries the content
+    key of everything that determines the weights: the provenance of ``test_accuracy``), and ``error`` (the last error of a failed cell). Progress is as of the last saved state (every epoch
     and every 10 minutes). ``device`` defaults to the run directory's last ``--device``: it decides
     ``precision = "auto"``, hence which checkpoints are this run's.
     """
@@ -68,7 +69,7 @@ def suite_status(suite: Any, *, out: Any = None, only: Any = None, overrides: di
             row["state"], row["error"] = "failed", f"{err.get('error')}: {err.get('message')}"
         rows.append(row)
     columns = ["cell", "state", "epoch", "epochs", "step", "steps", "test_accuracy", "train_s", "left_s",
-               "saved_ago_s", "error"]
+               "saved_ago_s", "precision", "checkpoint", "error"]
     frame = pd.DataFrame(rows).reindex(columns=columns)
     frame = frame.astype({c: "Int64" for c in ("epoch", "epochs", "step", "steps")})
     frame.attrs.update(suite=suite.name, version=suite.version, out=str(out), device=device)
@@ -85,7 +86,8 @@ def _training_progress(spec: Any, device: Any, data_root: Any, checkpoint_dir: A
     where = locate_checkpoint(spec, device=device, data_root=data_root, checkpoint_dir=checkpoint_dir)
     recipe = where.spec.recipe
     steps = training_steps(spec, data_root)
-    row: dict[str, Any] = {"state": "waiting", "epochs": recipe.epochs, "steps": steps}
+    row: dict[str, Any] = {"state": "waiting", "epochs": recipe.epochs, "steps": steps,
+                           "precision": recipe.precision, "checkpoint": where.path.name}
     # Each file is looked at once (stat, then load): a running training replaces its state, and removes it
     # when the final checkpoint is written, at any moment.
     try:

@@ -57,6 +57,7 @@ def test_status_follows_cells_through_every_state(tmp_path):
     rows = [json.loads(line) for line in res.stdout.splitlines()]
     assert [r["state"] for r in rows] == ["done", "training", "trained", "failed"]
     assert rows[1]["step"] == 5 and isinstance(rows[1]["epochs"], int)
+    assert all(r["precision"] == "fp32" and r["checkpoint"].startswith("synthetic-test_cnn-") for r in rows)
 
     # An error older than the model: the cell failed once, then trained in a later run. An error of the
     # same cell id under another key (another configuration of the cell) is not this cell's.
