@@ -1,8 +1,9 @@
 """Export the training-only numbers (the README's training table, the bf16 check) from the cached checkpoints.
 
 Why: those numbers come from trainings that no suite run scored, so no results.jsonl holds them. Each
-checkpoint records its test accuracy after every epoch; `sgq-bench status` reads it, and this script writes
-what it reads to docs/results/training/ (CSV for tools, a markdown table that docs/results.md includes),
+checkpoint of a recipe longer than one epoch records its test accuracy after every epoch; `sgq-bench
+status` reads it (a 1-epoch model logs none and is evaluated here instead), and this script writes
+what it reads to docs/results/training/ (CSV for tools, a markdown table that docs/results.md and the README link),
 with the checkpoint file of each number (its name carries the content key of everything that determines
 the weights) and the machine and commit of the export.
 
@@ -56,7 +57,7 @@ def collect() -> pd.DataFrame:
                              channels_last=[suite.dataset(d).recipe.channels_last for d in dataset])
         frame["accuracy_from"] = "checkpoint"
         specs = {c.id: c.spec for c in expand(suite, parse_only(only))}
-        for i in frame.index[frame["test_accuracy"].isna()]:  # a checkpoint written before epochs were logged
+        for i in frame.index[frame["test_accuracy"].isna()]:  # 1-epoch recipes log no per-epoch accuracy
             frame.loc[i, ["test_accuracy", "accuracy_from"]] = _evaluate(specs[frame.loc[i, "cell"]]), "evaluated"
         frames.append(frame)
     cols = ["suite", "dataset", "model", "method", "seed", "precision", "channels_last", "epochs", "test_accuracy",
@@ -75,7 +76,7 @@ def main() -> None:
     table.to_csv(OUT / "training_runs.csv", index=False)
     lines = ["# Training-only numbers", "",
              "Test accuracy on the whole test split after the last epoch, read from each model's checkpoint by "
-             "`python docs/training_runs.py` (or, for a checkpoint older than per-epoch logging, evaluated then: "
+             "`python docs/training_runs.py` (or, for a 1-epoch model, which logs none, evaluated then: "
              "`accuracy_from` in the CSV). Training wall times are in the CSV (`train_s`, on a shared CPU: not "
              "a benchmark).", "",
              "| suite | dataset | method | seed | precision | channels-last | epochs | test accuracy | checkpoint |",

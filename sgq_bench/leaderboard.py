@@ -107,8 +107,8 @@ def rows_from_run(run: str | Path, *, skip_undefined: bool = False) -> pd.DataFr
     records = []
     for r in summary.to_dict("records"):
         key = tuple(r[k] for k in GROUP_KEYS)
-        # a derived score carries the provenance of the map scores it was derived from
-        key = key[:metric_at] + (source_metric(r["metric"], r["family"]),) + key[metric_at + 1:]
+        if key not in info:  # a derived score carries the provenance of the map scores it was derived from
+            key = key[:metric_at] + (source_metric(r["metric"], r["family"]),) + key[metric_at + 1:]
         row = {k: str(r[k]) for k in ("dataset", "suite", "suite_version", "eval_size", "eval_seed", "precision",
                                       "model", "method", "quantizer", "objective", "bits", "explainer", "metric",
                                       "variant", "family", "seeds")}

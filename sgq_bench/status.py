@@ -29,7 +29,9 @@ def suite_status(suite: Any, *, out: Any = None, only: Any = None, overrides: di
     ``train_s`` (training seconds so far), ``left_s`` (the rest at this training's own pace so far),
     ``saved_ago_s`` (age of the mid-training state: a state that stops getting younger is not running),
     ``precision`` (as resolved on ``device``) and ``checkpoint`` (the file name, which carries the content
-    key of everything that determines the weights: the provenance of ``test_accuracy``), and ``error`` (the last error of a failed cell). Progress is as of the last saved state (every epoch
+    key of everything that determines the weights: the provenance of a finished model's ``test_accuracy``;
+    while a cell is ``training`` or ``stopped`` its accuracy comes from the mid-training state beside it),
+    and ``error`` (the last error of a failed cell). Progress is as of the last saved state (every epoch
     and every 10 minutes). ``device`` defaults to the run directory's last ``--device``: it decides
     ``precision = "auto"``, hence which checkpoints are this run's.
     """

@@ -75,7 +75,7 @@ class TrainSpec:
 
 
 def checkpoint_path(spec: TrainSpec, root: Path | None = None, data_fingerprint: str = "") -> Path:
-    root = Path(root) if root is not None else checkpoints.checkpoint_dir()
+    root = checkpoints.checkpoint_dir(root)
     return root / f"{spec.dataset}-{spec.model}-{spec.method.name}-s{spec.seed}-{spec.key(data_fingerprint)}.pt"
 
 

@@ -206,3 +206,16 @@ def test_show_keeps_one_suite_and_rounds_mean_and_std(tmp_path):
     assert "0.9811 ± 0.001 " in text  # 4 and 2 significant digits; the CSV keeps full precision
     with pytest.raises(UsageError, match="no rows of suite 'seed'"):
         show("synthetic", leaderboards=lb, suite="seed")
+
+
+def test_a_stored_control_score_without_its_source_row_keeps_its_own_provenance(tmp_path):
+    """Control scores are derived, never stored; a run that stored one anyway (no random rows to derive
+    from, no source row) is published under its own row's provenance instead of failing."""
+    from sgq_bench.leaderboard import rows_from_run
+
+    rows = [r for r in grid(seeds=(0, 1)) if r["explainer"] == "-"]
+    rows += [row("baseline", s, "deletion_auc_vs_random", 0.1 + 0.01 * s, explainer="gradient", family="vs_random",
+                 higher=False) for s in (0, 1)]
+    out = rows_from_run(write_run(tmp_path / "run", rows))
+    stored = out[out["metric"] == "deletion_auc_vs_random"]
+    assert len(stored) == 1 and stored["n_seeds"].iloc[0] == "2" and stored["git_commit"].iloc[0] != ""

@@ -3,7 +3,7 @@
 # git-ignored folders that the device call carries (64 MiB in all).
 #   .whl/      captum and quantus wheels for the GPU image's Python 3.12 (it has torch, pandas, click...)
 #   .gpu-data/ real MNIST, gzipped (11 MB; CIFAR-10 is 162 MB and cannot travel, so the GPU check is MNIST)
-# Then: run(command="bash tools/gpu_check.sh", carry=[".whl", ".gpu-data"], timeout_s=540).
+# Then: run(command="bash tools/gpu_check.sh", carry=[".whl", ".gpu-data"], timeout_s=560).
 set -euo pipefail
 data=${SGQ_BENCH_DATA:?set SGQ_BENCH_DATA to the folder holding MNIST/raw}
 for d in .whl .gpu-data; do grep -qx "/$d/" .git/info/exclude 2>/dev/null || echo "/$d/" >> .git/info/exclude; done

@@ -33,7 +33,8 @@ import pandas as pd
 from sgq_bench.errors import UsageError
 from sgq_bench.report.controls import with_control_gains
 from sgq_bench.report.stats import paired_seed_p, welch_difference, welch_p
-from sgq_bench.report.summary import NO_EXPLAINER, PROTOCOL_KEYS, REFERENCE, _per_seed
+from sgq_bench.report.summary import REFERENCE, _per_seed
+from sgq_bench.results import NO_EXPLAINER, PROTOCOL_KEYS
 
 KINDS = ("better", "not_worse")
 PACKAGED = {"paper": Path(__file__).resolve().parent.parent / "config" / "claims.toml"}
