@@ -51,12 +51,12 @@ def collect() -> pd.DataFrame:
         suite = load_suite(name, overrides)
         frame = suite_status(suite, out=OUT / "no-run", only=only)
         frame = frame[frame["state"].isin(["trained", "done"])].copy()
-        dataset, model, method, seed = zip(*(c.split("/") for c in frame["cell"])) if len(frame) else ([],) * 4
-        frame = frame.assign(suite=name, dataset=dataset, model=model, method=method,
-                             seed=[int(s.lstrip("s")) for s in seed],
-                             channels_last=[suite.dataset(d).recipe.channels_last for d in dataset])
-        frame["accuracy_from"] = "checkpoint"
         specs = {c.id: c.spec for c in expand(suite, parse_only(only))}
+        cells = [specs[c] for c in frame["cell"]]
+        frame = frame.assign(suite=name, dataset=[s.dataset for s in cells], model=[s.model for s in cells],
+                             method=[s.method.name for s in cells], seed=[s.seed for s in cells],
+                             channels_last=[s.recipe.channels_last for s in cells])
+        frame["accuracy_from"] = "checkpoint"
         for i in frame.index[frame["test_accuracy"].isna()]:  # 1-epoch recipes log no per-epoch accuracy
             frame.loc[i, ["test_accuracy", "accuracy_from"]] = _evaluate(specs[frame.loc[i, "cell"]]), "evaluated"
         frames.append(frame)
