@@ -19,8 +19,9 @@ import pandas as pd
 
 from sgq_bench._provenance import provenance
 from sgq_bench.config.suite import load_suite
-from sgq_bench.runner import expand, parse_only
-from sgq_bench.status import suite_status
+from sgq_bench.orchestration.cells import expand, parse_only
+from sgq_bench.orchestration.status import suite_status
+from sgq_bench.specs import ExecContext
 
 OUT = Path(__file__).resolve().parent / "results" / "training"
 # (suite, overrides, --only): the recipes behind the README's training table and the bf16 check
@@ -40,7 +41,7 @@ def _evaluate(spec) -> float:
 
     if not locate_checkpoint(spec).path.exists():
         raise SystemExit(f"no checkpoint for {spec}")
-    model = load_or_train(spec, progress=False).model
+    model = load_or_train(spec, ExecContext(progress=False)).model
     dataset = load_dataset(spec.dataset, spec.dataset_params)
     return accuracy(model, dataset, load_split(dataset, False), torch.device("cpu"))
 

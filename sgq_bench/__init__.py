@@ -25,6 +25,8 @@ _EXPORTS = {
     "Metric": "sgq_bench._base", "MetricResult": "sgq_bench._base", "Objective": "sgq_bench._base",
     "ObjectiveOutput": "sgq_bench._base", "Plugin": "sgq_bench._base", "Quantizer": "sgq_bench._base",
     "Split": "sgq_bench._base", "TrainContext": "sgq_bench._base", "Param": "sgq_bench._params",
+    # declared bits: a quantizer's (``declared_bits``) and each layer's (``mark_quantized``/``layer_bits``)
+    "Bits": "sgq_bench._base", "mark_quantized": "sgq_bench._base", "layer_bits": "sgq_bench._base",
     # registries and registration
     # (one registry per kind: ``registry("metrics")``; not exported as ``metrics`` etc., names that
     # belong to the subpackages ``sgq_bench.metrics``, ``sgq_bench.models`` and ``sgq_bench.explainers``)
@@ -35,9 +37,12 @@ _EXPORTS = {
     # configuration, training, running, results
     "Method": "sgq_bench.config.methods", "builtin_methods": "sgq_bench.config.methods",
     "get_method": "sgq_bench.config.methods", "Recipe": "sgq_bench.config.suite", "Suite": "sgq_bench.config.suite",
-    "load_suite": "sgq_bench.config.suite", "TrainSpec": "sgq_bench.train", "accuracy": "sgq_bench.train",
-    "load_or_train": "sgq_bench.train", "RunResult": "sgq_bench.runner", "run": "sgq_bench.runner",
+    "load_suite": "sgq_bench.config.suite", "TrainSpec": "sgq_bench.specs", "accuracy": "sgq_bench.train",
+    "load_or_train": "sgq_bench.train", "RunResult": "sgq_bench.orchestration.runner", "run": "sgq_bench.orchestration.runner",
     "load_results": "sgq_bench.results", "provenance": "sgq_bench._provenance",
+    # the units of work and where they run (a retraining metric's tasks subclass Task)
+    "Task": "sgq_bench.specs", "ExecContext": "sgq_bench.specs", "Cell": "sgq_bench.specs",
+    "CostModel": "sgq_bench.specs",
     # errors
     "SgqBenchError": "sgq_bench.errors", "UsageError": "sgq_bench.errors",
 }

@@ -3,14 +3,14 @@
 A third-party package subclasses these and registers them under the entry-point groups
 ``sgq_bench.quantizers``, ``sgq_bench.objectives``, ``sgq_bench.datasets``, ``sgq_bench.models``,
 ``sgq_bench.explainers`` and ``sgq_bench.metrics`` (see docs/plugins.md; ``sgq_bench._plugins`` re-exports
-everything a plugin needs). The reference methods in ``baselines/`` use exactly this API.
+everything a plugin needs). The reference methods in ``sgq_bench/builtin/`` use exactly this API.
 
 The contract in one paragraph: the harness instantiates each plugin class with the parameters a suite
 gives (validated against the class's declared ``params``, defaults written into every result); a
-quantizer transforms a freshly built model, an objective turns a batch into a loss, a dataset yields
-uint8 splits, a model factory builds an ``nn.Module`` with ``nn.ReLU`` modules and ``explain_layer``, an
-explainer returns attributions shaped like its input, and a metric returns ``MetricResult``s in a
-declared direction (finite, or NaN with the reason in ``extra["undefined_reason"]``).
+quantizer declares its bits from its params and transforms a freshly built model (marking each layer
+it quantizes), an objective turns a batch into a loss, a dataset yields uint8 splits, a model factory
+builds an ``nn.Module`` with ``nn.ReLU`` modules and ``explain_layer``, an explainer returns
+attributions shaped like its input, and a metric returns ``MetricResult``s in a declared direction (finite, or NaN with the reason in ``extra["undefined_reason"]``).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from sgq_bench._bits import FLOAT, Bits, method_label
 from sgq_bench._params import Param, resolve_params
 
 
@@ -48,6 +49,29 @@ class Plugin:
         return f"{type(self).__name__}({args})"
 
 
+BITS_ATTR = "sgq_bits"  # where mark_quantized stores a layer's Bits; read it through layer_bits()
+
+
+def mark_quantized(module: nn.Module, weight_bits: int = 32, act_bits: int = 32) -> nn.Module:
+    """Declare what ``module`` quantizes: its ``weight`` parameter stored at ``weight_bits``, its output
+    rounded to ``act_bits`` (32 = left float). ``prepare`` calls it on each layer it quantizes.
+
+    Why declared: efficiency metrics (size, compression, BOPs) read only this, through ``layer_bits``.
+    It is a plain attribute, so ``state_dict`` keys and checkpoints are unchanged. Returns ``module``.
+    """
+    bits = Bits(weight_bits, act_bits)
+    if bits.weight < 32 and not isinstance(getattr(module, "weight", None), torch.Tensor):
+        raise ValueError(f"mark_quantized: {type(module).__name__} has no `weight` to store at {weight_bits} bits")
+    setattr(module, BITS_ATTR, bits)
+    return module
+
+
+def layer_bits(module: nn.Module) -> Bits | None:
+    """The ``Bits`` that ``mark_quantized`` declared for ``module``; None for a module left float."""
+    bits = module.__dict__.get(BITS_ATTR)
+    return bits if isinstance(bits, Bits) else None
+
+
 class Quantizer(Plugin):
     """A model transform. ``prepare`` returns the model that is trained (fake-quant, with gradients).
 
@@ -56,6 +80,12 @@ class Quantizer(Plugin):
     calling ``prepare`` on a fresh model and loading the saved ``state_dict`` into the result.
     """
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "bits" in vars(cls) and "declared_bits" not in vars(cls):  # the contract before declared_bits
+            raise TypeError(f"quantizer {cls.__name__}: bits() is no longer read; declare "
+                            "declared_bits() -> Bits and mark layers with mark_quantized (docs/plugins.md)")
+
     def prepare(self, model: nn.Module) -> nn.Module:
         """Transform ``model`` (in place is fine) into the form that is trained and explained.
 
@@ -63,8 +93,8 @@ class Quantizer(Plugin):
             The module to train: same input and logits shapes, differentiable with respect to the
             input (explainers and saliency-guided objectives take input gradients through it), with
             every new learnable tensor registered as a parameter or buffer (so it is checkpointed).
-            Quantized weight layers carry an int ``weight_bits`` attribute (their parameter still named
-            ``weight``) and activation quantizers an ``act_bits`` one: efficiency metrics read them.
+            Each layer it quantizes is declared with ``mark_quantized`` (a weight layer keeps its
+            parameter named ``weight``): efficiency metrics read only that declaration.
         """
         raise NotImplementedError
 
@@ -72,12 +102,14 @@ class Quantizer(Plugin):
         """Optimizer parameter groups; override to give e.g. clipping levels their own decay."""
         return [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": weight_decay}]
 
-    def bits(self) -> tuple[int, int]:
-        """(weight bits, activation bits) of the quantized layers; (32, 32) for float.
+    def declared_bits(self) -> Bits:
+        """Bits of the quantized layers, from the params alone (no model is built); float by default.
 
-        Efficiency metrics (size, BOPs) and method labels (``pact[W4A2]``) read this.
+        Why from params: method labels, result rows and the plan need the bits before (or without)
+        ``prepare``. Layers ``prepare`` marks may differ where a quantizer says why (pact's 8-bit
+        boundaries); the rest must agree with this.
         """
-        return (32, 32)
+        return FLOAT
 
     def deploy(self, model: nn.Module) -> nn.Module:
         """Convert a trained model to a real low-precision inference model (optional).
@@ -312,8 +344,26 @@ class Metric(Plugin):
         """
         return None
 
+    def overhead_s(self, costs: Any) -> float:
+        """Seconds this metric costs besides its forward passes (e.g. starting probe processes), priced
+        from the planner's ``costs`` (a ``sgq_bench.specs.CostModel``); 0 by default."""
+        return 0.0
+
+    def tasks(self, spec: TrainSpec, explainer: Explainer | None, ctx: ExecContext) -> list[Task]:  # noqa: F821 - sgq_bench.specs sits above
+        """Work this metric needs done before ``compute`` runs, as ``sgq_bench.specs.Task`` objects.
+
+        A retraining metric (ROAR) returns its retrains here; the run's task graph schedules them (and what
+        they need) on any executor, caches them, prices them in ``--plan`` and resumes them, and ``compute``
+        then reads their stored results. ``spec`` is the cell's ``TrainSpec``, ``explainer`` the one being
+        scored (None for metrics without attributions), ``ctx`` the ``ExecContext``. Default: none.
+        (The three types live in ``sgq_bench.specs``, a layer above this module: named here, not imported.)
+        """
+        return []
+
 
 __all__ = [
+    "BITS_ATTR",
+    "Bits",
     "Dataset",
     "EvalContext",
     "Explainer",
@@ -326,4 +376,7 @@ __all__ = [
     "Quantizer",
     "Split",
     "TrainContext",
+    "layer_bits",
+    "mark_quantized",
+    "method_label",
 ]

@@ -36,19 +36,19 @@ def tensors_sha256(tree: Any) -> str:
     """sha256 over every tensor in a nested dict/list (name, dtype, shape and bytes), in sorted order."""
     h = hashlib.sha256()
 
-    def walk(prefix: str, node: Any) -> None:
-        if isinstance(node, dict):
-            for k in sorted(node, key=str):
-                walk(f"{prefix}/{k}", node[k])
-        elif isinstance(node, (list, tuple)):
-            for i, v in enumerate(node):
+    def walk(prefix: str, item: Any) -> None:
+        if isinstance(item, dict):
+            for k in sorted(item, key=str):
+                walk(f"{prefix}/{k}", item[k])
+        elif isinstance(item, (list, tuple)):
+            for i, v in enumerate(item):
                 walk(f"{prefix}/{i}", v)
-        elif isinstance(node, torch.Tensor):
-            h.update(f"{prefix}:{node.dtype}:{tuple(node.shape)}".encode())
-            t = node.detach().cpu().contiguous().reshape(-1)
+        elif isinstance(item, torch.Tensor):
+            h.update(f"{prefix}:{item.dtype}:{tuple(item.shape)}".encode())
+            t = item.detach().cpu().contiguous().reshape(-1)
             h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
         else:
-            h.update(f"{prefix}={node!r}".encode())
+            h.update(f"{prefix}={item!r}".encode())
 
     walk("", tree)
     return h.hexdigest()

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from sgq_bench._base import EvalContext
 from sgq_bench.errors import UsageError
 
 # torch >= 2.10 warns that quantized tensor creation is deprecated (pytorch#184982) on every call; the
@@ -373,7 +374,7 @@ def _base_quantizer() -> type:
     return Quantizer
 
 
-def deployed_for(ctx: Any) -> nn.Module:
+def deployed_for(ctx: EvalContext) -> nn.Module:
     """The int8 model of an ``EvalContext`` (deployed once per cell, cached in ``ctx.cache``).
 
     Calibrates on training images of the cell's dataset (falling back to ``ctx.x``). Raises

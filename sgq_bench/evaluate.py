@@ -11,6 +11,7 @@ only the driver writes).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import sys
@@ -20,34 +21,21 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from sgq_bench import _registry, results
 from sgq_bench._base import Dataset, EvalContext, Explainer, Metric, MetricResult, Split
 from sgq_bench._batching import forward as batched_forward
 from sgq_bench._batching import keep_freed_memory
 from sgq_bench._plugins import row_plugins
 from sgq_bench._provenance import provenance
-from sgq_bench.data import subset
+from sgq_bench.data import load_dataset, load_split, subset
 from sgq_bench.errors import UsageError
 from sgq_bench.explainers import check_attributions
-from sgq_bench.train import (
-    TrainResult,
-    TrainSpec,
-    inference_copy,
-    load_dataset,
-    load_or_train,
-    load_split,
-    resolve_device,
-)
+from sgq_bench.specs import Cell, ExecContext, TrainSpec
+from sgq_bench.train import TrainResult, inference_copy, load_or_train, resolve_device
 
 NO_EXPLAINER = results.NO_EXPLAINER
 PROTOCOL_FIELDS = ("suite", "suite_version", "eval_size", "eval_seed")  # one per dataset in a run directory
 
-# Kept while runner.py and cli_evaluate.py import them from here; new code imports sgq_bench.results.
-read_results = results.read_rows
-row_key = results.row_key
-KEY_FIELDS = results.KEY_FIELDS
 
 
 def eval_split(dataset: Dataset, eval_size: int, eval_seed: int = 0, data_root: Any = None) -> Split:
@@ -111,7 +99,7 @@ def _str(v: Any) -> str | None:
     return None if v is None else str(v)
 
 
-def _build(names: Sequence[str], registry: Any, params: dict[str, dict] | None, kind: str) -> dict[str, Any]:
+def _build(names: Sequence[str], registry: Any, params: dict[str, dict] | None) -> dict[str, Any]:
     out = {}
     for name in names:
         cls = registry.get(name)  # unknown name -> UsageError with suggestions
@@ -123,113 +111,112 @@ def _clean(v: Any) -> Any:
     return None if isinstance(v, float) and not math.isfinite(v) else v
 
 
-def evaluate_cell(
-    spec: TrainSpec,
-    *,
-    explainers: Sequence[str],
-    metrics: Sequence[str],
-    eval_size: int,
-    metric_params: dict[str, dict] | None = None,
-    device: str | torch.device = "cpu",
-    data_root: Any = None,
-    checkpoint_dir: Path | None = None,
-    results_path: Path | None,
-    done: set[tuple] | None = None,
-    suite: str | None = None,
-    suite_version: str | None = None,
-    fingerprint: str | None = None,
-    progress: bool = True,
-    eval_seed: int = 0,
-    trained: TrainResult | None = None,
-) -> list[dict]:
-    """Evaluate one trained model; return the rows produced now (appended to ``results_path`` unless None).
+def evaluate_cell(cell: Cell, ctx: ExecContext | None = None, *, results_path: Path | None = None,
+                  done: set[tuple] | None = None, fingerprint: str | None = None,
+                  trained: TrainResult | None = None) -> list[dict]:
+    """Evaluate one cell's trained model; return the rows produced now (appended to ``results_path``
+    unless None: a distributed worker's mode, where only the driver writes).
 
     Rows whose ``results.row_key`` is in ``done`` or already in ``results_path`` are skipped. Names,
     parameters, ``eval_size`` and (when writing) the run directory's protocol (``check_protocol``;
     ``fingerprint`` is the suite's) are validated before any model is loaded or trained. ``trained``: the
-    model already loaded by the caller (``load_or_train(spec)``), so that it is not read and verified twice.
+    model already loaded by the caller (``load_or_train(cell.spec, ctx)``), so it is not read twice.
     """
-    device = resolve_device(device)
+    ctx = ctx or ExecContext()
+    device = resolve_device(ctx.device)
     keep_freed_memory()
-    metric_objs: dict[str, Metric] = _build(metrics, _registry.metrics, metric_params, "metric")
-    explainer_objs: dict[str, Explainer] = _build(explainers, _registry.explainers, None, "explainer")
+    spec = cell.spec
+    metric_objs: dict[str, Metric] = _build(cell.metrics, _registry.metrics, cell.metric_params)
+    explainer_objs: dict[str, Explainer] = _build(cell.explainers, _registry.explainers, None)
     dataset = load_dataset(spec.dataset, spec.dataset_params)
-    split = eval_split(dataset, eval_size, eval_seed, data_root)
+    split = eval_split(dataset, cell.eval_size, cell.eval_seed, ctx.data_root)
     quantizer, _ = spec.method.build()
-    base = _cell_fields(spec, quantizer, len(split), eval_seed, suite, suite_version)
+    base = _cell_fields(spec, quantizer, len(split), cell.eval_seed, cell.suite or None, cell.suite_version or None)
     skip = set(done or ())
     if results_path is not None:
         results_path = Path(results_path)
         existing = results.read_rows(results_path)
         check_protocol(results_path, existing, base, fingerprint)
         skip |= {results.row_key(r) for r in existing}
-
-    def todo(explainer: str, metric: str) -> bool:
-        return results.row_key({**base, "explainer": explainer, "metric": metric}) not in skip
-
-    model_level = [m for m, obj in metric_objs.items() if not obj.needs_attributions]
-    attr_level = [m for m, obj in metric_objs.items() if obj.needs_attributions]
-    pending_model = [m for m in model_level if todo(NO_EXPLAINER, m)]
-    pending = {e: [m for m in attr_level if todo(e, m)] for e in explainer_objs}
-    if not pending_model and not any(pending.values()):
-        _log(progress, f"{_cell_name(spec)}: all results present" + (f" in {results_path}" if results_path else ""))
+    pending = {e: [m for m, obj in metric_objs.items() if (obj.needs_attributions != (e == NO_EXPLAINER))
+                   and results.row_key({**base, "explainer": e, "metric": m}) not in skip]
+               for e in (NO_EXPLAINER, *explainer_objs)}
+    if not any(pending.values()):
+        _log(ctx.progress, f"{_cell_name(spec)}: all results present" + (f" in {results_path}" if results_path else ""))
         return []
-
-    if trained is None:
-        trained = load_or_train(spec, data_root=data_root, device=device, checkpoint_dir=checkpoint_dir,
-                                progress=progress)
-    base["precision"] = str(trained.meta.get("precision", "fp32"))
-    base["train_data_sha256"] = trained.meta.get("train_data_sha256")
-    base["training_provenance"] = trained.meta.get("provenance")  # a GPU-trained model scored on a CPU says so
-    model = trained.model.eval()
-    x = dataset.normalize(split.images.to(device))
-    y = split.labels.to(device)
-    prov = provenance(device)
-    written: list[dict] = []
-
-    def emit(explainer: str, expl_params: dict, name: str, metric: Metric, res: Any, seconds: float,
-             extra: dict[str, Any] | None = None) -> None:
-        outs = res if isinstance(res, list) else [res]
-        rows = [_row(base, explainer, expl_params, name, metric, r, seconds, prov, extra) for r in outs]
-        if results_path is not None:
-            rows = results.append_rows(results_path, rows)
-        else:
-            rows = [results.validate_row(r, f"{_cell_name(spec)}: {name} row {i}") for i, r in enumerate(rows, 1)]
-        written.extend(rows)
-        _log(progress, f"  {explainer:<22} {name:<26} {rows[0]['value']!s:<22} ({seconds:.1f} s)")
-
-    _log(progress, f"{_cell_name(spec)}: evaluating on {len(split)} test images"
+    trained = trained or load_or_train(spec, ctx)
+    base.update(precision=str(trained.meta.get("precision", "fp32")),
+                train_data_sha256=trained.meta.get("train_data_sha256"),
+                # a GPU-trained model scored on a CPU says so; so does a training resumed on another machine
+                training_provenance=_training_provenance(trained.meta))
+    scoring = _Scoring(cell, ctx, base, results_path, provenance(device))
+    ectx = EvalContext(model=trained.model.eval(), dataset=dataset, x=dataset.normalize(split.images.to(device)),
+                       y=split.labels.to(device), device=device, spec=spec, quantizer=quantizer,
+                       data_root=ctx.data_root, checkpoint_dir=ctx.checkpoint_dir, seed=cell.eval_seed,
+                       train_meta=trained.meta)
+    _log(ctx.progress, f"{_cell_name(spec)}: evaluating on {len(split)} test images"
          + (f" -> {results_path}" if results_path else ""))
-    ctx = EvalContext(model=model, dataset=dataset, x=x, y=y, device=device, spec=spec, quantizer=quantizer,
-                      data_root=data_root, checkpoint_dir=checkpoint_dir, seed=eval_seed, train_meta=trained.meta)
-    for name in pending_model:
-        t0 = time.perf_counter()
-        res = metric_objs[name].compute(ctx, None)
-        emit(NO_EXPLAINER, {}, name, metric_objs[name], res, time.perf_counter() - t0)
+    for name in pending[NO_EXPLAINER]:
+        scoring.score(ectx, NO_EXPLAINER, None, {}, name, metric_objs[name])
+    _score_attributions(scoring, ectx, explainer_objs, metric_objs, pending)
+    return scoring.written
 
-    fast = inference_copy(model, device)  # model-level metrics above get the original
-    fctx = EvalContext(model=fast, dataset=dataset, x=x, y=y, device=device, spec=spec, quantizer=quantizer,
-                       data_root=data_root, checkpoint_dir=checkpoint_dir, seed=eval_seed)
+
+def _training_provenance(meta: dict[str, Any]) -> Any:
+    """Where the weights were made; with the resumes of a training that crossed machines or thread counts
+    (its weights then differ from an uninterrupted run's)."""
+    prov = meta.get("provenance")
+    moved = [r for r in meta.get("resumes") or [] if not r.get("same_machine", True)]
+    if moved and isinstance(prov, dict):
+        prov = {**prov, "resumed_elsewhere": moved}
+    return prov
+
+
+def _score_attributions(scoring: _Scoring, ectx: EvalContext, explainer_objs: dict[str, Explainer],
+                        metric_objs: dict[str, Metric], pending: dict[str, list[str]]) -> None:
+    """Attributions once per explainer (on a faster inference copy), then every pending metric on them."""
+    fast = inference_copy(ectx.model, ectx.device)  # model-level metrics got the original
+    fctx = dataclasses.replace(ectx, model=fast, train_meta=None, cache={})
     for ename, explainer in explainer_objs.items():
         if not pending[ename]:
             continue
-        explainer.setup(dataset)
+        explainer.setup(fctx.dataset)
         t0 = time.perf_counter()
-        target = batched_forward(fast, x).argmax(1)
-        attr = explainer.attribute(fast, x, target)  # same weights; channels-last is faster
-        check_attributions(ename, attr, x)  # finite and shaped like x before any metric sees it
+        target = batched_forward(fast, fctx.x).argmax(1)
+        attr = explainer.attribute(fast, fctx.x, target)  # same weights; channels-last is faster
+        check_attributions(ename, attr, fctx.x)  # finite and shaped like x before any metric sees it
         attr = attr.detach()
         t_attr = time.perf_counter() - t0
-        _log(progress, f"  {ename:<22} attributions {tuple(attr.shape)} ({t_attr:.1f} s)")
+        _log(scoring.ctx.progress, f"  {ename:<22} attributions {tuple(attr.shape)} ({t_attr:.1f} s)")
         fctx.explainer = explainer
         for name in pending[ename]:
-            metric = metric_objs[name]
-            t0 = time.perf_counter()
-            res = metric.compute(fctx, attr)
-            emit(ename, dict(explainer.config), name, metric, res, time.perf_counter() - t0,
-                 {"attribution_time_s": round(t_attr, 4), "target": "predicted"})
+            scoring.score(fctx, ename, attr, dict(explainer.config), name, metric_objs[name],
+                          {"attribution_time_s": round(t_attr, 4), "target": "predicted"})
         fctx.cache.pop("per_attribution", None)  # free this explainer's masked forwards
-    return written
+
+
+class _Scoring:
+    """Computes one metric, turns its results into validated rows, writes them (or keeps them)."""
+
+    def __init__(self, cell: Cell, ctx: ExecContext, base: dict[str, Any], results_path: Path | None,
+                 prov: dict[str, Any]) -> None:
+        self.cell, self.ctx, self.base, self.results_path, self.prov = cell, ctx, base, results_path, prov
+        self.written: list[dict] = []
+
+    def score(self, ectx: EvalContext, explainer: str, attr: Any, expl_params: dict, name: str, metric: Metric,
+              extra: dict[str, Any] | None = None) -> None:
+        t0 = time.perf_counter()
+        res = metric.compute(ectx, attr)
+        seconds = time.perf_counter() - t0
+        outs = res if isinstance(res, list) else [res]
+        rows = [_row(self.base, explainer, expl_params, name, metric, r, seconds, self.prov, extra) for r in outs]
+        if self.results_path is not None:
+            rows = results.append_rows(self.results_path, rows)
+        else:
+            where = _cell_name(self.cell.spec)
+            rows = [results.validate_row(r, f"{where}: {name} row {i}") for i, r in enumerate(rows, 1)]
+        self.written.extend(rows)
+        _log(self.ctx.progress, f"  {explainer:<22} {name:<26} {rows[0]['value']!s:<22} ({seconds:.1f} s)")
 
 
 def _cell_name(spec: TrainSpec) -> str:
@@ -239,7 +226,8 @@ def _cell_name(spec: TrainSpec) -> str:
 def _cell_fields(spec: TrainSpec, quantizer: Any, eval_size: int, eval_seed: int, suite: str | None,
                  suite_version: str | None) -> dict[str, Any]:
     m = spec.method.resolved()
-    w_bits, a_bits = quantizer.bits()
+    bits = quantizer.declared_bits()  # the one declaration; m.label() prints the same one
+    w_bits, a_bits = bits.weight, bits.act
     return {
         "dataset": spec.dataset,
         "model": spec.model,

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sgq_bench._bits import FLOAT, Bits, method_label
 from sgq_bench._io import append_jsonl
 from sgq_bench.errors import UsageError
 
@@ -57,7 +58,7 @@ FIELDS: dict[str, Field] = {
     "dataset": Field("str", doc="registered dataset"),
     "model": Field("str", doc="registered model"),
     "method": Field("str", doc="method name (quantizer + objective + their parameters)"),
-    "method_label": Field("str", doc="method name with its bits, for tables"),
+    "method_label": Field("str", doc="Method.label(): the name and declared bits (pact W4A4), for tables"),
     "quantizer": Field("str", doc="quantizer plugin"),
     "objective": Field("str", doc="objective plugin"),
     "w_bits": Field("int", nullable=True, doc="weight bits of the quantized layers (32 = float)"),
@@ -247,9 +248,32 @@ def results_path(run: str | Path) -> Path:
     return run if run.is_file() else run / RESULTS_FILE
 
 
+def _row_bits(w_bits: Any, a_bits: Any) -> Bits | None:
+    """A row's bits as a ``Bits``; None when unknown or outside Bits' range (a foreign row)."""
+    try:
+        return Bits(int(w_bits), int(a_bits))
+    except (TypeError, ValueError):
+        return None
+
+
 def bits_label(w_bits: Any, a_bits: Any) -> str:
-    """``fp32`` for float methods (32/32 or unknown), else ``W<w>A<a>``."""
-    return "fp32" if (w_bits, a_bits) in ((32, 32), (None, None)) else f"W{w_bits}A{a_bits}"
+    """A row's bits as ``Bits.label`` prints them (``W4A4``; ``fp32`` for 32/32 or unknown bits)."""
+    bits = _row_bits(w_bits, a_bits)
+    if bits is None:
+        return FLOAT.label if w_bits is None or a_bits is None else f"W{w_bits}A{a_bits}"
+    return bits.label
+
+
+def row_method_label(row: Mapping[str, Any]) -> str:
+    """A row's method label in today's format (``pact W4A4``), from its method and bits.
+
+    Why recomputed on read: rows written before the one label format say ``pact[W4A4]``; a run that
+    mixes both would show one method under two names.
+    """
+    bits = _row_bits(row.get("w_bits"), row.get("a_bits"))
+    if bits is None:
+        return str(row.get("method_label") or row["method"])
+    return method_label(str(row["method"]), bits)
 
 
 COLUMNS = (
@@ -284,6 +308,7 @@ def load_results(run: str | Path, *, nested: bool = True, dedupe: bool = True) -
         extra = r.get("extra") or {}
         rec = {k: r.get(k) for k in COLUMNS if k in FIELDS}
         rec["bits"] = bits_label(r["w_bits"], r["a_bits"])
+        rec["method_label"] = row_method_label(r)
         rec["device"] = (r.get("provenance") or {}).get("device")
         for k in EXTRA_COLUMNS:
             v = extra.get(k)
@@ -308,4 +333,4 @@ def load_results(run: str | Path, *, nested: bool = True, dedupe: bool = True) -
 
 __all__ = ["COLUMNS", "EXTRA_COLUMNS", "FIELDS", "KEY_FIELDS", "NESTED_FIELDS", "NO_EXPLAINER", "PROTOCOL_KEYS",
            "RESULTS_FILE", "Field", "append_rows", "bits_label", "latest", "load_results", "read_rows", "result_key",
-           "results_path", "row_key", "validate_row"]
+           "results_path", "row_method_label", "row_key", "validate_row"]

@@ -11,11 +11,9 @@ import copy
 import dataclasses
 import math
 import os
-import signal
-import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,52 +24,14 @@ from tqdm.auto import tqdm
 from sgq_bench import _registry, checkpoints
 from sgq_bench._base import Dataset, Objective, Quantizer, Split, TrainContext
 from sgq_bench._batching import max_batch
-from sgq_bench._io import stable_hash
 from sgq_bench._provenance import provenance
-from sgq_bench.config.methods import Method
+from sgq_bench._signals import StopFlag
 from sgq_bench.config.suite import Recipe
 from sgq_bench.data import batches, load_dataset, load_split, subset, train_fingerprint
 from sgq_bench.errors import PluginError, SgqBenchError, TrainingDiverged, UsageError, warn
+from sgq_bench.specs import ExecContext, TrainSpec
 
-# Bump when a change to this loop changes the weights it produces. "2": the key holds the training data's
-# fingerprint and the resolved precision/layout (fp32 weights are the same as version "1" produced).
-TRAIN_CODE_VERSION = "2"
 SAVE_EVERY_S = 600.0  # mid-epoch state is also saved this often (besides every epoch end and SIGINT/SIGTERM)
-
-
-@dataclass(frozen=True)
-class TrainSpec:
-    """Everything that determines a trained model."""
-
-    dataset: str
-    model: str
-    method: Method
-    recipe: Recipe
-    seed: int = 0
-    dataset_params: dict[str, Any] = field(default_factory=dict)
-
-    def key_material(self, data_fingerprint: str = "") -> dict[str, Any]:
-        m = self.method.resolved()
-        versions = {
-            kind: _registry.registry(kind).entry(name).version or "local"
-            for kind, name in (("quantizers", m.quantizer), ("objectives", m.objective),
-                               ("models", self.model), ("datasets", self.dataset))
-        }
-        return {
-            "dataset": self.dataset,
-            "dataset_params": dict(sorted(self.dataset_params.items())),
-            "model": self.model,
-            "method": {k: v for k, v in m.as_dict().items() if k != "name"},
-            "recipe": self.recipe.as_dict(),
-            "seed": self.seed,
-            "train_code_version": TRAIN_CODE_VERSION,
-            "plugin_versions": versions,
-            **({"train_data_sha256": data_fingerprint} if data_fingerprint else {}),
-        }
-
-    def key(self, data_fingerprint: str = "") -> str:
-        """Content hash of the spec; with the training data's fingerprint it keys the checkpoint."""
-        return stable_hash(self.key_material(data_fingerprint))[:20]
 
 
 def checkpoint_path(spec: TrainSpec, root: Path | None = None, data_fingerprint: str = "") -> Path:
@@ -145,6 +105,12 @@ def lr_factor(recipe: Recipe, step: int, steps_per_epoch: int) -> float:
     return 1.0
 
 
+def training_steps(recipe: Recipe, n_train: int) -> int:
+    """Optimizer steps of a whole training on ``n_train`` images, counted as ``train_model`` takes them
+    (the plan, the status view and resumed-state fractions count the same way)."""
+    return (n_train // recipe.batch_size or 1) * recipe.epochs
+
+
 def inference_copy(model: nn.Module, device: torch.device) -> nn.Module:
     """An eval-mode copy with frozen parameters (requires_grad False: explainers need input gradients
     only, and quantizers may then reuse their quantized weights across passes), channels-last on CPU
@@ -180,41 +146,6 @@ class TrainResult:
     path: Path
     loaded: bool
     meta: dict[str, Any]
-
-
-class _StopFlag:
-    """SIGINT/SIGTERM during training only set a flag; the loop saves its state at the next step boundary
-    and then raises KeyboardInterrupt. Why: an exception raised inside backward or the optimizer step
-    would leave half-updated weights; a second signal interrupts at once.
-
-    ``stop_file``: a stop is also requested when this file exists (checked every step, a stat call). A
-    distributed run stops its workers' trainings this way: cancelling a Ray task that ends at that moment
-    can abort the driver (a known race inside Ray), and a file needs no Ray call at all.
-    """
-
-    def __init__(self, stop_file: str | os.PathLike[str] | None = None) -> None:
-        self.raised = False
-        self._stop_file = None if stop_file is None else os.fspath(stop_file)
-        self._old: dict[int, Any] = {}
-
-    @property
-    def requested(self) -> bool:
-        return self.raised or (self._stop_file is not None and os.path.exists(self._stop_file))
-
-    def __enter__(self) -> _StopFlag:
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._old[sig] = signal.signal(sig, self._handler)
-        return self
-
-    def _handler(self, signum: int, frame: Any) -> None:
-        if self.raised:
-            raise KeyboardInterrupt(f"signal {signum}")
-        self.raised = True
-
-    def __exit__(self, *exc: Any) -> None:
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
 
 
 def _rng_state(device: torch.device, data_gen: torch.Generator, obj_gen: torch.Generator) -> dict[str, Any]:
@@ -254,118 +185,162 @@ def train_model(
 
     With ``state_path``, the full training state (model, optimizer, RNG streams, position in the epoch)
     is written there atomically after every epoch and on SIGINT/SIGTERM, and a run that finds the file
-    continues from it: the final weights are bit-identical on CPU to an uninterrupted run. With
-    ``test_split``, test accuracy is recorded after each epoch (``history``) without touching any RNG.
-    ``on_step(step, total)`` is called after each optimizer step (progress across processes, tests).
-    ``stop_file``: the training also stops (saving its state, as on SIGINT) once this file exists.
+    continues from it: the final weights are bit-identical on CPU to an uninterrupted run on the same
+    CPU model and thread count (``resumes`` in the result records each resume and whether it crossed
+    machines or thread counts, after which they are not). With ``test_split``, test accuracy is recorded
+    after each epoch (``history``) without touching any RNG. ``on_step(step, total)`` is called after
+    each optimizer step. ``stop_file``: the training also stops (saving its state) once this file exists.
     """
-    recipe = resolve_precision(recipe, device)
-    model.to(device).train()
-    if recipe.channels_last:
-        model.to(memory_format=torch.channels_last)
-    groups = quantizer.param_groups(model, recipe.weight_decay)
-    if not any(p.requires_grad for g in groups for p in g["params"]):
-        raise PluginError(f"quantizer {quantizer.name!r} left the model with no trainable parameters "
-                          "(its prepare()/param_groups() must keep at least one tensor with requires_grad)")
-    opt = make_optimizer(recipe, groups)
-    base_lrs = [g["lr"] for g in opt.param_groups]
-    data_gen = torch.Generator().manual_seed(seed * 7919 + 1)
-    obj_gen = torch.Generator(device=device).manual_seed(seed * 7919 + 2)
-    ctx = TrainContext(generator=obj_gen)
-    steps_per_epoch = len(split) // recipe.batch_size or 1
-    total = steps_per_epoch * recipe.epochs
-    autocast = recipe.precision == "bf16"
-    state = _resume_state(state_path)
-    history: list[dict[str, Any]] = []
-    start_epoch, skip, step, elapsed, last_loss = 0, 0, 0, 0.0, float("nan")
-    epoch_gen_state = data_gen.get_state()
-    resumed_at = int(state["step"]) if state is not None else 0
-    if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        start_epoch, skip, step = int(state["epoch"]), int(state["batch"]), int(state["step"])
-        elapsed, last_loss = float(state["elapsed"]), float(state["last_loss"])
-        history = list(state["history"])
-        epoch_gen_state = state["epoch_data_rng"]
-    bar = tqdm(total=total, initial=step, desc=desc, disable=not progress, leave=False, mininterval=1.0)
-    running = torch.zeros((), device=device)
-    started = time.perf_counter() - elapsed
-    check_every = 1 if device.type == "cpu" else 20
-
-    def snapshot(epoch: int, batch: int, gen_at_epoch_start: torch.Tensor) -> None:
-        if state_path is None:
-            return
-        checkpoints.save(state_path, {
-            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-            "optimizer": opt.state_dict(), "rng": _rng_state(device, data_gen, obj_gen),
-            "epoch_data_rng": gen_at_epoch_start, "epoch": epoch, "batch": batch, "step": step,
-            "elapsed": time.perf_counter() - started, "last_loss": last_loss, "history": history,
-        })
-
-    last_save = time.monotonic()
-    with _StopFlag(stop_file) as stop:
-        for epoch in range(start_epoch, recipe.epochs):
-            ctx.epoch = epoch
-            data_gen.set_state(epoch_gen_state)
-            it = batches(dataset, split, recipe.batch_size, device, shuffle=True, augment=True,
-                         generator=data_gen, drop_last=len(split) >= recipe.batch_size)
-            for _ in range(skip):  # resuming mid-epoch: replay the data stream up to where it stopped
-                next(it)
-            if state is not None:
-                _set_rng_state(state["rng"], device, data_gen, obj_gen)
-                state = None
-            batch_no = skip
-            skip = 0
-            for x, y in it:
-                if recipe.channels_last and x.dim() == 4:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                f = lr_factor(recipe, step, steps_per_epoch)
-                for g, lr in zip(opt.param_groups, base_lrs):
-                    g["lr"] = lr * f
-                ctx.step = step
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                    out = objective.compute(model, x, y, ctx)
-                opt.zero_grad(set_to_none=True)
-                out.loss.backward()
-                if recipe.grad_clip:
-                    nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
-                opt.step()
-                running = running + out.loss.detach().float()
-                step += 1
-                batch_no += 1
-                if step % check_every == 0 or step == total:
-                    last_loss = float(running) / check_every
-                    running.zero_()
-                    if not math.isfinite(last_loss):
-                        bar.close()
-                        raise TrainingDiverged(
-                            f"{desc}: loss became {last_loss} at epoch {epoch + 1}, step {step}/{total} "
-                            f"(lr {opt.param_groups[0]['lr']:.3g}); lower the learning rate or check the method"
-                        )
-                bar.update(1)
-                if step % 50 == 0:
-                    bar.set_postfix(loss=f"{last_loss:.3f}", refresh=False)
-                if on_step is not None:
-                    on_step(step, total)
-                if state_path is not None and time.monotonic() - last_save >= SAVE_EVERY_S:
-                    snapshot(epoch, batch_no, epoch_gen_state)  # long epochs: SIGKILL loses minutes, not hours
-                    last_save = time.monotonic()
-                if stop.requested:
-                    snapshot(epoch, batch_no, epoch_gen_state)
-                    bar.close()
-                    raise KeyboardInterrupt(f"{desc}: stopped at step {step}/{total}"
-                                            + (f"; state saved to {state_path}" if state_path else ""))
-            record = {"epoch": epoch + 1, "train_loss": last_loss, "seconds": time.perf_counter() - started}
+    loop = _Loop(model, quantizer, objective, dataset, split, resolve_precision(recipe, device), seed, device,
+                 desc, state_path)
+    loop.restore(_resume_state(state_path))
+    loop.bar = tqdm(total=loop.total, initial=loop.step, desc=desc, disable=not progress, leave=False,
+                    mininterval=1.0)
+    with StopFlag(stop_file) as stop:
+        for epoch in range(loop.start_epoch, recipe.epochs):
+            loop.run_epoch(epoch, stop, on_step)
+            record = {"epoch": epoch + 1, "train_loss": loop.last_loss, "seconds": loop.seconds()}
             if test_split is not None and recipe.epochs > 1:
                 record["test_accuracy"] = accuracy(model, dataset, test_split, device)
-            history.append(record)
-            epoch_gen_state = data_gen.get_state()
+            loop.history.append(record)
+            loop.epoch_gen_state = loop.data_gen.get_state()
             if epoch + 1 < recipe.epochs:
-                snapshot(epoch + 1, 0, epoch_gen_state)
-    bar.close()
-    return {"train_seconds": time.perf_counter() - started, "steps": step, "final_loss": last_loss,
-            "precision": recipe.precision, "channels_last": recipe.channels_last, "history": history,
-            "resumed_at_step": resumed_at}
+                loop.snapshot(epoch + 1, 0)
+    loop.bar.close()
+    return {"train_seconds": loop.seconds(), "steps": loop.step, "final_loss": loop.last_loss,
+            "precision": loop.recipe.precision, "channels_last": loop.recipe.channels_last, "history": loop.history,
+            "resumed_at_step": loop.resumed_at, "resumes": loop.resumes}
+
+
+def _machine() -> dict[str, Any]:
+    """Who runs a training: what decides its float results besides the code (CPU model, threads, device)."""
+    from sgq_bench._provenance import cpu_model
+
+    return {"cpu_model": str(cpu_model()), "threads": int(torch.get_num_threads()), "torch": str(torch.__version__)}
+
+
+class _Loop:
+    """The state of one training between steps: model, optimizer, RNG streams, position, history.
+
+    Why a class: saving and resuming need every piece of it in one place, in one order of RNG use.
+    """
+
+    def __init__(self, model: nn.Module, quantizer: Quantizer, objective: Objective, dataset: Dataset,
+                 split: Split, recipe: Recipe, seed: int, device: torch.device, desc: str,
+                 state_path: Path | None) -> None:
+        self.model, self.objective, self.dataset, self.split = model, objective, dataset, split
+        self.recipe, self.device, self.desc, self.state_path = recipe, device, desc, state_path
+        model.to(device).train()
+        if recipe.channels_last:
+            model.to(memory_format=torch.channels_last)
+        groups = quantizer.param_groups(model, recipe.weight_decay)
+        if not any(p.requires_grad for g in groups for p in g["params"]):
+            raise PluginError(f"quantizer {quantizer.name!r} left the model with no trainable parameters "
+                              "(its prepare()/param_groups() must keep at least one tensor with requires_grad)")
+        self.opt = make_optimizer(recipe, groups)
+        self.base_lrs = [g["lr"] for g in self.opt.param_groups]
+        self.data_gen = torch.Generator().manual_seed(seed * 7919 + 1)
+        self.obj_gen = torch.Generator(device=device).manual_seed(seed * 7919 + 2)
+        self.ctx = TrainContext(generator=self.obj_gen)
+        self.steps_per_epoch = len(split) // recipe.batch_size or 1
+        self.total = training_steps(recipe, len(split))
+        self.history: list[dict[str, Any]] = []
+        self.resumes: list[dict[str, Any]] = []
+        self.start_epoch, self.skip, self.step, self.last_loss = 0, 0, 0, float("nan")
+        self.epoch_gen_state = self.data_gen.get_state()
+        self.pending_rng: dict[str, Any] | None = None
+        self.resumed_at = 0
+        self.started = time.perf_counter()
+        self.running = torch.zeros((), device=device)
+        self.check_every = 1 if device.type == "cpu" else 20
+        self.last_save = time.monotonic()
+        self.bar: Any = None
+
+    def seconds(self) -> float:
+        return time.perf_counter() - self.started
+
+    def restore(self, state: dict[str, Any] | None) -> None:
+        """Continue from a saved state; the RNG streams are set when its epoch's data stream is replayed."""
+        if state is None:
+            return
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.start_epoch, self.skip, self.step = int(state["epoch"]), int(state["batch"]), int(state["step"])
+        self.started = time.perf_counter() - float(state["elapsed"])
+        self.last_loss = float(state["last_loss"])
+        self.history = list(state["history"])
+        self.resumes = list(state.get("resumes", []))
+        self.epoch_gen_state = state["epoch_data_rng"]
+        self.pending_rng = state["rng"]
+        self.resumed_at = self.step
+        saved_by, now = state.get("machine"), _machine()
+        self.resumes.append({"step": self.step, "saved_by": saved_by, "resumed_by": now,
+                             "same_machine": saved_by == now})
+
+    def snapshot(self, epoch: int, batch: int) -> None:
+        if self.state_path is None:
+            return
+        checkpoints.save(self.state_path, {
+            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "optimizer": self.opt.state_dict(), "rng": _rng_state(self.device, self.data_gen, self.obj_gen),
+            "epoch_data_rng": self.epoch_gen_state, "epoch": epoch, "batch": batch, "step": self.step,
+            "elapsed": self.seconds(), "last_loss": self.last_loss, "history": self.history,
+            "resumes": self.resumes, "machine": _machine(),
+        })
+
+    def run_epoch(self, epoch: int, stop: StopFlag, on_step: Callable[[int, int], None] | None) -> None:
+        self.ctx.epoch = epoch
+        self.data_gen.set_state(self.epoch_gen_state)
+        it = batches(self.dataset, self.split, self.recipe.batch_size, self.device, shuffle=True, augment=True,
+                     generator=self.data_gen, drop_last=len(self.split) >= self.recipe.batch_size)
+        for _ in range(self.skip):  # resuming mid-epoch: replay the data stream up to where it stopped
+            next(it)
+        if self.pending_rng is not None:
+            _set_rng_state(self.pending_rng, self.device, self.data_gen, self.obj_gen)
+            self.pending_rng = None
+        batch_no, self.skip = self.skip, 0
+        for x, y in it:
+            self.train_step(x, y, epoch)
+            batch_no += 1
+            if on_step is not None:
+                on_step(self.step, self.total)
+            if self.state_path is not None and time.monotonic() - self.last_save >= SAVE_EVERY_S:
+                self.snapshot(epoch, batch_no)  # long epochs: SIGKILL loses minutes, not hours
+                self.last_save = time.monotonic()
+            if stop.requested:
+                self.snapshot(epoch, batch_no)
+                self.bar.close()
+                raise KeyboardInterrupt(f"{self.desc}: stopped at step {self.step}/{self.total}"
+                                        + (f"; state saved to {self.state_path}" if self.state_path else ""))
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, epoch: int) -> None:
+        recipe, opt = self.recipe, self.opt
+        if recipe.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        f = lr_factor(recipe, self.step, self.steps_per_epoch)
+        for g, lr in zip(opt.param_groups, self.base_lrs):
+            g["lr"] = lr * f
+        self.ctx.step = self.step
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=recipe.precision == "bf16"):
+            out = self.objective.compute(self.model, x, y, self.ctx)
+        opt.zero_grad(set_to_none=True)
+        out.loss.backward()
+        if recipe.grad_clip:
+            nn.utils.clip_grad_norm_(self.model.parameters(), recipe.grad_clip)
+        opt.step()
+        self.running = self.running + out.loss.detach().float()
+        self.step += 1
+        if self.step % self.check_every == 0 or self.step == self.total:
+            self.last_loss = float(self.running) / self.check_every
+            self.running.zero_()
+            if not math.isfinite(self.last_loss):
+                self.bar.close()
+                raise TrainingDiverged(
+                    f"{self.desc}: loss became {self.last_loss} at epoch {epoch + 1}, step {self.step}/{self.total} "
+                    f"(lr {opt.param_groups[0]['lr']:.3g}); lower the learning rate or check the method")
+        self.bar.update(1)
+        if self.step % 50 == 0:
+            self.bar.set_postfix(loss=f"{self.last_loss:.3f}", refresh=False)
 
 
 def _resume_state(path: Path | None) -> dict[str, Any] | None:
@@ -381,24 +356,20 @@ def _resume_state(path: Path | None) -> dict[str, Any] | None:
         return None
 
 
-def load_or_train(
-    spec: TrainSpec,
-    *,
-    data_root: Any = None,
-    device: str | torch.device = "cpu",
-    checkpoint_dir: Path | None = None,
-    progress: bool = True,
-    force: bool = False,
-    on_step: Callable[[int, int], None] | None = None,
-    stop_file: str | os.PathLike[str] | None = None,
-) -> TrainResult:
+def load_or_train(spec: TrainSpec, ctx: ExecContext | None = None, *, force: bool = False,
+                  on_step: Callable[[int, int], None] | None = None) -> TrainResult:
     """The trained model for ``spec``: loaded from its verified checkpoint when present, else trained
-    (resuming from a partial state if a previous training was stopped) and saved."""
-    device = resolve_device(device)
-    where = locate_checkpoint(spec, device=device, data_root=data_root, checkpoint_dir=checkpoint_dir)
+    (resuming from a partial state if a previous training was stopped) and saved.
+
+    ``ctx`` says where (device, data, checkpoint directory, progress bars, stop file); default: the CPU,
+    ``$SGQ_BENCH_DATA`` and the user cache. ``force`` retrains even when a checkpoint exists.
+    """
+    ctx = ctx or ExecContext()
+    device = resolve_device(ctx.device)
+    where = locate_checkpoint(spec, device=device, data_root=ctx.data_root, checkpoint_dir=ctx.checkpoint_dir)
     spec, fingerprint, path = where.spec, where.fingerprint, where.path
     dataset = load_dataset(spec.dataset, spec.dataset_params)
-    full = load_split(dataset, True, data_root)
+    full = load_split(dataset, True, ctx.data_root)
     model, quantizer, objective = build_model(spec, dataset)
     if path.exists() and not force:
         blob = checkpoints.load(path)
@@ -408,10 +379,10 @@ def load_or_train(
     partial = checkpoints.partial_path(path)
     if force:
         checkpoints.remove(partial)
-    test = load_split(dataset, False, data_root) if spec.recipe.epochs > 1 else None
+    test = load_split(dataset, False, ctx.data_root) if spec.recipe.epochs > 1 else None
     stats = train_model(model, quantizer, objective, dataset, split, spec.recipe, spec.seed, device,
-                        desc=f"{spec.dataset}/{spec.model}/{spec.method.name}/s{spec.seed}", progress=progress,
-                        state_path=partial, test_split=test, on_step=on_step, stop_file=stop_file)
+                        desc=spec.label, progress=ctx.progress, state_path=partial, test_split=test,
+                        on_step=on_step, stop_file=ctx.stop_file)
     meta = {"key": spec.key(fingerprint), "spec": spec.key_material(fingerprint), "train_size": len(split),
             "train_data_sha256": fingerprint, **stats,
             # where and by what code the weights were made (a row's own provenance is its evaluation's)

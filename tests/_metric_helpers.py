@@ -10,7 +10,8 @@ from sgq_bench._base import EvalContext
 from sgq_bench.config.suite import load_suite
 from sgq_bench.data import load_dataset
 from sgq_bench.evaluate import eval_split
-from sgq_bench.train import TrainSpec, build_model, load_or_train
+from sgq_bench.specs import ExecContext, TrainSpec
+from sgq_bench.train import build_model, load_or_train
 
 
 def smoke_spec(method: str = "baseline") -> TrainSpec:
@@ -22,7 +23,7 @@ def smoke_spec(method: str = "baseline") -> TrainSpec:
 @lru_cache(maxsize=4)
 def trained(method: str = "baseline") -> torch.nn.Module:
     """test_cnn trained on synthetic bars (the smoke recipe; seconds; cached in the session's temp cache)."""
-    return load_or_train(smoke_spec(method), progress=False).model.eval()
+    return load_or_train(smoke_spec(method), ExecContext(progress=False)).model.eval()
 
 
 def untrained() -> torch.nn.Module:
@@ -37,3 +38,16 @@ def context(model: torch.nn.Module, n: int = 32, seed: int = 0) -> EvalContext:
     split = eval_split(ds, n, 0)
     return EvalContext(model=model, dataset=ds, x=ds.normalize(split.images), y=split.labels,
                        device=torch.device("cpu"), spec=spec, seed=seed)
+
+
+def evaluate_spec(spec, *, explainers, metrics, eval_size, metric_params=None, results_path=None, done=None,
+                  fingerprint=None, suite=None, suite_version=None, eval_seed=0, progress=False, data_root=None,
+                  checkpoint_dir=None, device="cpu"):
+    """``evaluate_cell`` of the cell made of ``spec`` and these settings (the tests' short form)."""
+    from sgq_bench.evaluate import evaluate_cell
+    from sgq_bench.specs import Cell, ExecContext
+
+    cell = Cell(spec, tuple(explainers), tuple(metrics), eval_size, metric_params or {}, eval_seed, suite or "",
+                suite_version or "")
+    ctx = ExecContext(device=device, data_root=data_root, checkpoint_dir=checkpoint_dir, progress=progress)
+    return evaluate_cell(cell, ctx, results_path=results_path, done=done, fingerprint=fingerprint)

@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from sgq_bench._bits import Bits, method_label
+
 QUANT = {"baseline": ("none", "cross_entropy", 32, 32), "pact": ("pact", "cross_entropy", 4, 4),
          "sgt": ("none", "saliency_guided", 32, 32), "sgt_pact": ("pact", "saliency_guided", 4, 4)}
 
@@ -19,7 +21,7 @@ def row(method: str, seed: int, metric: str, value: float, *, explainer: str = "
     q, o, w, a = QUANT[method]
     out = {
         "dataset": dataset, "model": "test_cnn", "method": method,
-        "method_label": method if w == 32 else f"{method}[W{w}A{a}]", "quantizer": q, "objective": o,
+        "method_label": method_label(method, Bits(w, a)), "quantizer": q, "objective": o,
         "w_bits": w, "a_bits": a, "quantizer_params": {}, "objective_params": {}, "seed": seed, "recipe": {},
         "checkpoint_key": f"{method}-{seed}", "explainer": explainer, "explainer_params": {}, "metric": metric,
         "family": family, "variant": variant, "value": value, "higher_is_better": higher, "params": {},

@@ -184,8 +184,8 @@ def test_standalone_mode_false_returns_the_exit_code(capsys):
 @pytest.fixture
 def fake_runner(monkeypatch, tmp_path):
     """Record what ``run`` hands to the runner (and to the planner) instead of running anything."""
-    import sgq_bench.planning
-    import sgq_bench.runner
+    import sgq_bench.orchestration.plan
+    import sgq_bench.orchestration.runner
 
     calls: dict[str, tuple] = {}
 
@@ -197,8 +197,8 @@ def fake_runner(monkeypatch, tmp_path):
         calls["plan"] = (suite, kwargs)
         return "THE PLAN"
 
-    monkeypatch.setattr(sgq_bench.runner, "run", fake_run)
-    monkeypatch.setattr(sgq_bench.planning, "format_plan", fake_plan)
+    monkeypatch.setattr(sgq_bench.orchestration.runner, "run", fake_run)
+    monkeypatch.setattr(sgq_bench.orchestration.plan, "format_plan", fake_plan)
     return calls
 
 
@@ -228,9 +228,9 @@ def test_run_plan_prints_the_plan_and_runs_nothing(fake_runner, tmp_path):
 
 
 def test_a_failed_cell_makes_run_exit_1(fake_runner, monkeypatch, tmp_path):
-    import sgq_bench.runner
+    import sgq_bench.orchestration.runner
 
-    monkeypatch.setattr(sgq_bench.runner, "run", lambda suite, **kw: SimpleNamespace(
+    monkeypatch.setattr(sgq_bench.orchestration.runner, "run", lambda suite, **kw: SimpleNamespace(
         summary_md="", done=1, skipped=0, failed=["synthetic/test_cnn/pact/s0"], wall_s=1.0, out=tmp_path))
     res = invoke("run", "--suite", "smoke")
     assert res.exit_code == 1 and "failed: synthetic/test_cnn/pact/s0" in res.stderr

@@ -17,7 +17,8 @@ import torch
 from sgq_bench.config.methods import get_method
 from sgq_bench.config.suite import Recipe
 from sgq_bench.data import load_dataset, load_split
-from sgq_bench.train import TrainSpec, accuracy, load_or_train
+from sgq_bench.specs import ExecContext, TrainSpec
+from sgq_bench.train import accuracy, load_or_train
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (tools/gpu_check.sh)")
 
@@ -33,10 +34,10 @@ def _spec(method: str, **recipe: object) -> TrainSpec:
 @pytest.mark.parametrize("method", ["baseline", "sgt_pact"])
 def test_a_model_trained_on_cuda_loads_and_scores_alike_on_the_cpu(method, precision, tmp_path):
     spec = _spec(method, precision=precision)
-    trained = load_or_train(spec, device="cuda", checkpoint_dir=tmp_path, progress=False)
+    trained = load_or_train(spec, ExecContext(device="cuda", checkpoint_dir=tmp_path, progress=False))
     assert not trained.loaded and trained.meta["precision"] == precision
     assert next(trained.model.parameters()).device.type == "cuda"
-    on_cpu = load_or_train(spec, device="cpu", checkpoint_dir=tmp_path, progress=False)
+    on_cpu = load_or_train(spec, ExecContext(device="cpu", checkpoint_dir=tmp_path, progress=False))
     assert on_cpu.loaded and on_cpu.path == trained.path, "the device is not part of the checkpoint key"
     ds = load_dataset("synthetic", spec.dataset_params)
     test = load_split(ds, False)
@@ -55,10 +56,9 @@ def test_training_on_cuda_stops_on_its_stop_file_and_resumes(tmp_path):
             stop.touch()
 
     with pytest.raises(KeyboardInterrupt, match="stopped at step 3/.*state saved"):
-        load_or_train(spec, device="cuda", checkpoint_dir=tmp_path / "ckpt", progress=False, on_step=request,
-                      stop_file=stop)
+        load_or_train(spec, ExecContext(device="cuda", checkpoint_dir=tmp_path / "ckpt", progress=False, stop_file=stop), on_step=request)
     stop.unlink()
-    resumed = load_or_train(spec, device="cuda", checkpoint_dir=tmp_path / "ckpt", progress=False, stop_file=stop)
+    resumed = load_or_train(spec, ExecContext(device="cuda", checkpoint_dir=tmp_path / "ckpt", progress=False, stop_file=stop))
     assert resumed.meta["resumed_at_step"] == 3 and not resumed.loaded
 
 

@@ -19,6 +19,7 @@ from sgq_bench.cli.train import spec_from_argv
 from sgq_bench.data import Synthetic, load_dataset, load_split
 from sgq_bench.errors import UsageError
 from sgq_bench.models import resnet20
+from sgq_bench.specs import ExecContext
 from sgq_bench.train import checkpoint_path, load_or_train
 
 pytestmark = pytest.mark.skipif(not dp.available_engines(), reason="no quantized CPU engine in this torch")
@@ -158,7 +159,7 @@ def smoke_pact(tmp_path_factory: pytest.TempPathFactory):
     args = (["--dataset", "synthetic", "--suite", "smoke", "--method", "pact",
                                       "--train-size", "512", "--epochs", "1"])
     spec = spec_from_argv(args)
-    res = load_or_train(spec, checkpoint_dir=tmp_path_factory.mktemp("ckpt"), progress=False)
+    res = load_or_train(spec, ExecContext(checkpoint_dir=tmp_path_factory.mktemp("ckpt"), progress=False))
     return spec, res.model.eval()
 
 
@@ -224,7 +225,7 @@ def test_real_mnist_int8_agrees_with_fake_quant(bits: str, train_size: str | Non
     args = argv + (["--train-size", train_size] if train_size else [])
     spec = spec_from_argv(args)
     ckpt = _reuse_user_checkpoints(spec, tmp_path)
-    model = load_or_train(spec, data_root=data_root, checkpoint_dir=ckpt, progress=False).model.eval()
+    model = load_or_train(spec, ExecContext(data_root=data_root, checkpoint_dir=ckpt, progress=False)).model.eval()
     ds = load_dataset("mnist")
     q, _ = spec.method.build()
     int8 = q.deploy(model, calibration=dp.calibration_inputs(ds, data_root))

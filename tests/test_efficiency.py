@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
-from sgq_bench import _registry
+from sgq_bench import Param, Quantizer, _registry, register
 from sgq_bench import deploy as dp
-from sgq_bench._base import EvalContext
+from sgq_bench._base import Bits, EvalContext, layer_bits, mark_quantized
 from sgq_bench.builtin.quantizers import NoQuantizer, PACTQuantizer
 from sgq_bench.cli.train import spec_from_argv
+from sgq_bench.config.methods import Method
 from sgq_bench.data import MNIST, Synthetic, load_split
 from sgq_bench.errors import UsageError
 from sgq_bench.metrics.efficiency import count_bops, packed_size
 from sgq_bench.models import mnist_cnn, test_cnn
+from sgq_bench.specs import ExecContext
 from sgq_bench.train import load_or_train
 
 EFFICIENCY = ("params", "size_bytes", "compression", "bops", "latency_ms", "throughput", "peak_memory_mb")
@@ -57,6 +61,78 @@ def test_bops_of_w4a4_test_cnn_by_hand() -> None:
     assert count_bops(plain, torch.randn(1, 1, 16, 16), act_bits=4)["bops"] == 28573696 - 294912 * 4 * 4
 
 
+class _Marked(Quantizer):
+    """A plugin quantizer that only declares bits: conv2/fc1 weights at w_bits, relu2/relu3 at a_bits."""
+
+    name = "marked_test"
+    params = {"w_bits": Param(2, "weight bits", low=1, high=32), "a_bits": Param(6, "act bits", low=1, high=32)}
+
+    def declared_bits(self) -> Bits:
+        return Bits(self.w_bits, self.a_bits)
+
+    def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
+        for name in ("conv2", "fc1"):
+            mark_quantized(model.get_submodule(name), weight_bits=self.w_bits)
+        for name in ("relu2", "relu3"):
+            mark_quantized(model.get_submodule(name), act_bits=self.a_bits)
+        return model
+
+
+class _Unmarked(_Marked):
+    name = "unmarked_test"
+
+    def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
+        return model
+
+
+def test_a_plugin_declaring_bits_gets_size_bops_and_label_from_the_declaration() -> None:
+    register("quantizers", obj=_Marked, replace=True)
+    try:
+        q = _Marked()
+        model = q.prepare(test_cnn(Synthetic()))  # 1x16x16 in, 4 classes; computes in float, declares W2A6
+        assert not any(hasattr(m, "weight_bits") or hasattr(m, "act_bits") for m in model.modules())
+        ctx = EvalContext(model=model, dataset=Synthetic(), x=torch.randn(3, 1, 16, 16), y=torch.zeros(3),
+                          device=torch.device("cpu"), quantizer=q)
+        conv1, fc2 = (8 * 9 + 8) * 4, (4 * 32 + 4) * 4  # float, 32 bits
+        conv2 = 16 * 8 * 9 * 2 // 8 + 16 * 4 + 4  # weights at 2 bits, fp32 bias, one fp32 scale
+        fc1 = 32 * 256 * 2 // 8 + 32 * 4 + 4
+        size = conv1 + conv2 + fc1 + fc2
+        assert _registry.metrics.get("size_bytes")().compute(ctx).value == size == 3384
+        fp32 = 4 * sum(p.numel() for p in model.parameters())
+        assert _registry.metrics.get("compression")().compute(ctx).value == pytest.approx(fp32 / size)
+        # conv2's input has no declared activation quantizer before it: the quantizer's declared 6 bits
+        bops = 18432 * 32 * 32 + 294912 * 2 * 6 + 8192 * 2 * 6 + 128 * 32 * 32
+        res = _registry.metrics.get("bops")().compute(ctx)
+        assert res.value == bops and res.extra["act_bits"] == 6
+        assert Method("toy", "marked_test", "cross_entropy").label() == "toy W2A6"
+        assert Method("toy", "marked_test", "cross_entropy", {"w_bits": 32, "a_bits": 32}).label() == "toy"
+    finally:
+        _registry.quantizers.unregister("marked_test")
+
+
+def test_a_quantizer_that_marks_no_layer_gets_undefined_size_not_float() -> None:
+    q = _Unmarked()
+    ctx = EvalContext(model=q.prepare(test_cnn(Synthetic())), dataset=Synthetic(), x=torch.randn(2, 1, 16, 16),
+                      y=torch.zeros(2), device=torch.device("cpu"), quantizer=q)
+    for name in ("size_bytes", "compression", "bops"):
+        res = _registry.metrics.get(name)().compute(ctx)
+        assert math.isnan(res.value) and "marked no layer" in res.extra["undefined_reason"], name
+
+
+def test_the_old_bits_method_is_refused_with_the_new_contract() -> None:
+    with pytest.raises(TypeError, match="declared_bits"):
+        type("Old", (Quantizer,), {"name": "old", "bits": lambda self: (4, 4)})
+
+
+def test_mark_quantized_checks_its_module() -> None:
+    with pytest.raises(ValueError, match="no `weight`"):
+        mark_quantized(torch.nn.ReLU(), weight_bits=4)
+    with pytest.raises(ValueError, match=r"\[1, 32\]"):
+        mark_quantized(torch.nn.ReLU(), act_bits=0)
+    assert layer_bits(torch.nn.ReLU()) is None
+    assert layer_bits(mark_quantized(torch.nn.ReLU(), act_bits=4)) == Bits(32, 4)
+
+
 def test_bops_count_layers_as_often_as_they_run() -> None:
     lin = torch.nn.Linear(3, 3)
     twice = torch.nn.Sequential(lin, torch.nn.ReLU(), lin)  # one module, two calls
@@ -72,7 +148,7 @@ def cells(tmp_path_factory: pytest.TempPathFactory) -> dict[str, EvalContext]:
         args = (["--dataset", "synthetic", "--suite", "smoke", "--method", method,
                                           "--train-size", "512", "--epochs", "1"])
         spec = spec_from_argv(args)
-        model = load_or_train(spec, checkpoint_dir=ckpt, progress=False).model.eval()
+        model = load_or_train(spec, ExecContext(checkpoint_dir=ckpt, progress=False)).model.eval()
         ds = Synthetic(**spec.dataset_params)
         test = load_split(ds, False)
         q, _ = spec.method.build()

@@ -6,14 +6,14 @@ from __future__ import annotations
 import json
 
 import pytest
-from _metric_helpers import smoke_spec, trained
+from _metric_helpers import evaluate_spec, smoke_spec, trained
 from click.testing import CliRunner
 
 import sgq_bench.evaluate
 from sgq_bench.cli import main
 from sgq_bench.errors import UsageError
-from sgq_bench.evaluate import evaluate_cell
 from sgq_bench.results import FIELDS, read_rows, row_key
+from sgq_bench.specs import ExecContext
 
 REQUIRED = {k for k, f in FIELDS.items() if f.required} | {"precision", "train_data_sha256", "reason"}
 KW = dict(explainers=["gradient", "random"], metrics=["accuracy", "deletion_auc", "sparseness"], eval_size=16,
@@ -23,7 +23,7 @@ KW = dict(explainers=["gradient", "random"], metrics=["accuracy", "deletion_auc"
 def test_rows_schema_and_resume(tmp_path):
     trained()  # the smoke checkpoint (shared by the session)
     out = tmp_path / "results.jsonl"
-    rows = evaluate_cell(smoke_spec(), results_path=out, **KW)
+    rows = evaluate_spec(smoke_spec(), results_path=out, **KW)
     assert len(rows) == 1 + 2 * 2
     for r in rows:
         assert REQUIRED <= set(r), REQUIRED - set(r)
@@ -38,20 +38,20 @@ def test_rows_schema_and_resume(tmp_path):
     assert {"steps": 8, "baseline": "mean"}.items() <= dele["params"].items() and len(dele["curve"]["x"]) == 9
     assert len(dele["per_sample"]) == 16 and dele["higher_is_better"] is False
     assert read_rows(out) == json.loads(json.dumps(rows))
-    assert evaluate_cell(smoke_spec(), results_path=out, **KW) == []  # everything present: skipped
-    again = evaluate_cell(smoke_spec(), results_path=out, **{**KW, "metrics": ["accuracy", "deletion_auc", "complexity"]})
+    assert evaluate_spec(smoke_spec(), results_path=out, **KW) == []  # everything present: skipped
+    again = evaluate_spec(smoke_spec(), results_path=out, **{**KW, "metrics": ["accuracy", "deletion_auc", "complexity"]})
     assert {(r["explainer"], r["metric"]) for r in again} == {("gradient", "complexity"), ("random", "complexity")}
     assert len({row_key(r) for r in read_rows(out)}) == 7
 
 
 def test_worker_mode_returns_rows_writes_nothing_and_skips_done(tmp_path):
     trained()
-    rows = evaluate_cell(smoke_spec(), results_path=None, **KW)
+    rows = evaluate_spec(smoke_spec(), results_path=None, **KW)
     assert len(rows) == 5 and not list(tmp_path.iterdir())
     done = {row_key(r) for r in rows if r["metric"] != "sparseness"}
-    rest = evaluate_cell(smoke_spec(), results_path=None, done=done, **KW)
+    rest = evaluate_spec(smoke_spec(), results_path=None, done=done, **KW)
     assert {(r["explainer"], r["metric"]) for r in rest} == {("gradient", "sparseness"), ("random", "sparseness")}
-    assert evaluate_cell(smoke_spec(), results_path=None, done={row_key(r) for r in rows}, **KW) == []
+    assert evaluate_spec(smoke_spec(), results_path=None, done={row_key(r) for r in rows}, **KW) == []
 
 
 def test_every_explainer_output_is_checked_before_metrics(tmp_path, monkeypatch):
@@ -63,13 +63,13 @@ def test_every_explainer_output_is_checked_before_metrics(tmp_path, monkeypatch)
         return attr
 
     monkeypatch.setattr(sgq_bench.evaluate, "check_attributions", check)
-    evaluate_cell(smoke_spec(), results_path=None, **KW)
+    evaluate_spec(smoke_spec(), results_path=None, **KW)
     assert [s[0] for s in seen] == ["gradient", "random"] and all(s[1] == s[2] for s in seen)
 
 
 def test_an_eval_size_above_the_test_split_is_refused_before_training(tmp_path):
     with pytest.raises(UsageError) as err:
-        evaluate_cell(smoke_spec(), results_path=tmp_path / "results.jsonl", **{**KW, "eval_size": 10_000})
+        evaluate_spec(smoke_spec(), results_path=tmp_path / "results.jsonl", **{**KW, "eval_size": 10_000})
     msg = str(err.value)
     assert "eval_size=10000 exceeds the 256 images of the synthetic test split" in msg and len(msg.splitlines()) == 1
     assert not (tmp_path / "results.jsonl").exists()
@@ -78,12 +78,12 @@ def test_an_eval_size_above_the_test_split_is_refused_before_training(tmp_path):
 def test_another_protocol_in_the_run_directory_is_refused(tmp_path):
     trained()
     out = tmp_path / "results.jsonl"
-    evaluate_cell(smoke_spec(), results_path=out, **{**KW, "metrics": ["accuracy"]})
+    evaluate_spec(smoke_spec(), results_path=out, **{**KW, "metrics": ["accuracy"]})
     before = out.read_bytes()
     for change, needle in ((dict(eval_size=8), "eval_size=16"), (dict(suite_version="2"), "suite_version='1'"),
                            (dict(eval_seed=3), "eval_seed=0")):
         with pytest.raises(UsageError, match=needle) as err:
-            evaluate_cell(smoke_spec(), results_path=out, **{**KW, **change})
+            evaluate_spec(smoke_spec(), results_path=out, **{**KW, **change})
         assert "use another --out" in str(err.value) and len(str(err.value).splitlines()) == 1
     assert out.read_bytes() == before
     manifest = {"fingerprint": "f00", "suite": {"name": "smoke", "version": "1", "eval_seed": 0,
@@ -92,9 +92,9 @@ def test_another_protocol_in_the_run_directory_is_refused(tmp_path):
     fresh.mkdir()
     (fresh / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(UsageError, match="eval_size 64 for synthetic; refusing to add results at eval_size 16"):
-        evaluate_cell(smoke_spec(), results_path=fresh / "results.jsonl", **KW)
+        evaluate_spec(smoke_spec(), results_path=fresh / "results.jsonl", **KW)
     with pytest.raises(UsageError, match="fingerprint f00"):
-        evaluate_cell(smoke_spec(), results_path=fresh / "results.jsonl", fingerprint="beef", **{**KW, "eval_size": 64})
+        evaluate_spec(smoke_spec(), results_path=fresh / "results.jsonl", fingerprint="beef", **{**KW, "eval_size": 64})
     assert not (fresh / "results.jsonl").exists()
 
 
@@ -130,13 +130,13 @@ def test_epoch_accuracy_rows_are_the_training_logs_per_epoch_test_accuracy(tmp_p
     from sgq_bench.train import load_or_train
 
     spec = smoke_spec()  # 2 epochs
-    history = load_or_train(spec, progress=False).meta["history"]
-    rows = evaluate_cell(spec, results_path=tmp_path / "r.jsonl", explainers=[], metrics=["epoch_accuracy"],
+    history = load_or_train(spec, ExecContext(progress=False)).meta["history"]
+    rows = evaluate_spec(spec, results_path=tmp_path / "r.jsonl", explainers=[], metrics=["epoch_accuracy"],
                          eval_size=16, progress=False)
     assert [(r["variant"], r["value"]) for r in rows] == [
         (f"epoch={h['epoch']:03d}", h["test_accuracy"]) for h in history] and len(rows) == 2
     assert all(r["family"] == "accuracy" and r["extra"]["train_loss"] is not None for r in rows)
     one = replace(spec, recipe=replace(spec.recipe, epochs=1, train_size=64))
-    (row,) = evaluate_cell(one, results_path=None, explainers=[], metrics=["epoch_accuracy"], eval_size=16,
+    (row,) = evaluate_spec(one, results_path=None, explainers=[], metrics=["epoch_accuracy"], eval_size=16,
                            progress=False)
     assert row["value"] is None and "no per-epoch test accuracy" in row["reason"]

@@ -72,8 +72,9 @@ def test_installed_plugin_is_listed_with_its_version(plugin_site: Path, tmp_path
 
 
 def test_plugin_pieces_honour_the_contracts_and_cross_the_grid(plugin_site: Path) -> None:
-    from test_plugin_grid import check_explainer, check_metric, check_trains_one_step
+    from test_plugin_grid import check_declared_bits, check_explainer, check_metric, check_trains_one_step
 
+    check_declared_bits("lsq")
     for objective in _registry.objectives.usable():
         check_trains_one_step("lsq", objective)
     for quantizer in _registry.quantizers.usable():
@@ -86,6 +87,7 @@ def test_plugin_pieces_honour_the_contracts_and_cross_the_grid(plugin_site: Path
 def test_lsq_values_lie_on_the_learned_grid(plugin_site: Path) -> None:
     from sgq_example_plugin.lsq import LSQConv2d, LSQReLU
 
+    from sgq_bench import Bits, Method, layer_bits
     from sgq_bench.data import Synthetic
     from sgq_bench.metrics.efficiency import packed_size
 
@@ -105,9 +107,11 @@ def test_lsq_values_lie_on_the_learned_grid(plugin_site: Path) -> None:
     assert torch.allclose(k, k.round(), atol=1e-4) and k.min() >= 0 and k.max() <= 3
     y.sum().backward()
     assert act.step.grad is not None and torch.isfinite(act.step.grad)
-    # the efficiency metrics' convention (weight_bits) is honoured: conv2 and fc1 packed at 3 bits
+    # the declared bits (mark_quantized) are what the efficiency metrics read: conv2 and fc1 packed at 3 bits
+    assert q.declared_bits() == Bits(3, 2) and layer_bits(conv) == Bits(3, 32) and layer_bits(act) == Bits(32, 2)
     assert packed_size(model)["quantized_weights"] == sum(
         -(-m.weight.numel() * 3 // 8) for m in (model.conv2, model.fc1))
+    assert Method("lsq_sgt", "lsq", "saliency_guided", {"w_bits": 3, "a_bits": 2}).label() == "lsq_sgt W3A2"
 
 
 def test_rrr_penalises_only_the_masked_input_gradients(plugin_site: Path) -> None:

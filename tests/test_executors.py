@@ -15,8 +15,10 @@ from pathlib import Path
 import pytest
 
 from sgq_bench.config.suite import load_suite
-from sgq_bench.runner import expand, run
-from sgq_bench.tasks import build_graph
+from sgq_bench.orchestration.cells import expand
+from sgq_bench.orchestration.graph import build_graph
+from sgq_bench.orchestration.runner import run
+from sgq_bench.specs import ExecContext
 
 # Timing and memory numbers differ between any two runs; everything else must agree.
 TIMED = {"latency_ms", "throughput", "peak_memory_mb"}
@@ -49,7 +51,7 @@ def assert_same(a: dict, b: dict, tol: float = 1e-6) -> None:
 def test_graph_dedupes_and_shares_the_random_control_retrains():
     """With the fixed learner, a model-independent ranking (random) is retrained once per dataset and seed."""
     suite = load_suite("smoke")
-    graph = build_graph(expand(suite), skip_cached=False)
+    graph = build_graph(expand(suite), ExecContext(), skip_cached=False)
     kinds = [t.kind for t in graph.values()]
     cells = len(expand(suite))
     fractions = 2  # smoke: roar/kar at 0.3 and 0.7
@@ -88,11 +90,11 @@ def test_several_workers_score_trained_models_before_training_more(monkeypatch, 
     """With N workers, at most N tasks are out at once, and a training is handed out only when no work on
     models already trained (ranking, retraining, scoring) is ready: each cell's rows arrive as soon as its
     model exists. (Handing every ready task out at once queued all trainings ahead of every score.)"""
-    import sgq_bench.executors
-    from sgq_bench.executors import SerialExecutor
+    import sgq_bench.orchestration.executors
+    from sgq_bench.orchestration.executors import SerialExecutor
 
     only = {"method": {"baseline", "pact"}}
-    graph = build_graph(expand(load_suite("smoke"), only), checkpoint_dir=tmp_path / "ck")
+    graph = build_graph(expand(load_suite("smoke"), only), ExecContext(checkpoint_dir=tmp_path / "ck"))
     log: dict[str, list] = {"submitted": [], "done": [], "most_out": [0]}
 
     class TwoWorkers(SerialExecutor):
@@ -113,7 +115,7 @@ def test_several_workers_score_trained_models_before_training_more(monkeypatch, 
             log["done"].extend(k for k, ok, _ in out if ok)
             return out
 
-    monkeypatch.setattr(sgq_bench.executors, "make_executor", lambda name, ctx, **kw: TwoWorkers(ctx))
+    monkeypatch.setattr(sgq_bench.orchestration.executors, "make_executor", lambda name, ctx, **kw: TwoWorkers(ctx))
     result = run("smoke", out=tmp_path / "run", checkpoint_dir=tmp_path / "ck", only=only, progress=False,
                  report=False, log=lambda s: None)
     assert result.ok and result.done == 2
@@ -124,7 +126,7 @@ def test_two_runs_on_one_directory_lose_and_duplicate_nothing(serial_run, tmp_pa
     """The second run waits for the first's lock, then finds every cell done: each row exactly once."""
     out = tmp_path / "shared"
     code = textwrap.dedent(f"""
-        from sgq_bench.runner import run
+        from sgq_bench.orchestration.runner import run
         run("smoke", out={str(out)!r}, progress=False, report=False, log=lambda s: None)
     """)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -141,7 +143,7 @@ def test_sigkill_during_training_resumes_to_the_same_numbers(serial_run, tmp_pat
     out = tmp_path / "killed"
     ckpt = tmp_path / "ckpt"
     code = textwrap.dedent(f"""
-        from sgq_bench.runner import run
+        from sgq_bench.orchestration.runner import run
         run("smoke", out={str(out)!r}, checkpoint_dir={str(ckpt)!r}, progress=False, report=False,
             log=lambda s: None)
     """)
@@ -265,8 +267,8 @@ def test_interrupted_ray_run_lets_a_training_save_its_state(tmp_path):
 
 def test_ray_executor_without_ray_names_the_extra(monkeypatch):
     from sgq_bench.errors import UsageError
-    from sgq_bench.executors import make_executor
-    from sgq_bench.tasks import ExecContext
+    from sgq_bench.orchestration.executors import make_executor
+    from sgq_bench.specs import ExecContext
 
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now fails as if it were not installed
     with pytest.raises(UsageError, match=r"pip install 'sgq-bench\[ray\]'"):

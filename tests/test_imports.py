@@ -25,14 +25,17 @@ ROOT = "sgq_bench"
 
 # Bottom to top. Patterns are module names without the "sgq_bench." prefix ("" is the root package).
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("infrastructure", ("errors", "_[!_]*")),                   # private helpers, plugin base classes
+    ("infrastructure", ("errors", "_[!_]*", "results")),        # private helpers, plugin base classes, row schema
     ("config", ("config", "config.*")),                         # suites, recipes, methods
+    ("specs", ("specs",)),                                      # TrainSpec, Cell, ExecContext, Task
     ("pieces", ("data", "models", "explainers", "deploy", "checkpoints", "builtin", "builtin.*")),
     ("train", ("train",)),
-    ("metrics", ("metrics", "metrics.*")),                      # some retrain (ROAR) or re-evaluate
-    ("evaluate", ("results", "evaluate")),
+    ("metrics", ("metrics", "metrics.*")),                      # some schedule tasks of their own (ROAR)
+    ("evaluate", ("evaluate",)),
     ("report", ("report", "report.*")),
-    ("runner", ("tasks", "executors", "runner", "planning", "status")),
+    ("run", ("orchestration", "orchestration.cells", "orchestration.rundir", "orchestration.costs",
+             "orchestration.graph", "orchestration.executors", "orchestration.driver", "orchestration.runner")),
+    ("views", ("orchestration.calibration", "orchestration.plan", "orchestration.status")),  # run nothing
     ("leaderboard", ("leaderboard",)),
     ("bench", ("bench", "bench.*")),                            # reference adapters, timing benches
     ("api", ("",)),                                             # sgq_bench/__init__: the public API
@@ -156,7 +159,7 @@ def test_the_graph_is_read_from_every_module() -> None:
     graph = import_graph()
     assert f"{ROOT}.train" in graph and f"{ROOT}.config.suite" in graph
     assert f"{ROOT}.config.suite" in graph[f"{ROOT}.train"]  # a module-level import
-    assert f"{ROOT}.runner" in graph[ROOT]  # through the lazy _EXPORTS table
+    assert f"{ROOT}.orchestration.runner" in graph[ROOT]  # through the lazy _EXPORTS table
 
 
 def test_no_import_cycles() -> None:
@@ -199,3 +202,30 @@ def test_function_level_imports_count(tmp_path: Path) -> None:
     assert graph["sgq_bench.report.figures"] == {"sgq_bench.report.tables"}
     assert find_cycles(graph) == [["sgq_bench.report.figures", "sgq_bench.report.tables",
                                    "sgq_bench.report.figures"]]
+
+
+def test_the_orchestration_imports_no_metric() -> None:
+    """The task graph, executors, plan and status dispatch on ``Task`` objects: a metric (built-in or a
+    plugin's) schedules work through ``Metric.tasks()``, never by being known to the run by name."""
+    graph = import_graph()
+    bad = sorted(f"{m} imports {d}" for m, deps in graph.items() if m.startswith(f"{ROOT}.orchestration")
+                 for d in deps if d == f"{ROOT}.metrics" or d.startswith(f"{ROOT}.metrics."))
+    assert not bad, "\n".join(bad)
+
+
+VALUE_PARAMS = {"spec": "TrainSpec", "learner": "TrainSpec", "model_spec": "TrainSpec", "cell": "Cell",
+                "task": "Task", "node": "Node", "ctx": None}
+
+
+def test_value_objects_are_typed_in_signatures() -> None:
+    """A parameter named ``spec``, ``cell``, ``task``, ``node`` or ``ctx`` is never typed ``Any``: a reader
+    (or a parameter walk) must not lose what it is."""
+    untyped = []
+    for module, path in module_files().items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            for arg in [*node.args.args, *node.args.kwonlyargs, *node.args.posonlyargs]:
+                if arg.arg in VALUE_PARAMS and arg.annotation is not None and ast.unparse(arg.annotation) == "Any":
+                    untyped.append(f"{module}.{node.name}({arg.arg}: Any)")
+    assert not untyped, "value objects typed as Any:\n" + "\n".join(sorted(untyped))

@@ -43,13 +43,14 @@ def test_same_seed_same_numbers(maps):
 def test_gradient_beats_random_on_real_mnist(data_root, tmp_path):
     """The same sanity on real MNIST: mnist_cnn trained 1 epoch on 10,000 images, 200 test images,
     through the evaluation entry point (so batching, caching and the inference copy are covered)."""
+    from _metric_helpers import evaluate_spec
+
     from sgq_bench.cli.train import spec_from_argv
-    from sgq_bench.evaluate import evaluate_cell
 
     args = (["--dataset", "mnist", "--method", "baseline", "--train-size", "10000",
                                       "--data-root", str(data_root)])
     names = ["deletion_auc", "insertion_auc", "road_morf", "faithfulness_correlation"]
-    rows = evaluate_cell(spec_from_argv(args), explainers=["gradient", "random"], metrics=names, eval_size=200,
+    rows = evaluate_spec(spec_from_argv(args), explainers=["gradient", "random"], metrics=names, eval_size=200,
                          data_root=data_root, checkpoint_dir=tmp_path, results_path=tmp_path / "r.jsonl",
                          progress=False)
     value = {(r["explainer"], r["metric"]): r["value"] for r in rows}

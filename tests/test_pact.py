@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from sgq_bench._base import Bits, layer_bits
 from sgq_bench.builtin.pact_layers import (
     PACTReLU,
     QuantConv2d,
@@ -15,9 +16,11 @@ from sgq_bench.builtin.pact_layers import (
     pact_quantize,
 )
 from sgq_bench.builtin.quantizers import PACTQuantizer
+from sgq_bench.config.methods import Method
 from sgq_bench.data import CIFAR10, MNIST, Synthetic
 from sgq_bench.errors import UsageError
 from sgq_bench.models import mnist_cnn, resnet20, test_cnn
+from sgq_bench.results import bits_label
 
 
 def test_pact_forward_matches_formula_on_hand_made_inputs():
@@ -77,6 +80,24 @@ def test_pact_transform_keeps_first_and_last_float_and_swaps_following_relus():
     full = PACTQuantizer(quantize_first_last=True).prepare(mnist_cnn(MNIST()))
     assert isinstance(full.conv1, QuantConv2d) and isinstance(full.fc2, QuantLinear)
     assert isinstance(full.relu1, PACTReLU)
+
+
+@pytest.mark.parametrize("w_bits,a_bits,label", [(4, 4, "W4A4"), (8, 8, "W8A8"), (4, 2, "W4A2")])
+def test_declared_bits_agree_with_the_built_model_label_and_row(w_bits, a_bits, label, monkeypatch):
+    q = PACTQuantizer(w_bits=w_bits, a_bits=a_bits)
+    assert q.declared_bits() == Bits(w_bits, a_bits) and q.declared_bits().label == label
+    model = q.prepare(mnist_cnn(MNIST()))
+    marks = {name: layer_bits(m) for name, m in model.named_modules() if layer_bits(m) is not None}
+    # conv2/fc1 at the declared weight bits, relu2/relu3 at the declared activation bits, relu1 the 8-bit boundary
+    assert marks == {"relu1": Bits(32, 8), "conv2": Bits(w_bits, 32), "relu2": Bits(32, a_bits),
+                     "fc1": Bits(w_bits, 32), "relu3": Bits(32, a_bits)}
+    assert model.conv2.weight_bits == w_bits and model.relu2.act_bits == a_bits  # views of the declaration
+    assert not any("bits" in k for k in model.state_dict())  # a plain attribute: checkpoints are unchanged
+    monkeypatch.setattr(PACTQuantizer, "prepare", lambda self, m: pytest.fail("label() built a model"))
+    method = Method("pact", "pact", "cross_entropy", {"w_bits": w_bits, "a_bits": a_bits})
+    assert method.label() == f"pact {label}" and bits_label(w_bits, a_bits) == label
+    assert Method(f"pact_{label.lower()}", "pact", "cross_entropy", {"w_bits": w_bits, "a_bits": a_bits}).label() \
+        == f"pact_{label.lower()}"  # already named by its bits
 
 
 def test_resnet20_pact_quantizes_every_inner_conv():

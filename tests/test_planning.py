@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from sgq_bench.data import cache_dir
-from sgq_bench.planning import format_plan, plan_suite
+from sgq_bench.orchestration.plan import format_plan, plan_suite
 
 
 def test_plan_counts_the_graph_and_calibrates_once(tmp_path):
@@ -25,7 +25,7 @@ def test_plan_counts_the_graph_and_calibrates_once(tmp_path):
 
 
 def test_plan_leaves_out_what_is_cached(tmp_path):
-    from sgq_bench.runner import run
+    from sgq_bench.orchestration.runner import run
 
     run("smoke", out=tmp_path / "run", checkpoint_dir=tmp_path / "ckpt", only="method=baseline", progress=False,
         report=False, log=lambda s: None)
@@ -44,7 +44,7 @@ def test_plan_prices_only_what_a_saved_training_state_leaves(tmp_path):
 
     from sgq_bench import checkpoints
     from sgq_bench.config.suite import load_suite
-    from sgq_bench.runner import expand
+    from sgq_bench.orchestration.cells import expand
     from sgq_bench.train import locate_checkpoint
 
     before = torch.get_num_threads()
@@ -55,10 +55,9 @@ def test_plan_prices_only_what_a_saved_training_state_leaves(tmp_path):
     spec = expand(load_suite("smoke"), {"method": {"baseline"}})[0].spec
     partial = checkpoints.partial_path(locate_checkpoint(spec, checkpoint_dir=tmp_path / "ckpt").path)
     partial.parent.mkdir(parents=True, exist_ok=True)
-    from sgq_bench.planning import _train_images
+    from sgq_bench.orchestration.calibration import MeasuredCosts
 
-    n, _ = _train_images(spec, None)
-    total = max(1, n // spec.recipe.batch_size) * spec.recipe.epochs
+    total = MeasuredCosts("cpu").training_steps(spec)
     checkpoints.save(partial, {"step": total // 2, "epoch": 0})
     half = plan_suite("smoke", **kw)
     left = 1 - (total // 2) / total
@@ -70,7 +69,7 @@ def test_plan_prices_only_what_a_saved_training_state_leaves(tmp_path):
 
 def test_plugins_are_priced_by_their_own_declarations():
     from sgq_bench import Explainer, Metric, Param
-    from sgq_bench.planning import explainer_passes, metric_passes
+    from sgq_bench.orchestration.costs import explainer_passes, metric_passes
 
     class Declared(Metric):
         name, higher_is_better = "declared_passes", True

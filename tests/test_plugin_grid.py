@@ -15,11 +15,13 @@ import torch
 from torch import nn
 
 from sgq_bench import _registry
-from sgq_bench._base import EvalContext, Metric, MetricResult, TrainContext
+from sgq_bench._base import Bits, EvalContext, Metric, MetricResult, TrainContext
 from sgq_bench.config.methods import Method
 from sgq_bench.config.suite import Recipe
 from sgq_bench.data import load_dataset, load_split
-from sgq_bench.train import TrainSpec, load_or_train
+from sgq_bench.metrics.efficiency import declared_layers
+from sgq_bench.specs import ExecContext, TrainSpec
+from sgq_bench.train import load_or_train
 
 DATA_PARAMS = {"train_n": 64, "test_n": 32}
 
@@ -72,12 +74,28 @@ def check_trains_one_step(quantizer: str, objective: str) -> None:
     assert moved, f"{quantizer} x {objective}: no parameter changed after one step"
 
 
+def check_declared_bits(quantizer: str) -> None:
+    """``declared_bits()`` is a Bits read from the params, and the layers ``prepare`` marks agree with it:
+    every marked weight layer at the declared weight bits, and some layer at the declared activation bits
+    (others may differ, e.g. pact's 8-bit boundaries)."""
+    q = _registry.quantizers.get(quantizer)()
+    declared = q.declared_bits()
+    assert isinstance(declared, Bits), f"quantizer {quantizer!r}: declared_bits() returned {declared!r}"
+    model = q.prepare(_registry.models.get("test_cnn")(load_dataset("synthetic", DATA_PARAMS)))
+    marks = declared_layers(model).values()
+    weights = {b.weight for b in marks if b.weight < 32}
+    acts = {b.act for b in marks if b.act < 32}
+    assert weights == ({declared.weight} - {32}), f"{quantizer!r}: declares {declared}, marks weights {weights}"
+    assert declared.act == 32 or declared.act in acts, f"{quantizer!r}: declares {declared}, marks acts {acts}"
+    assert declared.act < 32 or not acts, f"{quantizer!r}: declares float activations, marks {acts}"
+
+
 def tiny_model(quantizer: str = "none") -> nn.Module:
     """A test_cnn trained for a few steps on synthetic data (cached), in eval mode."""
     recipe = Recipe(optimizer="adam", lr=0.003, epochs=1, batch_size=16)
     spec = TrainSpec("synthetic", "test_cnn", Method(f"grid_{quantizer}", quantizer, "cross_entropy"), recipe, 0,
                      dict(DATA_PARAMS))
-    return load_or_train(spec, progress=False).model.eval(), spec
+    return load_or_train(spec, ExecContext(progress=False)).model.eval(), spec
 
 
 def check_explainer(name: str, quantizer: str = "none") -> None:
@@ -130,6 +148,11 @@ def check_metric(name: str) -> None:
 @pytest.mark.parametrize("objective", _usable("objectives"))
 def test_every_quantizer_trains_with_every_objective(quantizer: str, objective: str) -> None:
     check_trains_one_step(quantizer, objective)
+
+
+@pytest.mark.parametrize("quantizer", _usable("quantizers"))
+def test_every_quantizer_declares_the_bits_its_layers_carry(quantizer: str) -> None:
+    check_declared_bits(quantizer)
 
 
 @pytest.mark.parametrize("name", _usable("explainers"))

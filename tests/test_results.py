@@ -132,3 +132,14 @@ def test_schema_documents_every_field():
     assert {"reason", "precision", "train_data_sha256", "value", "seed", "suite_version"} <= set(FIELDS)
     assert set(NESTED_FIELDS) == {"quantizer_params", "objective_params", "recipe", "explainer_params", "params",
                                   "curve", "per_sample", "extra", "plugins", "provenance", "training_provenance"}
+
+
+def test_method_labels_load_in_one_format_whatever_the_row_says(tmp_path):
+    old = row("pact", 0, "accuracy", 0.5, family="accuracy")
+    old["method_label"] = "pact[W4A4]"  # the format rows were written in before the declared bits
+    rows = [old, row("sgt_pact", 0, "accuracy", 0.6, family="accuracy"), row("baseline", 0, "accuracy", 0.7,
+                                                                            family="accuracy")]
+    df = load_results(write_run(tmp_path / "run", rows))
+    assert dict(zip(df["method"], df["method_label"])) == {"pact": "pact W4A4", "sgt_pact": "sgt_pact W4A4",
+                                                           "baseline": "baseline"}
+    assert set(df["bits"]) == {"W4A4", "fp32"}

@@ -11,7 +11,7 @@ import pytest
 from sgq_bench.cli import main
 from sgq_bench.config.suite import load_suite
 from sgq_bench.errors import UsageError
-from sgq_bench.runner import expand, parse_only
+from sgq_bench.orchestration.cells import expand, parse_only
 
 
 def lines(path: Path) -> list[dict]:
@@ -101,7 +101,7 @@ def test_rerun_does_nothing(smoke_run, capsys):
 
 
 def test_resume_runs_only_missing_cells_with_identical_numbers(smoke_run, tmp_path, capsys):
-    from sgq_bench.evaluate import row_key
+    from sgq_bench.results import row_key
 
     out = tmp_path / "resumed"
     shutil.copytree(smoke_run, out)
@@ -124,14 +124,14 @@ def test_failing_cell_is_recorded_and_others_finish(smoke_run, tmp_path, monkeyp
     shutil.copytree(smoke_run, out)
     (out / "cells.jsonl").unlink()
 
-    from sgq_bench import tasks
+    from sgq_bench.orchestration.graph import EvaluateTask
 
-    def fake_evaluate_task(cell, ctx, device, done=None):
-        if cell.spec.method.name == "pact":
+    def fake_evaluate(self, ctx, *values):
+        if self.cell.spec.method.name == "pact":
             raise RuntimeError("boom in pact")
         return {"rows": [], "samples": None}
 
-    monkeypatch.setattr(tasks, "evaluate_task", fake_evaluate_task)
+    monkeypatch.setattr(EvaluateTask, "run", fake_evaluate)
     assert main(["run", "--suite", "smoke", "--out", str(out), "--quiet", "--no-report"], standalone_mode=False) == 1
     errors = lines(out / "errors.jsonl")
     assert [e["cell"].split("/")[2] for e in errors] == ["pact"] and errors[0]["message"] == "boom in pact"
@@ -167,6 +167,32 @@ def test_unwritable_out_and_other_configuration(smoke_run, tmp_path, capsys):
     assert main(["run", "--suite", "smoke", "--out", str(smoke_run), "--set", "evaluate.eval_seed=5"], standalone_mode=False) == 2
     assert "different configuration" in capsys.readouterr().err
     assert (smoke_run / "manifest.json").read_bytes() == manifest
+
+
+def test_a_new_seed_grows_the_run_directory_and_old_manifests_are_recognised(smoke_run, tmp_path):
+    """Seeds only add cells (each keyed by its own spec): a directory run with seeds [0] takes seed 1 later,
+    scoring only the new cells. A manifest written when the fingerprint still held the seeds is accepted
+    (and brought up to date); a redefined method is still refused."""
+    from sgq_bench.orchestration.rundir import read_manifest
+    from sgq_bench.orchestration.runner import run
+
+    out = tmp_path / "grow"
+    shutil.copytree(smoke_run, out)
+    suite = load_suite("smoke")
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["fingerprint"] = suite.seeded_fingerprint(manifest["suite"]["seeds"])  # as written before
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    assert read_manifest(out, suite) is not None
+    other = load_suite("smoke", {"seeds": [0, 1], "evaluate.eval_seed": 5})
+    assert other.fingerprint() != suite.fingerprint()  # another evaluation subset: another configuration
+    one_more = load_suite("smoke", {"seeds": [0, 1]})
+    assert one_more.fingerprint() == suite.fingerprint()
+    result = run(one_more, out=out, only="method=baseline", progress=False, report=False, log=lambda s: None)
+    assert result.ok and result.done == 1 and result.skipped == 1
+    assert json.loads((out / "manifest.json").read_text())["fingerprint"] == suite.fingerprint()
+    with pytest.raises(UsageError, match="different configuration"):
+        run(load_suite("smoke", {"bits": "2/2"}), out=out, progress=False,
+            report=False, log=lambda s: None)
 
 
 def test_python_api(smoke_run):
@@ -212,25 +238,26 @@ def test_full_disk_while_recording_a_failure_does_not_stop_the_run(smoke_run, tm
     cells still run and the manifest is closed (not left 'running')."""
     import errno
 
-    from sgq_bench import runner, tasks
+    from sgq_bench.orchestration import rundir
+    from sgq_bench.orchestration.graph import EvaluateTask
 
     out = tmp_path / "full_disk"
     shutil.copytree(smoke_run, out)
     (out / "cells.jsonl").unlink()
-    real_append = runner.append_jsonl
+    real_append = rundir.append_jsonl
 
     def append(path, rows):
         if Path(path).name == "errors.jsonl":
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_append(path, rows)
 
-    def fake_evaluate_task(cell, ctx, device, done=None):
-        if cell.spec.method.name == "baseline":
+    def fake_evaluate(self, ctx, *values):
+        if self.cell.spec.method.name == "baseline":
             raise RuntimeError("boom in baseline")
         return {"rows": [], "samples": None}
 
-    monkeypatch.setattr(runner, "append_jsonl", append)
-    monkeypatch.setattr(tasks, "evaluate_task", fake_evaluate_task)
+    monkeypatch.setattr(rundir, "append_jsonl", append)
+    monkeypatch.setattr(EvaluateTask, "run", fake_evaluate)
     assert main(["run", "--suite", "smoke", "--out", str(out), "--quiet", "--no-report"], standalone_mode=False) == 1
     captured = capsys.readouterr()
     assert "could not write" in captured.out + captured.err and "No space left on device" in captured.out + captured.err

@@ -9,13 +9,16 @@ import time
 
 import pytest
 
+from sgq_bench.specs import ExecContext
 from tests._cli_helpers import invoke, one_error_line
 
 
 def test_status_follows_cells_through_every_state(tmp_path):
     from sgq_bench.config.suite import load_suite
-    from sgq_bench.runner import _now, expand, run
-    from sgq_bench.status import format_status, suite_status
+    from sgq_bench.orchestration.cells import expand
+    from sgq_bench.orchestration.rundir import now as _now
+    from sgq_bench.orchestration.runner import run
+    from sgq_bench.orchestration.status import format_status, suite_status
     from sgq_bench.train import load_or_train
 
     ck, out = tmp_path / "ckpt", tmp_path / "run"
@@ -30,8 +33,8 @@ def test_status_follows_cells_through_every_state(tmp_path):
             os.kill(os.getpid(), signal.SIGTERM)
 
     with pytest.raises(KeyboardInterrupt, match="state saved"):  # a training stopped mid-way
-        load_or_train(cells["pact"].spec, checkpoint_dir=ck, progress=False, on_step=stop_at_5)
-    load_or_train(cells["sgt"].spec, checkpoint_dir=ck, progress=False)  # trained, not yet scored
+        load_or_train(cells["pact"].spec, ExecContext(checkpoint_dir=ck, progress=False), on_step=stop_at_5)
+    load_or_train(cells["sgt"].spec, ExecContext(checkpoint_dir=ck, progress=False))  # trained, not yet scored
     (out / "errors.jsonl").write_text(json.dumps({"cell": cells["sgt_pact"].id, "error": "RuntimeError",
                                                   "message": "out of memory", "time": _now()}) + "\n")
     frame = suite_status("smoke", out=out, checkpoint_dir=ck).set_index("cell")
@@ -77,8 +80,8 @@ def test_status_follows_cells_through_every_state(tmp_path):
 
 
 def test_status_reads_the_runs_device_and_refuses_another_configuration(tmp_path):
-    from sgq_bench.runner import run
-    from sgq_bench.status import suite_status
+    from sgq_bench.orchestration.runner import run
+    from sgq_bench.orchestration.status import suite_status
 
     out = tmp_path / "run"
     run("smoke", out=out, checkpoint_dir=tmp_path / "ck", only="method=baseline", progress=False, report=False,
@@ -86,9 +89,9 @@ def test_status_reads_the_runs_device_and_refuses_another_configuration(tmp_path
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["runs"][-1]["device"] == "cpu"
     assert suite_status("smoke", out=out, checkpoint_dir=tmp_path / "ck").attrs["device"] == "cpu"
-    res = invoke("status", "--suite", "smoke", "--out", str(out), "--set", "seeds=[5]")
+    res = invoke("status", "--suite", "smoke", "--out", str(out), "--set", "evaluate.eval_seed=5")
     assert res.exit_code == 2 and "different configuration" in one_error_line(res)
-    res = invoke("run", "--suite", "smoke", "--out", str(out), "--set", "seeds=[5]", "--plan")
+    res = invoke("run", "--suite", "smoke", "--out", str(out), "--set", "evaluate.eval_seed=5", "--plan")
     assert res.exit_code == 2 and "different configuration" in one_error_line(res)
     import torch
 

@@ -11,7 +11,8 @@ from sgq_bench.config.methods import get_method
 from sgq_bench.config.suite import Recipe
 from sgq_bench.data import load_dataset, load_split
 from sgq_bench.errors import TrainingDiverged
-from sgq_bench.train import TrainSpec, accuracy, checkpoint_path, load_or_train
+from sgq_bench.specs import ExecContext, TrainSpec
+from sgq_bench.train import accuracy, checkpoint_path, load_or_train
 
 RECIPE = Recipe(optimizer="adam", lr=3e-3, epochs=2, batch_size=32)
 
@@ -24,18 +25,18 @@ def _spec(method="baseline", **kw):
 @pytest.mark.parametrize("method", ["baseline", "pact", "sgt", "sgt_pact"])
 def test_every_reference_method_learns_synthetic_above_90_percent(method, tmp_path):
     spec = _spec(method)
-    result = load_or_train(spec, checkpoint_dir=tmp_path, progress=False)
+    result = load_or_train(spec, ExecContext(checkpoint_dir=tmp_path, progress=False))
     ds = load_dataset("synthetic", spec.dataset_params)
     assert accuracy(result.model, ds, load_split(ds, False), torch.device("cpu")) > 0.9
 
 
 def test_training_is_reproducible_and_checkpoint_is_reloaded(tmp_path):
     spec = replace(_spec("sgt_pact"), recipe=replace(RECIPE, epochs=1, train_size=256))
-    a = load_or_train(spec, checkpoint_dir=tmp_path / "a", progress=False)
-    b = load_or_train(spec, checkpoint_dir=tmp_path / "b", progress=False)
+    a = load_or_train(spec, ExecContext(checkpoint_dir=tmp_path / "a", progress=False))
+    b = load_or_train(spec, ExecContext(checkpoint_dir=tmp_path / "b", progress=False))
     for (k, va), vb in zip(a.model.state_dict().items(), b.model.state_dict().values()):
         assert torch.equal(va, vb), k
-    again = load_or_train(spec, checkpoint_dir=tmp_path / "a", progress=False)
+    again = load_or_train(spec, ExecContext(checkpoint_dir=tmp_path / "a", progress=False))
     assert again.loaded and not a.loaded and again.path == a.path
     for va, vc in zip(a.model.state_dict().values(), again.model.state_dict().values()):
         assert torch.equal(va, vc)
@@ -66,7 +67,7 @@ def test_checkpoint_key_changes_with_everything_that_determines_weights(tmp_path
 def test_non_finite_loss_is_a_clear_error(tmp_path):
     spec = _spec(recipe=Recipe(optimizer="sgd", lr=1e12, momentum=0.0, epochs=1, batch_size=32))
     with pytest.raises(TrainingDiverged, match=r"loss became (nan|inf).*epoch 1, step \d+/\d+"):
-        load_or_train(spec, checkpoint_dir=tmp_path, progress=False)
+        load_or_train(spec, ExecContext(checkpoint_dir=tmp_path, progress=False))
     assert not list(tmp_path.glob("*.pt"))
 
 
@@ -82,17 +83,17 @@ def test_training_stopped_by_sigterm_resumes_bit_identical(method, stop_at, tmp_
     import signal
 
     spec = _spec(method, recipe=replace(RECIPE, epochs=2, train_size=1024))
-    whole = load_or_train(spec, checkpoint_dir=tmp_path / "whole", progress=False)
+    whole = load_or_train(spec, ExecContext(checkpoint_dir=tmp_path / "whole", progress=False))
 
     def kill(step, total):
         if step == stop_at:
             os.kill(os.getpid(), signal.SIGTERM)
 
     with pytest.raises(KeyboardInterrupt, match="state saved"):
-        load_or_train(spec, checkpoint_dir=tmp_path / "cut", progress=False, on_step=kill)
+        load_or_train(spec, ExecContext(checkpoint_dir=tmp_path / "cut", progress=False), on_step=kill)
     partial = list((tmp_path / "cut").glob("*.partial.pt"))
     assert len(partial) == 1 and not [p for p in (tmp_path / "cut").glob("*.pt") if p not in partial]
-    resumed = load_or_train(spec, checkpoint_dir=tmp_path / "cut", progress=False)
+    resumed = load_or_train(spec, ExecContext(checkpoint_dir=tmp_path / "cut", progress=False))
     assert resumed.meta["resumed_at_step"] == stop_at
     for (k, a), b in zip(_state(whole.model).items(), _state(resumed.model).values()):
         assert torch.equal(a, b), k
@@ -111,9 +112,9 @@ def test_training_stops_when_its_stop_file_appears_and_resumes_from_there(tmp_pa
             stop.touch()
 
     with pytest.raises(KeyboardInterrupt, match="stopped at step 3/.*state saved"):
-        load_or_train(spec, checkpoint_dir=tmp_path / "ckpt", progress=False, on_step=request, stop_file=stop)
+        load_or_train(spec, ExecContext(checkpoint_dir=tmp_path / "ckpt", progress=False, stop_file=stop), on_step=request)
     stop.unlink()
-    resumed = load_or_train(spec, checkpoint_dir=tmp_path / "ckpt", progress=False, stop_file=stop)
+    resumed = load_or_train(spec, ExecContext(checkpoint_dir=tmp_path / "ckpt", progress=False, stop_file=stop))
     assert resumed.meta["resumed_at_step"] == 3 and not resumed.loaded
 
 
@@ -121,7 +122,7 @@ def test_damaged_checkpoint_is_refused_with_one_line_naming_it(tmp_path):
     from sgq_bench.errors import CheckpointError
 
     spec = replace(_spec("baseline"), recipe=replace(RECIPE, epochs=1, train_size=256))
-    res = load_or_train(spec, checkpoint_dir=tmp_path, progress=False)
+    res = load_or_train(spec, ExecContext(checkpoint_dir=tmp_path, progress=False))
     data = bytearray(res.path.read_bytes())
     blob = torch.load(res.path, weights_only=True)
     w = blob["payload"]["state_dict"]["conv1.weight"] if "conv1.weight" in blob["payload"]["state_dict"] else \
@@ -131,10 +132,10 @@ def test_damaged_checkpoint_is_refused_with_one_line_naming_it(tmp_path):
     data[at:at + 8] = b"\x00\x00\x80\x7f" * 2  # two weights become inf
     res.path.write_bytes(bytes(data))
     with pytest.raises(CheckpointError, match=f"{res.path.name}.*failed its checksum"):
-        load_or_train(spec, checkpoint_dir=tmp_path, progress=False)
+        load_or_train(spec, ExecContext(checkpoint_dir=tmp_path, progress=False))
     res.path.write_bytes(bytes(data[: len(data) // 2]))
     with pytest.raises(CheckpointError, match=f"{res.path.name} is unreadable") as info:
-        load_or_train(spec, checkpoint_dir=tmp_path, progress=False)
+        load_or_train(spec, ExecContext(checkpoint_dir=tmp_path, progress=False))
     assert "weights_only" not in str(info.value) and "\n" not in str(info.value)
 
 
@@ -143,7 +144,7 @@ def test_bf16_channels_last_recipe_trains_and_is_keyed_apart(tmp_path):
 
     spec = replace(_spec("sgt_pact"), recipe=replace(RECIPE, epochs=1, train_size=256, precision="bf16",
                                                      channels_last=True))
-    res = load_or_train(spec, checkpoint_dir=tmp_path, progress=False)
+    res = load_or_train(spec, ExecContext(checkpoint_dir=tmp_path, progress=False))
     assert res.meta["precision"] == "bf16" and res.meta["channels_last"] is True
     assert spec.key() != replace(spec, recipe=replace(spec.recipe, precision="fp32")).key()
     auto = resolve_precision(replace(RECIPE, precision="auto"), torch.device("cpu"))
@@ -167,6 +168,6 @@ def test_quantizer_leaving_no_trainable_parameters_is_named(tmp_path):
     try:
         spec = replace(_spec("baseline"), method=Method("frozen_m", "frozen_test", "cross_entropy"))
         with pytest.raises(PluginError, match="quantizer 'frozen_test' left the model with no trainable parameters"):
-            load_or_train(spec, checkpoint_dir=tmp_path, progress=False)
+            load_or_train(spec, ExecContext(checkpoint_dir=tmp_path, progress=False))
     finally:
         _registry.quantizers.unregister("frozen_test")

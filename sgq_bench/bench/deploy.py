@@ -28,7 +28,8 @@ from sgq_bench.metrics.efficiency import (
     packed_size,
     time_models,
 )
-from sgq_bench.train import TrainSpec, load_or_train
+from sgq_bench.specs import ExecContext, TrainSpec
+from sgq_bench.train import load_or_train
 
 MIN_RUNS = 30  # the latency protocol: median of at least 30 timed runs after warm-up
 
@@ -43,8 +44,7 @@ def fp32_model(spec: TrainSpec, trained: nn.Module, baseline: TrainSpec | None, 
                checkpoint_dir: Path | None, progress: bool) -> tuple[nn.Module, str]:
     """The float model to compare with: ``baseline``'s checkpoint, or (None) the latent float weights."""
     if baseline is not None:
-        res = load_or_train(baseline, data_root=data_root, device="cpu", checkpoint_dir=checkpoint_dir,
-                            progress=progress)
+        res = load_or_train(baseline, ExecContext(device="cpu", data_root=data_root, checkpoint_dir=checkpoint_dir, progress=progress))
         return res.model.cpu().eval(), f"baseline checkpoint {res.path.name}" + ("" if res.loaded else " (trained now)")
     from sgq_bench import _registry
 
@@ -63,7 +63,7 @@ def run_deploy_bench(spec: TrainSpec, *, baseline: TrainSpec | None, batch_sizes
     """
     if runs < MIN_RUNS:
         raise UsageError(f"--runs {runs}: at least {MIN_RUNS} timed runs are required (median after warm-up)")
-    res = load_or_train(spec, data_root=data_root, device="cpu", checkpoint_dir=checkpoint_dir, progress=progress)
+    res = load_or_train(spec, ExecContext(device="cpu", data_root=data_root, checkpoint_dir=checkpoint_dir, progress=progress))
     quantizer, _ = spec.method.build()
     dataset = load_dataset(spec.dataset, spec.dataset_params)
     fake = res.model.cpu().eval()
@@ -101,7 +101,7 @@ def run_deploy_bench(spec: TrainSpec, *, baseline: TrainSpec | None, batch_sizes
     log(f"agreement int8 vs fake_quant: {agree * 100:.2f}% of {len(test)} test images; |logit diff| "
         f"mean {float(diff.mean()):.4f}, max {float(diff.max()):.4f} (logit std {float(logits['fake_quant'].std()):.3f})")
     size = packed_size(fake)
-    bops = count_bops(copy.deepcopy(fake), x, quantizer.bits()[1])
+    bops = count_bops(copy.deepcopy(fake), x, quantizer.declared_bits().act)
     fbops = count_bops(copy.deepcopy(fp32), x, 32)
     log(f"params {count_params(fake)}; size_bytes {size['total']} at declared bits vs fp32 {fp32_size(fake)} "
         f"(compression {fp32_size(fake) / size['total']:.2f}x); BOPs/image {bops['bops']:.4g} vs fp32 "

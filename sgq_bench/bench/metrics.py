@@ -32,7 +32,8 @@ from sgq_bench.metrics.deletion import DeletionAUC, InsertionAUC, MorfAccuracy
 from sgq_bench.metrics.faithfulness import FaithfulnessCorrelation, Infidelity
 from sgq_bench.metrics.road import RoadLerf, RoadMorf
 from sgq_bench.metrics.sparsity import Complexity, Sparseness, TopKMass
-from sgq_bench.train import TrainSpec, inference_copy, load_or_train, resolve_device
+from sgq_bench.specs import ExecContext, TrainSpec
+from sgq_bench.train import inference_copy, load_or_train, resolve_device
 
 
 def forward_floor(model: torch.nn.Module, like: torch.Tensor, n_images: int, chunk: int | None = None) -> float:
@@ -87,7 +88,7 @@ def load_case(spec: TrainSpec, n: int, data_root: Any, device: str, checkpoint_d
     dev = resolve_device(device)
     dataset = load_dataset(spec.dataset, spec.dataset_params)
     split = eval_split(dataset, n, 0, data_root)
-    trained = load_or_train(spec, data_root=data_root, device=dev, checkpoint_dir=checkpoint_dir, progress=False)
+    trained = load_or_train(spec, ExecContext(device=dev, data_root=data_root, checkpoint_dir=checkpoint_dir, progress=False))
     model = inference_copy(trained.model.eval(), dev)
     ctx = EvalContext(model=model, dataset=dataset, x=dataset.normalize(split.images.to(dev)),
                       y=split.labels.to(dev), device=dev, spec=spec, seed=0)

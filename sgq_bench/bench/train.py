@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from sgq_bench._base import TrainContext
 from sgq_bench.config.methods import builtin_methods
 from sgq_bench.data import batches, load_dataset, load_split, subset
-from sgq_bench.train import TrainSpec, build_model, make_optimizer, train_model
+from sgq_bench.specs import TrainSpec
+from sgq_bench.train import build_model, make_optimizer, train_model
 
 
 def _time_steps(spec: TrainSpec, dataset, xs, device, steps: int) -> float:

@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sgq_bench._base import Bits, layer_bits, mark_quantized
+
 
 def round_ste(x: torch.Tensor) -> torch.Tensor:
     """round() forward, identity backward (straight-through estimator)."""
@@ -46,8 +48,13 @@ class PACTReLU(nn.Module):
 
     def __init__(self, bits: int, alpha_init: float = 10.0) -> None:
         super().__init__()
-        self.act_bits = bits
+        mark_quantized(self, act_bits=bits)
         self.alpha = nn.Parameter(torch.tensor(float(alpha_init)))
+
+    @property
+    def act_bits(self) -> int:
+        """The declared output bits (``mark_quantized``): forward, deploy and the metrics read one value."""
+        return _declared(self).act
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return pact_quantize(x, self.alpha, self.act_bits)
@@ -72,10 +79,20 @@ def quantized_weight(layer: nn.Module) -> torch.Tensor:
     return cached[1]
 
 
+def _declared(module: nn.Module) -> Bits:
+    bits = layer_bits(module)
+    if bits is None:  # not AttributeError: nn.Module.__getattr__ would replace this message
+        raise RuntimeError(f"{type(module).__name__} was made without mark_quantized (use quantized_copy)")
+    return bits
+
+
 class _WeightBits:
     """What every fake-quantized weight layer adds to its torch base: ``weight_bits``, shown in its repr."""
 
-    weight_bits: int
+    @property
+    def weight_bits(self) -> int:
+        """The declared weight bits (``mark_quantized``): forward, deploy and the metrics read one value."""
+        return _declared(self).weight  # type: ignore[arg-type]
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", weight_bits={self.weight_bits}"  # type: ignore[misc]
@@ -108,8 +125,7 @@ def _sharing_copy(module: nn.Module, cls: type[nn.Module]) -> nn.Module:
 def quantized_copy(layer: nn.Module, bits: int) -> nn.Module:
     """A QuantConv2d/QuantLinear sharing the float layer's parameters."""
     new = _sharing_copy(layer, QuantConv2d if isinstance(layer, nn.Conv2d) else QuantLinear)
-    new.weight_bits = bits
-    return new
+    return mark_quantized(new, weight_bits=bits)
 
 
 def signed8_fake_quant(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:

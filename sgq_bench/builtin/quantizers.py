@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from sgq_bench._base import Param, Quantizer
+from sgq_bench._base import Bits, Param, Quantizer
 from sgq_bench.builtin.pact_layers import PACTReLU, quantized_copy, residual_quant_copy
 
 
@@ -66,8 +66,9 @@ class PACTQuantizer(Quantizer):
                                "calibrates them and no longer matches exactly)", choices=(0, 8)),
     }
 
-    def bits(self) -> tuple[int, int]:
-        return (self.w_bits, self.a_bits)
+    def declared_bits(self) -> Bits:
+        """``W{w_bits}A{a_bits}``: the 8-bit boundaries ``prepare`` adds (``boundary_bits``) are per layer."""
+        return Bits(self.w_bits, self.a_bits)
 
     def prepare(self, model: nn.Module) -> nn.Module:
         """Swap conv/linear layers for fake-quant ones and each ReLU that follows one for PACT.
@@ -76,7 +77,8 @@ class PACTQuantizer(Quantizer):
         forward order; first and last weight layers stay float unless ``quantize_first_last``. With
         ``boundary_bits`` (default 8), a ReLU after a float layer that a quantized layer follows becomes an
         8-bit PACT, and BatchNorms after quantized convs whose output enters a residual add (read from the
-        torch.fx graph; skipped if the model cannot be traced) are fake-quantized to 8 bits.
+        torch.fx graph; skipped if the model cannot be traced) are fake-quantized to 8 bits. Each swapped
+        weight layer and PACT declares its bits (``mark_quantized``); the efficiency metrics read those.
         """
         named = list(model.named_modules())
         layers = [n for n, m in named if isinstance(m, (nn.Conv2d, nn.Linear))]

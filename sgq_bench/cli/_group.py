@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import os
 import pickle
-import signal
 import sys
 import tempfile
-import threading
 import time
 import traceback
 from collections.abc import Sequence
@@ -24,6 +22,7 @@ from typing import Any
 
 import click
 
+from sgq_bench._signals import sigterm_as_interrupt
 from sgq_bench.errors import SgqBenchError
 
 PROG = "sgq-bench"
@@ -32,19 +31,6 @@ INTERRUPTED = 130
 
 class _Interrupted(Exception):
     """Ctrl-C (or SIGTERM turned into it) inside a command; carried past click's own Abort handling."""
-
-
-def _terminate_as_interrupt() -> Any:
-    """SIGTERM (``kill``, a scheduler's time limit) acts like Ctrl-C for the whole command, so it always ends
-    in one line and exit 130, whatever phase it lands in. Returns the previous handler (None off the main
-    thread)."""
-    if threading.current_thread() is not threading.main_thread():
-        return None
-
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    return signal.signal(signal.SIGTERM, handler)
 
 
 class BenchGroup(click.Group):
@@ -65,17 +51,14 @@ class BenchGroup(click.Group):
 
     def main(self, args: Sequence[str] | None = None, prog_name: str | None = None,
              complete_var: str | None = None, standalone_mode: bool = True, **extra: Any) -> Any:
-        old_term = _terminate_as_interrupt()
         try:
-            rv = super().main(args, prog_name or PROG, complete_var, standalone_mode=False, **extra)
+            with sigterm_as_interrupt():  # kill or a time limit ends in one line and exit 130, like Ctrl-C
+                rv = super().main(args, prog_name or PROG, complete_var, standalone_mode=False, **extra)
             code = rv if isinstance(rv, int) and not isinstance(rv, bool) else 0
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
         except BaseException as exc:  # noqa: BLE001 - the whole point: nothing escapes as a traceback
             code = report(exc)
-        finally:
-            if old_term is not None:
-                signal.signal(signal.SIGTERM, old_term)
         if standalone_mode:
             sys.exit(code)
         return code

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from sgq_bench.errors import UsageError
 
 if TYPE_CHECKING:
-    from sgq_bench.train import TrainSpec
+    from sgq_bench.specs import TrainSpec
 
 
 def train_spec(*, dataset: str, model: str | None, method: str, seed: int, suite: str, bits: str | None,
@@ -17,7 +17,7 @@ def train_spec(*, dataset: str, model: str | None, method: str, seed: int, suite
     from sgq_bench import _registry
     from sgq_bench.cli._values import parse_pairs
     from sgq_bench.config.suite import load_suite, override_recipe, parse_bits
-    from sgq_bench.train import TrainSpec
+    from sgq_bench.specs import TrainSpec
 
     loaded = load_suite(suite)
     if dataset not in [d.name for d in loaded.datasets]:

@@ -71,6 +71,7 @@ def evaluate(explainers: str | None, metrics: str | None, eval_size: int | None,
     from sgq_bench.config.suite import load_suite
     from sgq_bench.evaluate import evaluate_cell
     from sgq_bench.results import latest, read_rows
+    from sgq_bench.specs import Cell, ExecContext
 
     spec = train_spec(**picked)
     suite = load_suite(picked["suite"])
@@ -85,10 +86,10 @@ def evaluate(explainers: str | None, metrics: str | None, eval_size: int | None,
     params = {m: p for m, p in params.items() if m in metric_names}
     eval_size = eval_size or suite.dataset(spec.dataset).eval_size
     results = out / "results.jsonl"
-    evaluate_cell(spec, explainers=explainer_names, metrics=metric_names, eval_size=eval_size, metric_params=params,
-                  device=device, data_root=data_root, checkpoint_dir=checkpoint_dir, results_path=results,
-                  suite=suite.name, suite_version=suite.version, fingerprint=suite.fingerprint(), progress=progress,
-                  eval_seed=eval_seed)
+    cell = Cell(spec, tuple(explainer_names), tuple(metric_names), eval_size, params, eval_seed, suite.name,
+                suite.version)
+    ctx = ExecContext(device=device, data_root=data_root, checkpoint_dir=checkpoint_dir, progress=progress)
+    evaluate_cell(cell, ctx, results_path=results, fingerprint=suite.fingerprint())
     keys = {(spec.key(), e, m) for e in [*explainer_names, "-"] for m in metric_names}
     rows = latest(r for r in read_rows(results)
                   if (r.get("checkpoint_key"), r.get("explainer"), r.get("metric")) in keys

@@ -49,13 +49,13 @@ def run(suite: str, out: Path | None, only: str | None, assignments: tuple[str, 
     """Run (or resume) a suite: train or load each model, score it, write the report."""
     overrides = parse_pairs(assignments, "--set", "bits=4/2")
     if plan:
-        from sgq_bench.planning import format_plan
+        from sgq_bench.orchestration.plan import format_plan
 
         click.echo(format_plan(suite, only=only, overrides=overrides, device=device, workers=workers,
                                data_root=data_root, checkpoint_dir=checkpoint_dir, out=out, threads=threads))
         return 0
     from sgq_bench._batching import keep_freed_memory
-    from sgq_bench.runner import run as run_suite
+    from sgq_bench.orchestration.runner import run as run_suite
 
     keep_freed_memory()  # CPU passes reuse freed pages instead of faulting in new ones (2x faster)
     result = run_suite(suite, out=out, only=only, overrides=overrides, device=device, data_root=data_root,

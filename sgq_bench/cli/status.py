@@ -25,7 +25,7 @@ def status(suite: str, out: Path | None, only: str | None, assignments: tuple[st
            device: str | None, checkpoint_dir: Path | None, as_json: bool) -> None:
     """Each cell of the suite: done, trained (scores pending), training (epoch, test accuracy, time left at
     its own pace, as of its last saved state), failed (why) or waiting. Writes nothing; safe mid-run."""
-    from sgq_bench.status import format_status, suite_status
+    from sgq_bench.orchestration.status import format_status, suite_status
 
     overrides = parse_pairs(assignments, "--set", "bits=4/2")
     frame = suite_status(suite, out=out, only=only, overrides=overrides, device=device, data_root=data_root,

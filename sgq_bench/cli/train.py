@@ -11,7 +11,7 @@ from sgq_bench.cli._options import model_options, progress_option, threads_optio
 from sgq_bench.cli._spec import train_spec
 
 if TYPE_CHECKING:
-    from sgq_bench.train import TrainSpec
+    from sgq_bench.specs import TrainSpec
 
 
 @click.command(short_help="train (or load) one model, print its test accuracy")
@@ -26,6 +26,7 @@ def train(force: bool, progress: bool, data_root: str | None, device: str, check
 
     from sgq_bench._batching import keep_freed_memory
     from sgq_bench.data import load_dataset, load_split
+    from sgq_bench.specs import ExecContext
     from sgq_bench.train import accuracy, load_or_train, resolve_device
 
     spec = train_spec(**picked)
@@ -33,8 +34,7 @@ def train(force: bool, progress: bool, data_root: str | None, device: str, check
         torch.set_num_threads(threads)
     dev = resolve_device(device)
     keep_freed_memory()  # CPU passes reuse freed pages instead of faulting in new ones (2x faster)
-    result = load_or_train(spec, data_root=data_root, device=dev, checkpoint_dir=checkpoint_dir, force=force,
-                           progress=progress)
+    result = load_or_train(spec, ExecContext(device=dev, data_root=data_root, checkpoint_dir=checkpoint_dir, progress=progress), force=force)
     dataset = load_dataset(spec.dataset, spec.dataset_params)
     test = load_split(dataset, False, data_root)
     acc = accuracy(result.model, dataset, test, dev)

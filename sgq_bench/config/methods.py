@@ -10,6 +10,7 @@ from typing import Any
 
 from sgq_bench import _registry
 from sgq_bench._base import Objective, Quantizer
+from sgq_bench._bits import Bits, method_label
 from sgq_bench.errors import UsageError, did_you_mean
 
 if sys.version_info >= (3, 11):
@@ -73,11 +74,13 @@ class Method:
         return {"name": self.name, "quantizer": self.quantizer, "objective": self.objective,
                 "quantizer_params": qp, "objective_params": op}
 
+    def declared_bits(self) -> Bits:
+        """The quantizer's declaration for these params: it is instantiated, never given a model."""
+        return _registry.quantizers.get(self.quantizer)(**self.quantizer_params).declared_bits()
+
     def label(self) -> str:
-        """Display name: the method name, plus bits when quantized (e.g. ``pact[W4A2]``)."""
-        q, _ = self.build()
-        w, a = q.bits()
-        return self.name if (w, a) == (32, 32) or self.name.endswith(f"w{w}a{a}") else f"{self.name}[W{w}A{a}]"
+        """Display name: the name plus the declared bits when quantized (``pact W4A2``), as rows store it."""
+        return method_label(self.name, self.declared_bits())
 
 
 def method_from_table(name: str, table: dict[str, Any], source: str) -> Method:

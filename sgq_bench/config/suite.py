@@ -199,7 +199,7 @@ def apply_bits(methods: tuple[Method, ...], bits: tuple[int, int], where: str) -
 
 
 @dataclass(frozen=True)
-class DatasetPlan:
+class DatasetEntry:
     """One dataset of a suite: its model, training recipe, evaluation size and metric settings."""
 
     name: str
@@ -219,7 +219,7 @@ class Suite:
     path: str
     description: str
     seeds: tuple[int, ...]
-    datasets: tuple[DatasetPlan, ...]
+    datasets: tuple[DatasetEntry, ...]
     methods: tuple[Method, ...]
     explainers: tuple[str, ...] = ()
     metrics: tuple[str, ...] = ()
@@ -229,7 +229,7 @@ class Suite:
     eval_seed: int = 0
     overrides: dict[str, Any] = field(default_factory=dict)
 
-    def dataset(self, name: str) -> DatasetPlan:
+    def dataset(self, name: str) -> DatasetEntry:
         for d in self.datasets:
             if d.name == name:
                 return d
@@ -271,10 +271,23 @@ class Suite:
         }
 
     def fingerprint(self) -> str:
-        """Hash of everything that changes numbers (not the path, not the description)."""
+        """Hash of everything that changes a cell's numbers: not the path, the description, nor the seeds.
+
+        Why not the seeds: a seed adds or removes whole cells, each keyed by its own spec, so a run directory
+        grows from two seeds to three without mixing anything. Methods stay in: a method redefined under the
+        same name would otherwise mix two definitions in one report's rows.
+        """
+        d = self.as_dict()
+        for k in ("path", "description", "overrides", "seeds"):
+            d.pop(k)
+        return stable_hash(d)[:16]
+
+    def seeded_fingerprint(self, seeds: Any) -> str:
+        """The fingerprint as manifests written before 2026-12-03 hold it (seeds included), for ``seeds``."""
         d = self.as_dict()
         for k in ("path", "description", "overrides"):
             d.pop(k)
+        d["seeds"] = list(seeds) if isinstance(seeds, (list, tuple)) else seeds
         return stable_hash(d)[:16]
 
 
@@ -353,7 +366,7 @@ def _methods(raw: dict[str, Any], where: str) -> tuple[Method, ...]:
     return tuple(out)
 
 
-def _dataset_plan(dname: str, table: Any, where: str, metrics: tuple[str, ...]) -> DatasetPlan:
+def _dataset_entry(dname: str, table: Any, where: str, metrics: tuple[str, ...]) -> DatasetEntry:
     table = _table(where, f"datasets.{dname}", table)
     for key in table:
         if key not in DATASET_KEYS:
@@ -373,7 +386,7 @@ def _dataset_plan(dname: str, table: Any, where: str, metrics: tuple[str, ...]) 
     recipe = recipe_from_table(_table(where, f"datasets.{dname}.recipe", table.get("recipe", {})),
                                f"{where}: datasets.{dname}")
     mparams = _metric_params(table.get("metric_params", {}), where, f"datasets.{dname}.metric_params", metrics)
-    return DatasetPlan(dname, table["model"], recipe, eval_size, dict(params), mparams)
+    return DatasetEntry(dname, table["model"], recipe, eval_size, dict(params), mparams)
 
 
 def _metric_params(value: Any, where: str, key: str, metrics: tuple[str, ...]) -> dict[str, dict[str, Any]]:
@@ -391,6 +404,30 @@ def _metric_params(value: Any, where: str, key: str, metrics: tuple[str, ...]) -
             raise UsageError(f"{where}: {key}.{metric}: {exc}") from None
         out[metric] = dict(params)
     return out
+
+
+def _evaluate_table(raw: dict[str, Any], where: str) -> tuple[tuple[str, ...], tuple[str, ...], int, Any]:
+    """The ``[evaluate]`` table: explainers, metrics (each needing attributions has an explainer),
+    eval_seed and the metrics' params, validated."""
+    evaluate = _table(where, "evaluate", raw.get("evaluate", {}))
+    for key in evaluate:
+        if key not in EVALUATE_KEYS:
+            raise _unknown(where, f"evaluate.{key}", EVALUATE_KEYS)
+    explainers = _str_list(where, "evaluate.explainers", evaluate.get("explainers", []))
+    for i, name in enumerate(explainers):
+        _plugin(where, f"evaluate.explainers[{i}]", "explainers", name)
+    metrics = _str_list(where, "evaluate.metrics", evaluate.get("metrics", []))
+    for i, name in enumerate(metrics):
+        cls = _plugin(where, f"evaluate.metrics[{i}]", "metrics", name)
+        if getattr(cls, "needs_attributions", False) and not explainers:
+            raise UsageError(f"{where}: evaluate.metrics[{i}] = {name!r} needs attributions but "
+                             "evaluate.explainers is empty")
+    eval_seed = evaluate.get("eval_seed", 0)
+    if not _seed(eval_seed):
+        raise UsageError(f"{where}: evaluate.eval_seed = {eval_seed!r} is invalid; expected an integer in "
+                         f"[0, {SEED_LIMIT - 1}]")
+    metric_params = _metric_params(evaluate.get("params", {}), where, "evaluate.params", metrics)
+    return explainers, metrics, eval_seed, metric_params
 
 
 def suite_from_dict(raw: dict[str, Any], where: str, default_name: str = "suite") -> Suite:
@@ -415,26 +452,9 @@ def suite_from_dict(raw: dict[str, Any], where: str, default_name: str = "suite"
                          "and < 2**31")
     if len(set(seeds)) != len(seeds):
         raise UsageError(f"{where}: seeds = {seeds!r} repeats a seed; each seed may appear once")
-    evaluate = _table(where, "evaluate", raw.get("evaluate", {}))
-    for key in evaluate:
-        if key not in EVALUATE_KEYS:
-            raise _unknown(where, f"evaluate.{key}", EVALUATE_KEYS)
-    explainers = _str_list(where, "evaluate.explainers", evaluate.get("explainers", []))
-    for i, name in enumerate(explainers):
-        _plugin(where, f"evaluate.explainers[{i}]", "explainers", name)
-    metrics = _str_list(where, "evaluate.metrics", evaluate.get("metrics", []))
-    for i, name in enumerate(metrics):
-        cls = _plugin(where, f"evaluate.metrics[{i}]", "metrics", name)
-        if getattr(cls, "needs_attributions", False) and not explainers:
-            raise UsageError(f"{where}: evaluate.metrics[{i}] = {name!r} needs attributions but "
-                             "evaluate.explainers is empty")
-    eval_seed = evaluate.get("eval_seed", 0)
-    if not _seed(eval_seed):
-        raise UsageError(f"{where}: evaluate.eval_seed = {eval_seed!r} is invalid; expected an integer in "
-                         f"[0, {SEED_LIMIT - 1}]")
-    metric_params = _metric_params(evaluate.get("params", {}), where, "evaluate.params", metrics)
+    explainers, metrics, eval_seed, metric_params = _evaluate_table(raw, where)
     datasets = _table(where, "datasets", raw.get("datasets", {}))
-    plans = tuple(_dataset_plan(dname, table, where, metrics) for dname, table in datasets.items())
+    plans = tuple(_dataset_entry(dname, table, where, metrics) for dname, table in datasets.items())
     if not plans:
         raise UsageError(f"{where}: no [datasets.*] table; a suite needs at least one dataset")
     name = str(raw.get("name", default_name))

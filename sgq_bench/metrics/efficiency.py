@@ -8,8 +8,9 @@ quantizer's ``deploy()``) — and its batch size, e.g. ``int8@bs128``, and recor
 threads, torch version and quantized backend. Timings are medians of interleaved runs (variants take
 turns, so a shared machine's load hits them alike); compare them as ratios within one run.
 
-Plugin convention read here (the ``pact`` quantizer follows it): a weight layer stored at k bits has
-an int attribute ``weight_bits``; an activation quantizer module has ``act_bits``.
+Bits are read from declarations only: the quantizer's ``declared_bits()`` and, per layer, the
+``Bits`` its ``prepare`` declared with ``mark_quantized`` (read through ``layer_bits``; see
+``sgq_bench._base``). A quantized method whose model declares no layer is reported undefined, not as float.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import torch
 from torch import nn
 
 from sgq_bench import _registry
-from sgq_bench._base import EvalContext, Metric, MetricResult, Param
+from sgq_bench._base import FLOAT, Bits, EvalContext, Metric, MetricResult, Param, layer_bits
 from sgq_bench._provenance import provenance
 from sgq_bench.deploy import DeployUnavailable, backend_info, deployed_for
 from sgq_bench.errors import UsageError
@@ -44,22 +45,22 @@ def count_params(model: nn.Module) -> int:
 def packed_size(model: nn.Module) -> dict[str, int]:
     """Bytes of the model's parameters packed at their declared bits.
 
-    The ``weight`` of a module with ``weight_bits`` is packed at that many bits (``ceil(n * k / 8)``)
-    plus one fp32 scale; every other parameter (float layers, biases, BatchNorm affine, alphas) is
-    fp32. BatchNorm running statistics are buffers and not counted: deployment folds them into the
+    The ``weight`` of a module declared at k < 32 weight bits (``layer_bits``) is packed at k bits
+    (``ceil(n * k / 8)``) plus one fp32 scale; every other parameter (float layers, biases, BatchNorm
+    affine, alphas) is fp32. BatchNorm running statistics are buffers and not counted: deployment folds them into the
     conv (what remains per channel is the affine pair, which is counted). A module that rounds its
     output onto a grid of its own (declared by an ``out_scale`` method, e.g. pact's residual
     BatchNorm) stores one more fp32 scale.
     """
     quantized = floats = scales = 0
     for module in model.modules():
-        bits = getattr(module, "weight_bits", None)
+        bits = (layer_bits(module) or FLOAT).weight
         for name, p in module.named_parameters(recurse=False):
-            if name == "weight" and bits is not None and bits < 32:
+            if name == "weight" and bits < 32:
                 quantized += math.ceil(p.numel() * bits / 8)
             else:
                 floats += 4 * p.numel()
-        if bits is not None and bits < 32 and getattr(module, "weight", None) is not None:
+        if bits < 32:  # mark_quantized checked that the module has a weight
             scales += SCALE_BYTES
         if callable(getattr(module, "out_scale", None)):
             scales += SCALE_BYTES
@@ -67,10 +68,21 @@ def packed_size(model: nn.Module) -> dict[str, int]:
             "scales": scales}
 
 
+def _act_quantizer(module: nn.Module) -> bool:
+    """Declared to round its output and to hold no quantized weight (a PACT/LSQ ReLU)."""
+    bits = layer_bits(module)
+    return bits is not None and bits.act < 32 and bits.weight == 32
+
+
 def fp32_size(model: nn.Module) -> int:
     """Bytes of the float architecture: every parameter at 32 bits, less the activation quantizers'."""
-    extra = sum(p.numel() for m in model.modules() if hasattr(m, "act_bits") for p in m.parameters(recurse=False))
+    extra = sum(p.numel() for m in model.modules() if _act_quantizer(m) for p in m.parameters(recurse=False))
     return 4 * (count_params(model) - extra)
+
+
+def declared_layers(model: nn.Module) -> dict[str, Bits]:
+    """{module name: its declared Bits} for every layer ``prepare`` marked with ``mark_quantized``."""
+    return {name: bits for name, m in model.named_modules() if (bits := layer_bits(m)) is not None}
 
 
 @torch.no_grad()
@@ -78,28 +90,29 @@ def count_bops(model: nn.Module, x: torch.Tensor, act_bits: int) -> dict[str, An
     """BOPs per image = sum over Conv2d/Linear calls of MACs x weight bits x activation bits.
 
     Counted with forward hooks on the real module graph (one image through ``model``), so shared or
-    skipped layers count as often as they run. A layer with ``weight_bits`` < 32 multiplies by the
-    ``act_bits`` of the activation quantizer that ran last before it (its input's precision: e.g. an
-    8-bit boundary PACT after a float first layer), else by ``act_bits`` (the quantizer's declared
-    activation bits); float layers count 32 x 32.
+    skipped layers count as often as they run. A layer declared at k < 32 weight bits multiplies by the
+    activation bits of the module declared to round its output that ran last before it (its input's
+    precision: e.g. an 8-bit boundary PACT after a float first layer), else by ``act_bits`` (the
+    quantizer's declared activation bits); float layers count 32 x 32.
     """
     layers: list[dict[str, Any]] = []
     last_act: list[int] = []
 
     def act_hook(module: nn.Module, inputs: Any, out: Any) -> None:
-        last_act[:] = [int(module.act_bits)]
+        last_act[:] = [layer_bits(module).act]  # type: ignore[union-attr]
 
     def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], out: torch.Tensor, name: str) -> None:
         per_out = module.in_channels // module.groups * math.prod(module.kernel_size) \
             if isinstance(module, nn.Conv2d) else module.in_features
         macs = out.numel() // out.shape[0] * per_out
-        wb = getattr(module, "weight_bits", 32)
+        wb = (layer_bits(module) or FLOAT).weight
         ab = (last_act[0] if last_act else act_bits) if wb < 32 else 32
         layers.append({"layer": name, "macs": macs, "w_bits": wb, "a_bits": ab, "bops": macs * wb * ab})
 
     handles = [m.register_forward_hook(lambda mod, i, o, n=n: hook(mod, i, o, n))
                for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    handles += [m.register_forward_hook(act_hook) for m in model.modules() if isinstance(getattr(m, "act_bits", None), int)]
+    handles += [m.register_forward_hook(act_hook) for m in model.modules()
+                if (layer_bits(m) or FLOAT).act < 32]
     was = model.training
     try:
         model.eval()
@@ -172,10 +185,27 @@ def float_model(ctx: EvalContext) -> tuple[nn.Module, str]:
     return copy.deepcopy(ctx.model).cpu().eval(), "the evaluated model itself (no spec to rebuild the float one)"
 
 
+def _declared(ctx: EvalContext) -> Bits:
+    """The cell's quantizer's declared bits; float when the cell has no quantizer."""
+    return FLOAT if ctx.quantizer is None else ctx.quantizer.declared_bits()
+
+
+def _undeclared(ctx: EvalContext) -> MetricResult | None:
+    """An undefined result when a quantized method's model declares no layer: measuring it as float
+    would understate its compression silently (a plugin written before ``mark_quantized``)."""
+    bits = _declared(ctx)
+    if bits.is_float or declared_layers(ctx.model):
+        return None
+    name = getattr(ctx.quantizer, "name", "?")
+    reason = (f"quantizer {name!r} declares {bits.label} but its prepare() marked no layer with "
+              "sgq_bench.mark_quantized")
+    return MetricResult(float("nan"), extra={"undefined_reason": reason})
+
+
 def variants(ctx: EvalContext) -> tuple[dict[str, nn.Module], dict[str, Any]]:
     """fp32 / fake_quant / int8 models of the cell (cached in ``ctx.cache``) and notes about them."""
     if "efficiency:variants" not in ctx.cache:
-        quantized = ctx.quantizer is not None and tuple(ctx.quantizer.bits()) != (32, 32)
+        quantized = not _declared(ctx).is_float
         models: dict[str, nn.Module] = {}
         notes: dict[str, Any] = {"engine": None}
         if quantized:
@@ -228,6 +258,8 @@ class SizeBytes(_Efficiency):
     name = "size_bytes"
 
     def compute(self, ctx: EvalContext, attributions: torch.Tensor | None = None) -> MetricResult:
+        if (undefined := _undeclared(ctx)) is not None:
+            return undefined
         size = packed_size(ctx.model)
         return MetricResult(float(size["total"]), extra={k: v for k, v in size.items() if k != "total"})
 
@@ -239,6 +271,8 @@ class Compression(_Efficiency):
     higher_is_better = True
 
     def compute(self, ctx: EvalContext, attributions: torch.Tensor | None = None) -> MetricResult:
+        if (undefined := _undeclared(ctx)) is not None:
+            return undefined
         size, fp32 = packed_size(ctx.model)["total"], fp32_size(ctx.model)
         return MetricResult(fp32 / size, extra={"fp32_bytes": fp32, "size_bytes": size})
 
@@ -249,7 +283,9 @@ class Bops(_Efficiency):
     name = "bops"
 
     def compute(self, ctx: EvalContext, attributions: torch.Tensor | None = None) -> MetricResult:
-        act_bits = ctx.quantizer.bits()[1] if ctx.quantizer is not None else 32
+        if (undefined := _undeclared(ctx)) is not None:
+            return undefined
+        act_bits = _declared(ctx).act
         model = copy.deepcopy(ctx.model).cpu()
         res = count_bops(model, ctx.x.detach().cpu(), act_bits)
         return MetricResult(float(res["bops"]), extra={"macs": res["macs"], "layers": res["layers"],
@@ -321,6 +357,10 @@ class PeakMemoryMb(_Efficiency):
         "threads": Param(1, "torch intra-op threads in the probe process", low=1),
     }
 
+    def overhead_s(self, costs: Any) -> float:
+        """One fresh probe process per (variant, batch size); up to three variants (fp32, fake-quant, int8)."""
+        return 3 * len(parse_batch_sizes(self.batch_sizes, self.name)) * costs.process_start_s()
+
     def compute(self, ctx: EvalContext, attributions: torch.Tensor | None = None) -> list[MetricResult]:
         from sgq_bench.metrics._memory_probe import peak_memory
 
@@ -337,4 +377,4 @@ class PeakMemoryMb(_Efficiency):
 
 
 __all__ = ["Bops", "Compression", "LatencyMs", "Params", "PeakMemoryMb", "SizeBytes", "Throughput",
-           "count_bops", "count_params", "packed_size", "time_models"]
+           "count_bops", "count_params", "declared_layers", "packed_size", "time_models"]

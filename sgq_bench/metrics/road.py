@@ -98,7 +98,9 @@ def _linear_impute(x: torch.Tensor, unknown: torch.Tensor, tol: float, max_iter:
     """Solve ROAD's linear imputation for a batch of images by preconditioned conjugate gradients.
 
     Systems drop out of the iteration as they converge (small fractions need few steps), so the cost
-    follows the hardest images only where they are.
+    follows the hardest images only where they are. One function over the 60-line rule on purpose: the
+    conjugate-gradient loop shares ten working tensors that shrink together as systems converge; split
+    into pieces they would all travel through every call.
 
     Args:
         x: (B, C, H, W) images; known pixels keep their values.

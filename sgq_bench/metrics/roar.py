@@ -23,11 +23,11 @@ import functools
 import json
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
-from sgq_bench import checkpoints
+from sgq_bench import _registry, checkpoints
 from sgq_bench._base import EvalContext, Metric, MetricResult, Param, Split
 from sgq_bench._io import atomic_write_text, stable_hash
 from sgq_bench.data import batches, load_dataset, load_split, subset, train_fingerprint
@@ -40,6 +40,7 @@ from sgq_bench.metrics.functional import (
     rank_positions,
     trapezoid_auc,
 )
+from sgq_bench.specs import CostModel, ExecContext, Task, TrainSpec
 
 ROAR_FRACTIONS = (0.1, 0.3, 0.5, 0.7, 0.9)
 LEARNERS = ("fixed", "own")
@@ -51,12 +52,19 @@ def task_dir(checkpoint_dir: Any = None) -> Path:
 
 
 @dataclass(frozen=True)
-class RankSpec:
-    """Which ranking of the training and test pixels: an explainer applied with a trained model."""
+class RankTask(Task):
+    """Which ranking of the training and test pixels: an explainer applied with a trained model.
+
+    Its value (rank positions of every train and test pixel) is tens of MB: it is not stored, and it goes
+    from the executor straight to the retrains that need it (``shared_value``).
+    """
+
+    kind: ClassVar[str] = "rank"
+    shared_value: ClassVar[bool] = True
 
     explainer: str
     explainer_params: tuple[tuple[str, Any], ...]
-    model_spec: Any  # TrainSpec of the explained model; None when the explainer ignores the model
+    model_spec: TrainSpec | None  # the explained model; None when the explainer ignores the model
     dataset: str
     dataset_params: tuple[tuple[str, Any], ...]
     train_size: int | None
@@ -77,22 +85,65 @@ class RankSpec:
             "train_size": self.train_size, "subset_seed": self.subset_seed, "tie_seed": self.tie_seed,
         })[:20]
 
+    def label(self) -> str:
+        return f"{self.explainer} ranking of " + (self.model_spec.label if self.model_spec else self.dataset)
+
+    def models(self) -> tuple[TrainSpec, ...]:
+        return () if self.model_spec is None else (self.model_spec,)
+
+    def run(self, ctx: ExecContext, *values: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        return compute_rankings(self, ctx)
+
+    def cost(self, costs: CostModel) -> float | None:
+        explainer = _registry.explainers.get(self.explainer)(**dict(self.explainer_params))
+        passes = explainer.gradient_passes()
+        if passes is None:
+            passes = 0.0 if explainer.model_independent else 1.0
+        if not passes:
+            return 0.0
+        if self.model_spec is None:
+            return None
+        n_train, n_test = costs.images(replace(self.model_spec, recipe=replace(self.model_spec.recipe,
+                                                                                train_size=self.train_size)))
+        return costs.gradient_s(self.model_spec, (n_train + n_test) * passes)
+
 
 @dataclass(frozen=True)
-class RetrainTask:
+class RetrainTask(Task):
     """One retrain: the learner trained on data whose top (or all but top) ``fraction`` pixels are removed."""
 
-    rank: RankSpec
+    kind: ClassVar[str] = "retrain"
+
+    rank: RankTask
     fraction: float
     keep: bool
-    learner: Any  # TrainSpec of the retrained model (recipe incl. epochs/train_size overrides)
+    learner: TrainSpec  # the retrained model (recipe incl. epochs/train_size overrides)
 
     def key(self) -> str:
         return stable_hash({"rank": self.rank.key(), "fraction": self.fraction, "keep": self.keep,
                             "learner": self.learner.key()})[:20]
 
+    def label(self) -> str:
+        return f"{'kar' if self.keep else 'roar'} t={self.fraction} {self.rank.explainer} {self.learner.label}"
+
     def path(self, checkpoint_dir: Any = None) -> Path:
         return task_dir(checkpoint_dir) / "retrain" / f"{self.key()}.json"
+
+    def needs(self) -> tuple[Task, ...]:
+        return (self.rank,)
+
+    def done(self, ctx: ExecContext) -> bool:
+        return read_retrain(self, ctx.checkpoint_dir) is not None
+
+    def run(self, ctx: ExecContext, *values: Any) -> float:
+        cached = read_retrain(self, ctx.checkpoint_dir)
+        if cached is not None:
+            return cached
+        rankings = values[0] if values and values[0] is not None else compute_rankings(self.rank, ctx)
+        return run_retrain(self, rankings, ctx)
+
+    def cost(self, costs: CostModel) -> float | None:
+        return costs.training_s(self.learner)
 
 
 def read_retrain(task: RetrainTask, checkpoint_dir: Any = None) -> float | None:
@@ -122,18 +173,16 @@ def split_scores(model: Any, explainer: Any, dataset: Any, split: Split, device:
     return pixel_scores(explainer.attribute(model, x, target)).cpu()
 
 
-def compute_rankings(rank: RankSpec, *, device: torch.device, checkpoint_dir: Any = None,
-                     model: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
+def compute_rankings(rank: RankTask, ctx: ExecContext, model: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Rank positions of every train and test pixel (0 = most important) for ``rank``."""
-    from sgq_bench import _registry
-    from sgq_bench.train import load_or_train
+    from sgq_bench.train import load_or_train, resolve_device
 
+    device = resolve_device(ctx.device)
     dataset = load_dataset(rank.dataset, dict(rank.dataset_params))
     train = subset(load_split(dataset, True, rank.data_root), rank.train_size, seed=rank.subset_seed)
     test = load_split(dataset, False, rank.data_root)
     if model is None and rank.model_spec is not None:
-        model = load_or_train(rank.model_spec, data_root=rank.data_root, device=device,
-                              checkpoint_dir=checkpoint_dir, progress=False).model
+        model = load_or_train(rank.model_spec, replace(ctx, progress=False)).model
     explainer = _registry.explainers.get(rank.explainer)(**dict(rank.explainer_params))
     explainer.setup(dataset)
     g = torch.Generator().manual_seed(rank.tie_seed)
@@ -150,11 +199,11 @@ def masked_split(dataset: Any, split: Split, positions: torch.Tensor, fraction: 
     return Split(torch.where(replace_mask.view(-1, 1, h, w), mean, split.images.float()), split.labels)
 
 
-def run_retrain(task: RetrainTask, rankings: tuple[torch.Tensor, torch.Tensor], *, device: torch.device,
-                checkpoint_dir: Any = None) -> float:
+def run_retrain(task: RetrainTask, rankings: tuple[torch.Tensor, torch.Tensor], ctx: ExecContext) -> float:
     """Train the learner on the masked training set, store and return its masked-test accuracy."""
-    from sgq_bench.train import accuracy, build_model, train_model
+    from sgq_bench.train import accuracy, build_model, resolve_device, train_model
 
+    device = resolve_device(ctx.device)
     spec = task.learner
     dataset = load_dataset(spec.dataset, spec.dataset_params)
     train = subset(load_split(dataset, True, task.rank.data_root), spec.recipe.train_size, seed=task.rank.subset_seed)
@@ -164,16 +213,15 @@ def run_retrain(task: RetrainTask, rankings: tuple[torch.Tensor, torch.Tensor], 
                 spec.recipe, spec.seed, device, desc=f"{'kar' if task.keep else 'roar'} t={task.fraction}",
                 progress=False)
     acc = accuracy(model, dataset, masked_split(dataset, test, rankings[1], task.fraction, task.keep), device)
-    atomic_write_text(task.path(checkpoint_dir), json.dumps({"accuracy": acc, "fraction": task.fraction,
+    atomic_write_text(task.path(ctx.checkpoint_dir), json.dumps({"accuracy": acc, "fraction": task.fraction,
                                                             "keep": task.keep, "learner": spec.key()}))
     return acc
 
 
-def retrain_tasks(spec: Any, explainer: Any, *, fractions: tuple[float, ...], keep: bool, epochs: int = 0,
+def retrain_tasks(spec: TrainSpec, explainer: Any, *, fractions: tuple[float, ...], keep: bool, epochs: int = 0,
                   train_size: int = 0, learner: str = "fixed", data_root: Any = None) -> list[RetrainTask]:
     """The retrain tasks of one (cell, explainer, ROAR|KAR): what the runner schedules and the metric reads."""
     from sgq_bench.config.methods import get_method
-    from sgq_bench.train import TrainSpec
 
     if learner not in LEARNERS:
         raise UsageError(f"roar/kar learner {learner!r} is invalid; expected one of {', '.join(LEARNERS)}")
@@ -185,21 +233,23 @@ def retrain_tasks(spec: Any, explainer: Any, *, fractions: tuple[float, ...], ke
     method = spec.method if learner == "own" else get_method("baseline").resolved()
     learner_spec = TrainSpec(spec.dataset, spec.model, method, recipe, spec.seed, dict(spec.dataset_params))
     independent = bool(getattr(explainer, "model_independent", False))
-    rank = RankSpec(explainer.name, tuple(sorted(dict(explainer.config).items())),
+    rank = RankTask(explainer.name, tuple(sorted(dict(explainer.config).items())),
                     None if independent else spec, spec.dataset, tuple(sorted(spec.dataset_params.items())),
                     recipe.train_size, spec.seed + 104729, spec.seed * 7919 + 29, data_root)
     return [RetrainTask(rank, float(f), keep, learner_spec) for f in fractions]
 
 
-def ensure_retrains(tasks: list[RetrainTask], *, device: torch.device, checkpoint_dir: Any = None,
-                    model: Any = None) -> list[float]:
-    """Accuracies of ``tasks``: read from the task cache, computing (once per ranking) what is missing."""
-    accs = [read_retrain(t, checkpoint_dir) for t in tasks]
+def ensure_retrains(tasks: list[RetrainTask], ctx: ExecContext, model: Any = None) -> list[float]:
+    """Accuracies of ``tasks``: read from the task cache, computing (once per ranking) what is missing.
+
+    Through the task graph every retrain is done before the cell is scored, so this only reads; it computes
+    when a metric is used outside a run (``sgq-bench evaluate``)."""
+    accs = [read_retrain(t, ctx.checkpoint_dir) for t in tasks]
     missing = [i for i, a in enumerate(accs) if a is None]
     if missing:
-        rankings = compute_rankings(tasks[0].rank, device=device, checkpoint_dir=checkpoint_dir, model=model)
+        rankings = compute_rankings(tasks[0].rank, ctx, model=model)
         for i in missing:
-            accs[i] = run_retrain(tasks[i], rankings, device=device, checkpoint_dir=checkpoint_dir)
+            accs[i] = run_retrain(tasks[i], rankings, ctx)
     return accs
 
 
@@ -219,15 +269,16 @@ class _Roar(FractionsMixin, Metric):
     def forward_passes(self, n_images: int, n_pixels: int, n_test: int) -> float:
         return 0.0  # the retrains (and their test-split accuracies) are priced as their own tasks
 
-    def tasks(self, spec: Any, explainer: Any, data_root: Any = None) -> list[RetrainTask]:
+    def tasks(self, spec: TrainSpec, explainer: Any, ctx: ExecContext) -> list[RetrainTask]:
         return retrain_tasks(spec, explainer, fractions=tuple(self.fractions), keep=self.keep, epochs=self.epochs,
-                             train_size=self.train_size, learner=self.learner, data_root=data_root)
+                             train_size=self.train_size, learner=self.learner, data_root=ctx.data_root)
 
     def compute(self, ctx: EvalContext, attributions: torch.Tensor | None) -> MetricResult:
         if ctx.explainer is None or ctx.spec is None:
             raise UsageError(f"metric {self.name!r} needs the explainer and the training spec in the context")
-        tasks = self.tasks(ctx.spec, ctx.explainer, ctx.data_root)
-        accs = ensure_retrains(tasks, device=ctx.device, checkpoint_dir=ctx.checkpoint_dir, model=ctx.model)
+        run_ctx = ExecContext(device=str(ctx.device), data_root=ctx.data_root, checkpoint_dir=ctx.checkpoint_dir)
+        tasks = self.tasks(ctx.spec, ctx.explainer, run_ctx)
+        accs = ensure_retrains(tasks, run_ctx, model=ctx.model)
         fr = [t.fraction for t in tasks]
         value = float(trapezoid_auc(fr, torch.tensor(accs, dtype=torch.float64)))
         learner = tasks[0].learner

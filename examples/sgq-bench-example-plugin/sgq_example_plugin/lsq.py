@@ -7,7 +7,7 @@ paper shows keeps step updates on the same relative scale as weight updates.
 
 Weights are signed (``Q_n = 2^(b-1)``, ``Q_p = 2^(b-1) - 1``): each quantized layer becomes an
 ``nn.Conv2d``/``nn.Linear`` subclass that keeps the float ``weight`` parameter and reads it through LSQ
-on every forward, with the attribute ``weight_bits`` that efficiency metrics read. Activations
+on every forward, declared with ``mark_quantized`` (what the efficiency metrics read). Activations
 are the outputs of each ReLU that follows a quantized layer (the same rule as the reference PACT
 quantizer, so the two are comparable on one grid), unsigned (``Q_n = 0``, ``Q_p = 2^b - 1``).
 """
@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sgq_bench import Param, Quantizer
+from sgq_bench import Bits, Param, Quantizer, layer_bits, mark_quantized
 
 
 def _scale_grad(t: torch.Tensor, g: float) -> torch.Tensor:
@@ -44,15 +44,14 @@ def initial_step(v: torch.Tensor, q_p: int) -> torch.Tensor:
 class _LSQWeightMixin:
     """Shared by LSQConv2d/LSQLinear: a learned step and the weight read through LSQ on every forward.
 
-    ``weight_bits`` is the attribute sgq-bench's efficiency metrics read to pack the layer's weights
-    at k bits (size, compression, BOPs); the step is the layer's one fp32 scale.
+    ``mark_quantized`` declares the weight's bits, so sgq-bench's efficiency metrics pack it at k bits
+    (size, compression, BOPs); the step is the layer's one fp32 scale.
     """
 
     weight: nn.Parameter
-    weight_bits: int
 
     def _init_lsq(self, bits: int) -> None:
-        self.weight_bits = bits
+        mark_quantized(self, weight_bits=bits)  # type: ignore[arg-type]
         self.q_n, self.q_p = 2 ** (bits - 1), 2 ** (bits - 1) - 1
         self.step = nn.Parameter(initial_step(self.weight, self.q_p))
         self.grad_scale = 1.0 / math.sqrt(self.weight.numel() * self.q_p)
@@ -61,11 +60,12 @@ class _LSQWeightMixin:
         return lsq_quantize(self.weight, self.step, self.q_n, self.q_p, self.grad_scale)
 
     def extra_repr(self) -> str:
-        return super().extra_repr() + f", weight_bits={self.weight_bits}"  # type: ignore[misc]
+        bits = layer_bits(self)  # type: ignore[arg-type]
+        return super().extra_repr() + f", weight_bits={bits.weight if bits else 32}"  # type: ignore[misc]
 
 
 class LSQConv2d(_LSQWeightMixin, nn.Conv2d):
-    """Conv2d with LSQ-quantized weights (signed, ``weight_bits`` bits)."""
+    """Conv2d with LSQ-quantized weights (signed, ``w_bits`` bits)."""
 
     @classmethod
     def from_float(cls, conv: nn.Conv2d, bits: int) -> LSQConv2d:
@@ -81,7 +81,7 @@ class LSQConv2d(_LSQWeightMixin, nn.Conv2d):
 
 
 class LSQLinear(_LSQWeightMixin, nn.Linear):
-    """Linear with LSQ-quantized weights (signed, ``weight_bits`` bits)."""
+    """Linear with LSQ-quantized weights (signed, ``w_bits`` bits)."""
 
     @classmethod
     def from_float(cls, linear: nn.Linear, bits: int) -> LSQLinear:
@@ -97,12 +97,12 @@ class LSQLinear(_LSQWeightMixin, nn.Linear):
 class LSQReLU(nn.Module):
     """ReLU followed by unsigned LSQ activation quantization; the step is initialised from the first batch.
 
-    ``act_bits`` is the attribute sgq-bench's efficiency metrics read for activation quantizers.
+    ``mark_quantized`` declares its output bits, which sgq-bench's BOPs count reads.
     """
 
     def __init__(self, bits: int) -> None:
         super().__init__()
-        self.act_bits = bits
+        mark_quantized(self, act_bits=bits)
         self.q_p = 2**bits - 1
         self.step = nn.Parameter(torch.tensor(1.0))
         self.register_buffer("initialized", torch.tensor(False))
@@ -117,7 +117,7 @@ class LSQReLU(nn.Module):
         return lsq_quantize(y, self.step, 0, self.q_p, grad_scale)
 
     def extra_repr(self) -> str:
-        return f"bits={self.act_bits}"
+        return f"bits={layer_bits(self).act}"  # type: ignore[union-attr]
 
 
 def _replace(root: nn.Module, dotted: str, new: nn.Module) -> None:
@@ -135,8 +135,9 @@ class LSQQuantizer(Quantizer):
         "quantize_first_last": Param(False, "also quantize the first conv and the last linear layer"),
     }
 
-    def bits(self) -> tuple[int, int]:
-        return (self.w_bits, self.a_bits)
+    def declared_bits(self) -> Bits:
+        """From the params alone: the label and result rows read this without building a model."""
+        return Bits(self.w_bits, self.a_bits)
 
     def prepare(self, model: nn.Module) -> nn.Module:
         """Swap quantized layers for LSQ ones; replace each ReLU after a quantized layer by LSQReLU.

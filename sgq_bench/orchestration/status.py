@@ -14,6 +14,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from sgq_bench.specs import TrainSpec
+
 STATES = ("done", "trained", "training", "stopped", "failed", "waiting")
 # A running training saves its state every epoch and every SAVE_EVERY_S (10 min); a state this old belongs
 # to one that is not running now (stopped or killed; a rerun resumes it).
@@ -38,7 +40,8 @@ def suite_status(suite: Any, *, out: Any = None, only: Any = None, overrides: di
     import pandas as pd
 
     from sgq_bench.config.suite import Suite, load_suite
-    from sgq_bench.runner import done_keys, expand, manifest_device, parse_only, read_jsonl, read_manifest
+    from sgq_bench.orchestration.cells import expand, parse_only
+    from sgq_bench.orchestration.rundir import done_keys, manifest_device, read_jsonl, read_manifest
 
     if not isinstance(suite, Suite):
         suite = load_suite(str(suite), overrides)
@@ -78,16 +81,18 @@ def suite_status(suite: Any, *, out: Any = None, only: Any = None, overrides: di
     return frame
 
 
-def _training_progress(spec: Any, device: Any, data_root: Any, checkpoint_dir: Any) -> dict[str, Any]:
+def _training_progress(spec: TrainSpec, device: Any, data_root: Any, checkpoint_dir: Any) -> dict[str, Any]:
     """The state of ``spec``'s training from its checkpoint or mid-training state (read and verified)."""
     from sgq_bench import checkpoints
+    from sgq_bench.data import load_dataset, load_split
     from sgq_bench.errors import SgqBenchError
-    from sgq_bench.planning import training_steps
-    from sgq_bench.train import locate_checkpoint
+    from sgq_bench.train import locate_checkpoint, training_steps
 
     where = locate_checkpoint(spec, device=device, data_root=data_root, checkpoint_dir=checkpoint_dir)
     recipe = where.spec.recipe
-    steps = training_steps(spec, data_root)
+    n_full = len(load_split(load_dataset(spec.dataset, spec.dataset_params), True, data_root))
+    n_train = min(n_full, recipe.train_size) if recipe.train_size else n_full
+    steps = training_steps(recipe, n_train)
     row: dict[str, Any] = {"state": "waiting", "epochs": recipe.epochs, "steps": steps,
                            "precision": recipe.precision, "checkpoint": where.path.name}
     # Each file is looked at once (stat, then load): a running training replaces its state, and removes it

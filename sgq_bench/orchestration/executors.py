@@ -1,9 +1,11 @@
 """Executors run the task graph: ``serial`` in this process, ``ray`` on a Ray cluster (local or joined).
 
-Both answer the same three calls, so the driver (``sgq_bench.runner``) is one loop whatever runs the
-tasks: ``submit(task, dep_values)``, ``wait()`` -> finished ``(key, ok, value)`` triples, ``cancel()``.
-A dependency's value travels to its dependents inside the executor (a Ray ``ObjectRef`` for rankings,
-so a 50 MB ranking goes worker-to-worker and never through the driver).
+Both answer the same calls, so the driver (``orchestration.driver``) is one loop whatever runs the
+tasks: ``submit(node)``, ``wait()`` -> finished ``(key, ok, value)`` triples, ``release(key)``, ``cancel()``.
+A task's value travels to its dependents inside the executor. Values of ``shared_value`` tasks (ROAR's
+rankings, tens of MB) never reach the driver: on Ray they stay in the object store and go
+worker-to-worker. Nothing here knows any task kind except that trainings can save their state when
+cancelled.
 """
 
 from __future__ import annotations
@@ -15,13 +17,32 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
+from sgq_bench._signals import keep_sigterm_handler
 from sgq_bench.checkpoints import checkpoint_dir
 from sgq_bench.errors import UsageError, warn
-from sgq_bench.tasks import ExecContext, Task, execute
+from sgq_bench.orchestration.graph import Node
+from sgq_bench.specs import ExecContext
 
 EXECUTORS = ("serial", "ray")
 SYSTEM_RETRIES = 3  # a worker that dies (node lost, OOM kill) is retried; an exception in a task is not
 CANCEL_GRACE_S = 60.0  # how long a cancelled training gets to reach its next step and save its state
+
+
+def run_node(node: Node, ctx: ExecContext, *values: Any) -> Any:
+    """Worker side: run one task with this run's threads (a reused worker keeps its old count otherwise,
+    and Ray's OMP_NUM_THREADS is not re-read by torch) and freed-memory reuse."""
+    import torch
+
+    from sgq_bench._batching import keep_freed_memory
+
+    if ctx.threads:
+        torch.set_num_threads(ctx.threads)
+    keep_freed_memory()
+    return node.task.run(ctx, *values)
+
+
+def _inputs(node: Node, values: dict[str, Any]) -> list[Any]:
+    return [values.get(k) if k is not None else None for k in node.inputs]
 
 
 class SerialExecutor:
@@ -31,27 +52,26 @@ class SerialExecutor:
 
     def __init__(self, ctx: ExecContext) -> None:
         self.ctx = ctx
-        self.queue: deque[tuple[Task, list[Any]]] = deque()
+        self.queue: deque[tuple[Node, list[Any]]] = deque()
         self.values: dict[str, Any] = {}
 
     @property
     def workers(self) -> int:
         return 1
 
-    def submit(self, task: Task) -> None:
-        self.queue.append((task, [self.values.get(d) for d in task.deps]))
+    def submit(self, node: Node) -> None:
+        self.queue.append((node, _inputs(node, self.values)))
 
     def wait(self) -> list[tuple[str, bool, Any]]:
-        task, deps = self.queue.popleft()
+        node, inputs = self.queue.popleft()
         try:
-            value = execute(task, self.ctx, *deps)
+            value = run_node(node, self.ctx, *inputs)
         except KeyboardInterrupt:
             raise
         except Exception as exc:  # the driver marks the task's cells failed and goes on
-            return [(task.key, False, exc)]
-        if task.kind == "rank":
-            self.values[task.key] = value
-        return [(task.key, True, _driver_value(task, value))]
+            return [(node.key, False, exc)]
+        self.values[node.key] = value
+        return [(node.key, True, None if node.task.shared_value else value)]
 
     def pending(self) -> int:
         return len(self.queue)
@@ -64,11 +84,6 @@ class SerialExecutor:
 
     def close(self) -> None:
         self.values.clear()
-
-
-def _driver_value(task: Task, value: Any) -> Any:
-    """What the driver keeps of a result: rows for evaluate, small values otherwise, never rankings."""
-    return None if task.kind == "rank" else value
 
 
 class RayExecutor:
@@ -100,23 +115,21 @@ class RayExecutor:
                 kwargs["address"] = address
             else:
                 kwargs["num_cpus"] = (workers or max(1, (os.cpu_count() or 1) // threads)) * threads
-            sigterm = _sigterm_handler()
             try:
-                ray.init(**kwargs)
+                with keep_sigterm_handler():  # ray.init's own handler would skip the gentle stop
+                    ray.init(**kwargs)
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 raise UsageError(f"--address {address!r}: cannot join the Ray cluster ({exc})") from None
-            finally:
-                _restore_sigterm(sigterm)
             self._owns = True
         else:
             self._owns = False
         gpu = str(ctx.device).startswith("cuda")
         opts = dict(num_cpus=threads, num_gpus=1 if gpu else 0, max_retries=SYSTEM_RETRIES, retry_exceptions=False)
         self.remote = ray.remote(_ray_execute).options(**opts)
-        # A ranking (tens of MB) stays in the object store for its dependents: its task returns a small
-        # status object as well, and only that one travels to the driver to learn of success or failure.
+        # A shared value (a ranking: tens of MB) stays in the object store for its dependents: its task
+        # returns a small status object as well, and only that one travels to the driver.
         self.remote_split = ray.remote(_ray_execute_split).options(num_returns=2, **opts)
-        self.refs: dict[Any, tuple[Task, Any]] = {}
+        self.refs: dict[Any, tuple[Node, Any]] = {}
         self.values: dict[str, Any] = {}
 
     @property
@@ -128,30 +141,28 @@ class RayExecutor:
             slots = min(slots, int(resources.get("GPU", 0)))
         return max(1, slots)
 
-    def submit(self, task: Task) -> None:
-        deps = [self.values.get(d) for d in task.deps]
-        if task.kind == "rank":
-            status, value = self.remote_split.remote(task, self.ctx, *deps)
-            self.refs[status] = (task, value)
+    def submit(self, node: Node) -> None:
+        inputs = _inputs(node, self.values)
+        if node.task.shared_value:
+            status, value = self.remote_split.remote(node, self.ctx, *inputs)
+            self.refs[status] = (node, value)
         else:
-            ref = self.remote.remote(task, self.ctx, *deps)
-            self.refs[ref] = (task, ref)
+            ref = self.remote.remote(node, self.ctx, *inputs)
+            self.refs[ref] = (node, ref)
 
     def wait(self) -> list[tuple[str, bool, Any]]:
         ready, _ = self.ray.wait(list(self.refs), num_returns=1, timeout=None)
         done = []
         for ref in ready:
-            task, value_ref = self.refs.pop(ref)
+            node, value_ref = self.refs.pop(ref)
             try:
-                value = self.ray.get(ref)  # raises if the task failed
-                if task.kind == "rank":  # the ranking itself stays in the object store for its dependents
-                    self.values[task.key] = value_ref
-                    value = None
-                done.append((task.key, True, value))
+                value = self.ray.get(ref)  # raises if the task failed; a shared value's status is small
+                self.values[node.key] = value_ref  # dependents get the ObjectRef, resolved on their worker
+                done.append((node.key, True, None if node.task.shared_value else value))
             except KeyboardInterrupt:
                 raise
             except Exception as exc:
-                done.append((task.key, False, _unwrap(exc)))
+                done.append((node.key, False, _unwrap(exc)))
         return done
 
     def pending(self) -> int:
@@ -172,9 +183,9 @@ class RayExecutor:
         """
         refs = list(self.refs.items())
         self.refs.clear()
-        training = [ref for ref, (task, _) in refs if task.kind == "train"]
-        for ref, (task, _) in refs:
-            if task.kind != "train":
+        training = [ref for ref, (node, _) in refs if node.kind == "train"]
+        for ref, (node, _) in refs:
+            if node.kind != "train":
                 self._cancel(ref, force=True)
         if not training:
             return
@@ -216,30 +227,13 @@ class RayExecutor:
             self.ray.shutdown()
 
 
-def _sigterm_handler() -> Any:
-    import signal
-
-    return signal.getsignal(signal.SIGTERM)
+def _ray_execute(node: Node, ctx: ExecContext, *inputs: Any) -> Any:
+    return run_node(node, ctx, *inputs)
 
 
-def _restore_sigterm(handler: Any) -> None:
-    """Put back the driver's SIGTERM handler, which ``ray.init`` replaces by a crash logger that exits at
-    once: the runner's handler turns SIGTERM (a scheduler's preemption) into the gentle interrupt."""
-    import signal
-    import threading
-
-    if handler is not None and threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, handler)
-
-
-def _ray_execute(task: Task, ctx: ExecContext, *deps: Any) -> Any:
-    """Worker side: Ray sets OMP_NUM_THREADS, but torch in a reused worker does not re-read it."""
-    return execute(task, ctx, *deps)
-
-
-def _ray_execute_split(task: Task, ctx: ExecContext, *deps: Any) -> tuple[bool, Any]:
+def _ray_execute_split(node: Node, ctx: ExecContext, *inputs: Any) -> tuple[bool, Any]:
     """(a small status, the value): two Ray objects, so the driver can wait on the first alone."""
-    return True, execute(task, ctx, *deps)
+    return True, run_node(node, ctx, *inputs)
 
 
 def _unwrap(exc: BaseException) -> BaseException:
