@@ -61,6 +61,28 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+FAULT_ENV = "SGQ_BENCH_FAULT_AFTER_BYTES"
+_written = [0]
+
+
+def _fault_allowance(n: int) -> int:
+    """Fault injection for the crash tests: with ``$SGQ_BENCH_FAULT_AFTER_BYTES=N`` set, the process kills
+    itself (SIGKILL) once N bytes have been written through this module; returns how many of the next
+    ``n`` bytes may be written first. Unset (always, outside tests): all of them."""
+    budget = os.environ.get(FAULT_ENV)
+    if not budget:
+        return n
+    allowed = max(0, min(n, int(budget) - _written[0]))
+    _written[0] += allowed
+    return allowed
+
+
+def _die() -> None:
+    import signal
+
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
 def _atomic(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -69,12 +91,29 @@ def _atomic(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
         with os.fdopen(fd, "wb") as fh:
             write(fh)
             fh.flush()
+            size = fh.tell()
+            allowed = _fault_allowance(size)
+            if allowed < size:  # a kill part-way through this write: the temp file holds what got out
+                fh.truncate(allowed)
+                fh.flush()
+                _die()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        os.replace(tmp, path)  # replaces a symlink at ``path`` itself: never writes through it
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise _naming(exc, path) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+def _naming(exc: OSError, path: Path) -> OSError:
+    """The error with the file we were writing as its filename (a full disk names our target, not a temp)."""
+    named = OSError(exc.errno, exc.strerror or str(exc), str(path))
+    if exc.errno == errno.ENOSPC:
+        named.strerror = f"{exc.strerror} (free some space on {path.parent}, then rerun: what was written is intact)"
+    return named
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -90,11 +129,22 @@ def atomic_torch_save(path: Path, obj: Any) -> None:
     """``torch.save`` made atomic (torch is imported here only: config and the CLI stay free of it)."""
     import torch
 
-    _atomic(path, lambda fh: torch.save(obj, fh))
+    def write(fh: IO[bytes]) -> None:
+        try:
+            torch.save(obj, fh)
+        except RuntimeError as exc:  # torch wraps a failed write (a full disk) in its own error
+            if isinstance(exc.__cause__, OSError):
+                raise exc.__cause__ from None
+            raise OSError(errno.EIO, f"could not write ({str(exc).splitlines()[0] if str(exc) else exc})") from None
+
+    _atomic(path, write)
 
 
 def append_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
     """Append one JSON line per row: O(new rows), whole lines in one ``write``, then fsync.
+
+    For logs (a run directory's ``cells.jsonl`` and ``errors.jsonl``), whose readers skip a torn line with
+    a warning; result rows go to the per-cell store (``sgq_bench._store``), which is atomic per cell.
 
     The file is opened with ``O_APPEND``, so every write lands at the current end even with several
     writers, and the rows of one call go out in a single ``write`` of complete lines (a regular file
@@ -111,15 +161,25 @@ def append_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
         return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o666)
+    if path.is_symlink():
+        raise OSError(errno.ELOOP, "refusing to append through a symbolic link", str(path))
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o666)
+    except OSError as exc:
+        raise _naming(exc, path) from None
     try:
         size = os.fstat(fd).st_size
         if size and _last_byte(path, size) != b"\n":
             data = b"\n" + data
-        view = memoryview(data)
+        allowed = _fault_allowance(len(data))
+        view = memoryview(data)[:allowed]
         while view:  # a short write happens only on a full disk or a signal; then finish the rest
             view = view[os.write(fd, view):]
         os.fsync(fd)
+        if allowed < len(data):
+            _die()
+    except OSError as exc:
+        raise _naming(exc, path) from None
     finally:
         os.close(fd)
     if size == 0:

@@ -3,10 +3,10 @@
 Attributions are computed once per explainer, checked (finite, shaped like the input) and shared by
 every metric of the cell (with the cell's forward cache, so metrics never repeat a forward pass);
 model-level metrics (accuracy, efficiency) run once per cell with explainer ``"-"``. Rows are validated
-against the result schema (``sgq_bench.results``) and appended after each metric, and a rerun skips
-the (metric, explainer) pairs already present, so an interrupted evaluation resumes. With
-``results_path=None`` nothing is written: the rows are returned (a distributed worker's mode, where
-only the driver writes).
+against the result schema (``sgq_bench.results``); with a run directory ``out`` the cell's rows are stored
+together at the end (all or none) and a rerun skips the (metric, explainer) pairs already stored. With
+``out=None`` nothing is written: the rows are returned (a distributed worker's mode, where only the
+driver writes).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from sgq_bench._batching import keep_freed_memory
 from sgq_bench._plugins import row_plugins
 from sgq_bench._provenance import provenance
 from sgq_bench.data import load_dataset, load_split, subset
-from sgq_bench.errors import UsageError
+from sgq_bench.errors import PluginError, UsageError
 from sgq_bench.explainers import check_attributions
 from sgq_bench.specs import Cell, ExecContext, TrainSpec
 from sgq_bench.train import TrainResult, inference_copy, load_or_train, resolve_device
@@ -111,13 +111,13 @@ def _clean(v: Any) -> Any:
     return None if isinstance(v, float) and not math.isfinite(v) else v
 
 
-def evaluate_cell(cell: Cell, ctx: ExecContext | None = None, *, results_path: Path | None = None,
+def evaluate_cell(cell: Cell, ctx: ExecContext | None = None, *, out: Path | None = None,
                   done: set[tuple] | None = None, fingerprint: str | None = None,
                   trained: TrainResult | None = None) -> list[dict]:
-    """Evaluate one cell's trained model; return the rows produced now (appended to ``results_path``
-    unless None: a distributed worker's mode, where only the driver writes).
+    """Evaluate one cell's trained model; return the rows produced now (stored, all together, in the run
+    directory ``out`` unless None: a distributed worker's mode, where only the driver writes).
 
-    Rows whose ``results.row_key`` is in ``done`` or already in ``results_path`` are skipped. Names,
+    Rows whose ``results.row_key`` is in ``done`` or already stored in ``out`` are skipped. Names,
     parameters, ``eval_size`` and (when writing) the run directory's protocol (``check_protocol``;
     ``fingerprint`` is the suite's) are validated before any model is loaded or trained. ``trained``: the
     model already loaded by the caller (``load_or_train(cell.spec, ctx)``), so it is not read twice.
@@ -133,8 +133,9 @@ def evaluate_cell(cell: Cell, ctx: ExecContext | None = None, *, results_path: P
     quantizer, _ = spec.method.build()
     base = _cell_fields(spec, quantizer, len(split), cell.eval_seed, cell.suite or None, cell.suite_version or None)
     skip = set(done or ())
+    results_path = None if out is None else Path(out) / results.RESULTS_FILE
     if results_path is not None:
-        results_path = Path(results_path)
+        results.open_store(out)  # an older directory is migrated; a stale export rebuilt
         existing = results.read_rows(results_path)
         check_protocol(results_path, existing, base, fingerprint)
         skip |= {results.row_key(r) for r in existing}
@@ -149,7 +150,7 @@ def evaluate_cell(cell: Cell, ctx: ExecContext | None = None, *, results_path: P
                 train_data_sha256=trained.meta.get("train_data_sha256"),
                 # a GPU-trained model scored on a CPU says so; so does a training resumed on another machine
                 training_provenance=_training_provenance(trained.meta))
-    scoring = _Scoring(cell, ctx, base, results_path, provenance(device))
+    scoring = _Scoring(cell, ctx, base, provenance(device))
     ectx = EvalContext(model=trained.model.eval(), dataset=dataset, x=dataset.normalize(split.images.to(device)),
                        y=split.labels.to(device), device=device, spec=spec, quantizer=quantizer,
                        data_root=ctx.data_root, checkpoint_dir=ctx.checkpoint_dir, seed=cell.eval_seed,
@@ -159,6 +160,8 @@ def evaluate_cell(cell: Cell, ctx: ExecContext | None = None, *, results_path: P
     for name in pending[NO_EXPLAINER]:
         scoring.score(ectx, NO_EXPLAINER, None, {}, name, metric_objs[name])
     _score_attributions(scoring, ectx, explainer_objs, metric_objs, pending)
+    if results_path is not None:  # the cell's rows land together, merged with those already stored
+        results.store_cell(out, cell.slug, cell.id, cell.key(), scoring.written)
     return scoring.written
 
 
@@ -196,11 +199,10 @@ def _score_attributions(scoring: _Scoring, ectx: EvalContext, explainer_objs: di
 
 
 class _Scoring:
-    """Computes one metric, turns its results into validated rows, writes them (or keeps them)."""
+    """Computes one metric and turns its results into validated rows (stored by the caller, per cell)."""
 
-    def __init__(self, cell: Cell, ctx: ExecContext, base: dict[str, Any], results_path: Path | None,
-                 prov: dict[str, Any]) -> None:
-        self.cell, self.ctx, self.base, self.results_path, self.prov = cell, ctx, base, results_path, prov
+    def __init__(self, cell: Cell, ctx: ExecContext, base: dict[str, Any], prov: dict[str, Any]) -> None:
+        self.cell, self.ctx, self.base, self.prov = cell, ctx, base, prov
         self.written: list[dict] = []
 
     def score(self, ectx: EvalContext, explainer: str, attr: Any, expl_params: dict, name: str, metric: Metric,
@@ -209,12 +211,14 @@ class _Scoring:
         res = metric.compute(ectx, attr)
         seconds = time.perf_counter() - t0
         outs = res if isinstance(res, list) else [res]
+        n_images = int(ectx.x.shape[0])
+        for r in outs:  # a plugin's output is checked at the boundary, before it becomes a row
+            if r.per_sample is not None and len(r.per_sample) != n_images:
+                raise PluginError(f"metric {name!r} returned {len(r.per_sample)} per-sample values for {n_images} "
+                                  "images; per_sample must hold one value per evaluation image (or be None)")
         rows = [_row(self.base, explainer, expl_params, name, metric, r, seconds, self.prov, extra) for r in outs]
-        if self.results_path is not None:
-            rows = results.append_rows(self.results_path, rows)
-        else:
-            where = _cell_name(self.cell.spec)
-            rows = [results.validate_row(r, f"{where}: {name} row {i}") for i, r in enumerate(rows, 1)]
+        where = _cell_name(self.cell.spec)
+        rows = [results.validate_row(r, f"{where}: {name} row {i}") for i, r in enumerate(rows, 1)]
         self.written.extend(rows)
         _log(self.ctx.progress, f"  {explainer:<22} {name:<26} {rows[0]['value']!s:<22} ({seconds:.1f} s)")
 

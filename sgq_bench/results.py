@@ -2,15 +2,16 @@
 
 A result row is one number: one metric (and variant) of one explainer on one trained model, with
 everything that determines it (method, recipe, checkpoint, evaluation subset, suite version) and
-where it came from (provenance). ``evaluate`` writes rows with :func:`append_rows`; everything else
+where it came from (provenance). the driver and ``evaluate`` store a cell's rows with :func:`store_cell` (``sgq_bench._store``: one file
+per cell, ``results.jsonl`` its export); everything else
 reads them with :func:`read_rows` or, as a long-format ``pandas.DataFrame``, with :func:`load_results`.
 
 Why validate on read as well: a results file can be edited, truncated, or come from another tool or
 version. A foreign or ill-typed row is refused in one line that names the file, the line and the
 field, before any statistic is computed from it. A line that is not JSON (a truncated row, e.g. the
 torn tail of a write that was killed, which ``_io.append_jsonl`` terminates and appends after) is
-refused the same way rather than skipped: skipping would drop a number silently, while the one-line
-error names the line to delete, after which a rerun recomputes what is missing.
+refused the same way rather than skipped: skipping would drop a number silently. In a run directory the
+next run rebuilds the file from the store (and recomputes any cell whose stored rows are not intact).
 
 This module imports neither torch nor pandas at import time: ``pandas`` is loaded by
 :func:`load_results` only.
@@ -25,8 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sgq_bench import _store
 from sgq_bench._bits import FLOAT, Bits, method_label
-from sgq_bench._io import append_jsonl
 from sgq_bench.errors import UsageError
 
 if TYPE_CHECKING:
@@ -194,14 +195,37 @@ def result_key(row: Mapping[str, Any]) -> tuple:
     return (*row_key(row), row.get("variant"))
 
 
-def append_rows(path: str | Path, rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Validate every row, then append them all to the JSONL file ``path``; returns the validated rows.
+def store_cell(run_dir: str | Path, slug: str, cell_id: str, key: str | None,
+               rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Validate every row, store them as one cell of the run directory's store, refresh ``results.jsonl``.
 
-    Nothing is written when any row is invalid (a bug in a metric must not leave half a cell behind).
+    Nothing is stored when any row is invalid (a bug in a metric must not leave half a cell behind), and
+    the cell's rows appear together or not at all (``sgq_bench._store``). Returns the validated rows.
     """
-    checked = [validate_row(dict(r), f"{path}: new row {i}") for i, r in enumerate(rows, 1)]
-    append_jsonl(Path(path), checked)
+    run_dir = Path(run_dir)
+    checked = [validate_row(dict(r), f"{run_dir}: {cell_id} row {i}") for i, r in enumerate(rows, 1)]
+    _store.write_cell(run_dir, slug, cell_id, key, checked, result_key)
+    _store.export(run_dir)
     return checked
+
+
+def cell_of(row: Mapping[str, Any]) -> tuple[str, str]:
+    """(slug, id) of the cell a row belongs to, as ``specs.Cell`` names them."""
+    cid = f"{row.get('dataset')}/{row.get('model')}/{row.get('method')}/s{row.get('seed')}"
+    return cid.replace("/", "-"), cid
+
+
+def open_store(run_dir: str | Path, log: Any = None) -> set[str]:
+    """Ready a run directory's store for writing: migrate an older directory once, rewrite
+    ``results.jsonl`` from the store (healing a torn, edited or deleted export); returns the keys of the
+    cells whose rows are all stored."""
+    run_dir = Path(run_dir)
+    from sgq_bench.errors import warn
+
+    _store.migrate(run_dir, cell_of, result_key, log or warn)
+    if (run_dir / _store.CELLS_DIR).is_dir():
+        _store.export(run_dir)
+    return _store.done_keys(run_dir)
 
 
 def read_rows(path: str | Path) -> list[dict[str, Any]]:
@@ -226,8 +250,9 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
                 try:
                     row = json.loads(line)
                 except json.JSONDecodeError as exc:
-                    raise UsageError(f"{path}:{lineno}: corrupted results line ({exc.msg}); delete that line "
-                                     "(a write cut short by a killed run) and rerun to recompute it") from None
+                    raise UsageError(f"{path}:{lineno}: corrupted results line ({exc.msg}); if this is a run "
+                                     "directory, rerun `sgq-bench run` on it: it rebuilds this file from its "
+                                     "results store and recomputes what is missing") from None
                 rows.append(validate_row(row, f"{path}:{lineno}"))
         except UnicodeDecodeError as exc:
             raise UsageError(f"{path}: not a UTF-8 text file ({exc.reason}); not a results file") from None
@@ -301,6 +326,9 @@ def load_results(run: str | Path, *, nested: bool = True, dedupe: bool = True) -
     if not path.exists():
         raise UsageError(f"{run}: no {RESULTS_FILE} here; run `sgq-bench run --suite ... --out {run}` first")
     rows = read_rows(path)
+    if not rows:
+        raise UsageError(f"{path}: no result rows (an empty file); run `sgq-bench run --suite ... --out {run}` "
+                         "to produce some")
     if dedupe:
         rows = latest(rows)
     records = []
@@ -332,5 +360,5 @@ def load_results(run: str | Path, *, nested: bool = True, dedupe: bool = True) -
 
 
 __all__ = ["COLUMNS", "EXTRA_COLUMNS", "FIELDS", "KEY_FIELDS", "NESTED_FIELDS", "NO_EXPLAINER", "PROTOCOL_KEYS",
-           "RESULTS_FILE", "Field", "append_rows", "bits_label", "latest", "load_results", "read_rows", "result_key",
+           "RESULTS_FILE", "Field", "cell_of", "open_store", "store_cell", "bits_label", "latest", "load_results", "read_rows", "result_key",
            "results_path", "row_method_label", "row_key", "validate_row"]

@@ -50,4 +50,5 @@ def evaluate_spec(spec, *, explainers, metrics, eval_size, metric_params=None, r
     cell = Cell(spec, tuple(explainers), tuple(metrics), eval_size, metric_params or {}, eval_seed, suite or "",
                 suite_version or "")
     ctx = ExecContext(device=device, data_root=data_root, checkpoint_dir=checkpoint_dir, progress=progress)
-    return evaluate_cell(cell, ctx, results_path=results_path, done=done, fingerprint=fingerprint)
+    out = None if results_path is None else results_path.parent
+    return evaluate_cell(cell, ctx, out=out, done=done, fingerprint=fingerprint)

@@ -16,10 +16,10 @@ from sgq_bench.results import (
     COLUMNS,
     FIELDS,
     NESTED_FIELDS,
-    append_rows,
     read_rows,
     result_key,
     row_key,
+    store_cell,
     validate_row,
 )
 
@@ -30,8 +30,8 @@ def test_append_then_read_round_trips_and_fills_fields_added_later(tmp_path):
     old = {k: v for k, v in row("pact", 1, "accuracy", 0.8, family="accuracy").items()
            if k not in ("precision", "reason", "train_data_sha256", "training_provenance")}  # written before those
     old["recipe"] = {"epochs": 1}
-    append_rows(path, [first])
-    append_rows(path, [old])
+    store_cell(tmp_path, "a", "a", "k1", [first])
+    store_cell(tmp_path, "b", "b", "k2", [old])
     back = read_rows(path)
     assert back[0] == first
     assert back[1]["precision"] == "fp32" and back[1]["reason"] is None and back[1]["train_data_sha256"] is None
@@ -78,16 +78,17 @@ def test_a_truncated_line_is_refused_by_its_line_number(tmp_path):
     path.write_text(json.dumps(a) + "\n" + json.dumps(b)[:30] + "\n" + json.dumps(b) + "\n")
     with pytest.raises(UsageError) as err:
         read_rows(path)
-    assert str(err.value).startswith(f"{path}:2: corrupted results line") and "delete that line" in str(err.value)
+    assert str(err.value).startswith(f"{path}:2: corrupted results line") and "rerun `sgq-bench run`" in str(err.value)
 
 
-def test_append_rows_writes_nothing_when_any_row_is_invalid(tmp_path):
+def test_store_cell_writes_nothing_when_any_row_is_invalid(tmp_path):
     path = tmp_path / "results.jsonl"
-    append_rows(path, [row("baseline", 0, "accuracy", 0.9)])
+    store_cell(tmp_path, "a", "a", "k1", [row("baseline", 0, "accuracy", 0.9)])
     before = path.read_bytes()
-    with pytest.raises(UsageError, match=r"new row 2: field 'seed'"):
-        append_rows(path, [row("pact", 0, "accuracy", 0.8), {**row("sgt", 0, "accuracy", 0.7), "seed": "x"}])
-    assert path.read_bytes() == before
+    with pytest.raises(UsageError, match=r"b row 2: field 'seed'"):
+        store_cell(tmp_path, "b", "b", "k2", [row("pact", 0, "accuracy", 0.8),
+                                               {**row("sgt", 0, "accuracy", 0.7), "seed": "x"}])
+    assert path.read_bytes() == before and not (tmp_path / "cells" / "b.jsonl").exists()
 
 
 def test_keys():

@@ -101,27 +101,51 @@ def test_rerun_does_nothing(smoke_run, capsys):
 
 
 def test_resume_runs_only_missing_cells_with_identical_numbers(smoke_run, tmp_path, capsys):
+    """Two cells' stored rows are gone: the rerun scores those two only, with the same numbers."""
     from sgq_bench.results import row_key
 
     out = tmp_path / "resumed"
     shutil.copytree(smoke_run, out)
     full = lines(out / "results.jsonl")
-    keep = {"baseline", "sgt"}
-    (out / "cells.jsonl").write_text("".join(json.dumps(d) + "\n" for d in lines(out / "cells.jsonl")
-                                             if d["cell"].split("/")[2] in keep))
-    (out / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in full if r["method"] in keep))
+    for method in ("pact", "sgt_pact"):
+        (out / "cells" / f"synthetic-test_cnn-{method}-s0.jsonl").unlink()
     assert main(["run", "--suite", "smoke", "--out", str(out), "--quiet", "--no-report", "--threads", "1"], standalone_mode=False) == 0
     assert "2 cell(s) run, 2 already done" in capsys.readouterr().out
     again = {(*row_key(r), r["variant"]): r["value"] for r in lines(out / "results.jsonl")}
-    assert len(again) == len(full)
+    assert len(again) == len(full) == len(lines(out / "results.jsonl"))  # no duplicate, no hole
     for r in full:
         if r["family"] != "efficiency":  # timings are measurements, not functions of the spec
             assert again[(*row_key(r), r["variant"])] == pytest.approx(r["value"], rel=1e-6, nan_ok=True), r["metric"]
 
 
+def test_a_deleted_or_torn_row_is_healed_by_the_next_run(smoke_run, tmp_path, capsys):
+    """results.jsonl is an export of the store: rows deleted from it, or a torn last line, come back on the
+    next run with nothing recomputed. A row deleted from a cell's own file breaks its checksum: that cell
+    alone is recomputed. Either way: no duplicate key, no missing row, nobody edits a file."""
+    from sgq_bench.results import result_key
+
+    out = tmp_path / "healed"
+    shutil.copytree(smoke_run, out)
+    full = lines(out / "results.jsonl")
+    text = (out / "results.jsonl").read_text().splitlines(keepends=True)
+    (out / "results.jsonl").write_text("".join(text[:3] + text[5:]) + text[5][:40])  # two rows gone, a torn tail
+    assert main(["run", "--suite", "smoke", "--out", str(out), "--quiet", "--no-report"], standalone_mode=False) == 0
+    assert "0 cell(s) run, 4 already done" in capsys.readouterr().out
+    assert lines(out / "results.jsonl") == full
+    cell = out / "cells" / "synthetic-test_cnn-sgt-s0.jsonl"
+    body = cell.read_text().splitlines(keepends=True)
+    cell.write_text("".join(body[:2] + body[3:]))  # one stored row deleted
+    assert main(["run", "--suite", "smoke", "--out", str(out), "--quiet", "--no-report"], standalone_mode=False) == 0
+    captured = capsys.readouterr()
+    assert "1 cell(s) run, 3 already done" in captured.out and "torn or edited" in captured.err
+    again = lines(out / "results.jsonl")
+    assert len(again) == len(full) and {result_key(r) for r in again} == {result_key(r) for r in full}
+
+
 def test_failing_cell_is_recorded_and_others_finish(smoke_run, tmp_path, monkeypatch, capsys):
     out = tmp_path / "failing"
     shutil.copytree(smoke_run, out)
+    shutil.rmtree(out / "cells")  # the store forgets every cell: all four run again
     (out / "cells.jsonl").unlink()
 
     from sgq_bench.orchestration.graph import EvaluateTask
@@ -144,18 +168,21 @@ def test_failing_cell_is_recorded_and_others_finish(smoke_run, tmp_path, monkeyp
     assert "1 cell(s) run, 3 already done" in capsys.readouterr().out
 
 
-def test_corrupted_results_line_is_one_line_exit_2_and_nothing_lost(smoke_run, tmp_path, capsys):
+def test_corrupted_results_line_is_one_line_for_readers_and_healed_by_run(smoke_run, tmp_path, capsys):
+    """A corrupted line in results.jsonl: a reader (report) refuses it in one line (exit 2) naming the line
+    and the cure; the next run rebuilds the file from the store, nothing recomputed, nothing lost."""
     out = tmp_path / "corrupt"
     shutil.copytree(smoke_run, out)
-    text = (out / "results.jsonl").read_text().splitlines()
+    original = (out / "results.jsonl").read_text()
+    text = original.splitlines()
     text[2] = text[2][: len(text[2]) // 2]
     (out / "results.jsonl").write_text("\n".join(text) + "\n")
-    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
-    assert main(["run", "--suite", "smoke", "--out", str(out), "--quiet"], standalone_mode=False) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "results.jsonl" in err and "3" in err
-    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
     assert main(["report", str(out)], standalone_mode=False) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "results.jsonl:3" in err and "rerun `sgq-bench run`" in err
+    assert main(["run", "--suite", "smoke", "--out", str(out), "--quiet", "--no-report"], standalone_mode=False) == 0
+    assert "0 cell(s) run, 4 already done" in capsys.readouterr().out
+    assert (out / "results.jsonl").read_text() == original
 
 
 def test_unwritable_out_and_other_configuration(smoke_run, tmp_path, capsys):
@@ -243,6 +270,7 @@ def test_full_disk_while_recording_a_failure_does_not_stop_the_run(smoke_run, tm
 
     out = tmp_path / "full_disk"
     shutil.copytree(smoke_run, out)
+    shutil.rmtree(out / "cells")  # the store forgets every cell: all four run again
     (out / "cells.jsonl").unlink()
     real_append = rundir.append_jsonl
 

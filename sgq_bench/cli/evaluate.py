@@ -61,7 +61,7 @@ def format_table(rows: list[dict]) -> str:
               help="seed of the evaluation subset and metric draws")
 @click.option("--metric-param", "metric_param", multiple=True, metavar="METRIC.KEY=VALUE",
               help="metric parameter, e.g. deletion_auc.steps=20 or roar.fractions=0.1,0.5,0.9; repeatable")
-@click.option("--out", type=WRITABLE_DIR, required=True, help="output folder (results.jsonl is appended)")
+@click.option("--out", type=WRITABLE_DIR, required=True, help="run directory: the cell's rows join its results store (results.jsonl is rebuilt)")
 @progress_option
 def evaluate(explainers: str | None, metrics: str | None, eval_size: int | None, eval_seed: int,
              metric_param: tuple[str, ...], out: Path, progress: bool, data_root: str | None, device: str,
@@ -89,7 +89,11 @@ def evaluate(explainers: str | None, metrics: str | None, eval_size: int | None,
     cell = Cell(spec, tuple(explainer_names), tuple(metric_names), eval_size, params, eval_seed, suite.name,
                 suite.version)
     ctx = ExecContext(device=device, data_root=data_root, checkpoint_dir=checkpoint_dir, progress=progress)
-    evaluate_cell(cell, ctx, results_path=results, fingerprint=suite.fingerprint())
+    from sgq_bench._lock import run_lock
+
+    out.mkdir(parents=True, exist_ok=True)
+    with run_lock(out, log=click.echo):  # one writer per run directory, as for `run`
+        evaluate_cell(cell, ctx, out=out, fingerprint=suite.fingerprint())
     keys = {(spec.key(), e, m) for e in [*explainer_names, "-"] for m in metric_names}
     rows = latest(r for r in read_rows(results)
                   if (r.get("checkpoint_key"), r.get("explainer"), r.get("metric")) in keys

@@ -1,8 +1,8 @@
 """The driver: feed ready tasks of the graph to an executor, write what comes back.
 
 The driver is the only writer of the run directory: workers return rows and saliency samples. A task that
-raises fails the cells that need it (``errors.jsonl``); the other cells go on. Completion is recorded per
-cell in ``cells.jsonl`` after its rows are in ``results.jsonl``.
+raises fails the cells that need it (``errors.jsonl``); the other cells go on. A cell is done when its rows
+are in the results store (``results.store_cell``: all of them or none); ``cells.jsonl`` logs it.
 """
 
 from __future__ import annotations
@@ -101,11 +101,11 @@ class Drive:
         } for cid in node.cells])
 
     def _record_cell(self, task: EvaluateTask, value: dict[str, Any]) -> None:
-        from sgq_bench.results import append_rows
+        from sgq_bench.results import store_cell
 
         cell = task.cell
-        append_rows(self.out / "results.jsonl", value["rows"])
-        if value.get("samples") is not None:
+        if value.get("samples") is not None:  # before the rows: a cell that is done has its figure samples
             atomic_torch_save(samples_path(self.out, cell), value["samples"])
-        safe_append(self.out / "cells.jsonl", [{
+        store_cell(self.out, cell.slug, cell.id, cell.key(), value["rows"])  # the cell is done once this lands
+        safe_append(self.out / "cells.jsonl", [{  # a log for people; the store decides what is done
             "cell": cell.id, "key": cell.key(), "status": "done", "rows": len(value["rows"]), "finished": now()}])

@@ -57,8 +57,13 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 def done_keys(out: Path) -> set[str]:
-    """Keys of the cells finished in ``out`` (from ``cells.jsonl``)."""
-    return {r["key"] for r in read_jsonl(out / "cells.jsonl") if r.get("status") == "done" and "key" in r}
+    """Keys of the cells whose rows are all in ``out``'s results store (read only: nothing is migrated;
+    a directory from before the store answers from its ``cells.jsonl``, as it was then)."""
+    from sgq_bench import _store
+
+    if not (Path(out) / _store.CELLS_DIR).is_dir():
+        return {r["key"] for r in read_jsonl(Path(out) / "cells.jsonl") if r.get("status") == "done" and "key" in r}
+    return _store.done_keys(out)
 
 
 def read_manifest(out: Path, suite: Suite) -> dict[str, Any] | None:

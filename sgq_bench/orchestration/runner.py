@@ -91,12 +91,12 @@ def run(suite: str | Path | Suite, *, out: str | Path | None = None, only: str |
 
     with run_lock(out, timeout_s=lock_timeout_s, log=log):
         remove_stale_temps(out, checkpoints.checkpoint_dir(checkpoint_dir))
-        from sgq_bench.results import read_rows
+        from sgq_bench.results import open_store
 
-        read_rows(out / "results.jsonl")  # a corrupted line stops us here, before anything is written
+        open_store(out, log)  # migrate an older directory; rebuild results.jsonl from the store
         with _torch_threads(threads), sigterm_as_interrupt():
             result = _run_cells(suite, cells, out, only, ctx, executor, address, workers, progress, log)
-        if report and (out / "results.jsonl").exists():
+        if report and (out / "results.jsonl").exists() and (out / "results.jsonl").stat().st_size:
             from sgq_bench.report.tables import write_report
 
             result.summary_md = write_report(out, figures=figures, claims=claims)

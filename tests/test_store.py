@@ -1,0 +1,153 @@
+"""The results store under faults: a SIGKILL at any byte of any write, concurrent writers, a symlinked
+results file, an empty one. After each fault the next run heals the directory by itself; the final rows
+equal an uninterrupted run's, with no duplicate key and no hole."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from sgq_bench import _store
+from sgq_bench.results import result_key
+
+ONLY = "method=baseline,method=pact"
+SPEC_FREE = ("efficiency",)  # timings are measurements, not functions of the spec
+
+
+def _run(out: Path, ck: Path, *extra: str, env: dict[str, str] | None = None, timeout: int = 300) -> int:
+    cmd = [sys.executable, "-m", "sgq_bench", "run", "--suite", "smoke", "--only", ONLY, "--out", str(out),
+           "--checkpoint-dir", str(ck), "--quiet", "--no-report", "--threads", "1", *extra]
+    return subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}, timeout=timeout,
+                          capture_output=True).returncode
+
+
+def _rows(out: Path) -> list[dict]:
+    return [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines() if x.strip()]
+
+
+def _values(rows: list[dict]) -> dict:
+    return {result_key(r): r["value"] for r in rows if r["family"] not in SPEC_FREE}
+
+
+def _written_bytes(*dirs: Path) -> int:
+    return sum(p.stat().st_size for d in dirs for p in d.rglob("*") if p.is_file())
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    root = tmp_path_factory.mktemp("reference")
+    assert _run(root / "run", root / "ck") == 0
+    return root
+
+
+def test_sigkill_at_20_points_of_the_writes_heals_to_the_uninterrupted_rows(reference, tmp_path):
+    """Fault injection (``$SGQ_BENCH_FAULT_AFTER_BYTES``): the run kills itself after N bytes of its writes,
+    for 20 values of N from a few bytes to the size of a whole run; the same directory is rerun after each
+    kill, and a last plain run finishes it. No file is edited by hand at any point."""
+    ref_rows = _rows(reference / "run")
+    total = _written_bytes(reference / "run", reference / "ck")
+    points = sorted({int(50 * (total / 50) ** (i / 19)) for i in range(20)})
+    out, ck = tmp_path / "run", tmp_path / "ck"
+    codes = [_run(out, ck, env={"SGQ_BENCH_FAULT_AFTER_BYTES": str(n)}) for n in points]
+    assert codes.count(-signal.SIGKILL) >= 10, codes  # most points did land inside a write
+    assert set(codes) <= {0, -signal.SIGKILL}, codes
+    assert _run(out, ck) == 0
+    rows = _rows(out)
+    keys = [result_key(r) for r in rows]
+    assert len(keys) == len(set(keys)), "a duplicate key"
+    assert set(keys) == {result_key(r) for r in ref_rows}, "a missing or extra row"
+    got, want = _values(rows), _values(ref_rows)
+    assert all(got[k] == pytest.approx(want[k], rel=1e-6, nan_ok=True) for k in want)
+    assert not list(out.rglob(".*.tmp")) or all(time.time() - p.stat().st_mtime < 3600 for p in out.rglob(".*.tmp"))
+
+
+def test_run_and_evaluate_on_one_directory_at_once_lose_and_duplicate_nothing(reference, tmp_path):
+    """`evaluate --out` waits for the lock a `run` holds on the same directory; both land, once each."""
+    import shutil
+
+    out, ck = tmp_path / "run", tmp_path / "ck"
+    shutil.copytree(reference / "ck", ck)  # trained already: both writers only score
+    cmd = [sys.executable, "-m", "sgq_bench", "run", "--suite", "smoke", "--only", ONLY, "--out", str(out),
+           "--checkpoint-dir", str(ck), "--quiet", "--no-report", "--threads", "1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    runner = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / ".lock").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        ev = subprocess.run([sys.executable, "-m", "sgq_bench", "evaluate", "--suite", "smoke", "--dataset",
+                             "synthetic", "--method", "baseline", "--checkpoint-dir", str(ck), "--out", str(out),
+                             "--explainers", "gradient", "--metrics", "accuracy,complexity"],
+                            env=env, capture_output=True, text=True, timeout=300)
+        assert runner.wait(timeout=300) == 0
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+    assert ev.returncode == 0, ev.stderr
+    rows = _rows(out)
+    keys = [result_key(r) for r in rows]
+    assert len(keys) == len(set(keys))
+    stored = sum(len(cell_rows) for _, cell_rows in _store.stored_cells(out).values())
+    assert stored == len(rows)
+
+
+def test_the_store_never_writes_through_a_symlink(reference, tmp_path):
+    """results.jsonl pointing at a file elsewhere: the run replaces the link by its own file; the other file
+    is untouched."""
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(reference / "run", out)
+    elsewhere = tmp_path / "someone_elses.jsonl"
+    elsewhere.write_text("precious\n")
+    (out / "results.jsonl").unlink()
+    (out / "results.jsonl").symlink_to(elsewhere)
+    assert _run(out, reference / "ck") == 0
+    assert elsewhere.read_text() == "precious\n"
+    assert not (out / "results.jsonl").is_symlink() and _rows(out) == _rows(reference / "run")
+
+
+def test_an_empty_results_file_is_one_line_not_a_crash(tmp_path):
+    from click.testing import CliRunner
+
+    from sgq_bench.cli import main
+
+    (tmp_path / "results.jsonl").write_text("")
+    for args in (["report", str(tmp_path)], ["leaderboard", "publish", str(tmp_path), "--to", str(tmp_path / "lb")]):
+        res = CliRunner().invoke(main, args)
+        assert res.exit_code == 2, (args, res.output)
+        lines = [x for x in (res.stderr or res.output).splitlines() if x.strip()]
+        assert len(lines) == 1 and "no result rows" in lines[0], lines
+
+
+def test_a_full_disk_names_the_file_and_keeps_what_was_written(tmp_path, monkeypatch):
+    """ENOSPC while a cell is stored: the error names the cell file (not a temp file) and says what to do;
+    the store and results.jsonl keep what they held."""
+    import errno
+
+    from _results import row
+
+    from sgq_bench import _io
+    from sgq_bench.cli._group import describe_os_error
+    from sgq_bench.results import store_cell
+
+    store_cell(tmp_path, "a", "a", "k1", [row("baseline", 0, "accuracy", 0.9)])
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(_io.os, "fsync", full)
+    with pytest.raises(OSError) as err:
+        store_cell(tmp_path, "b", "b", "k2", [row("pact", 0, "accuracy", 0.8)])
+    text = describe_os_error(err.value)
+    assert str(tmp_path / "cells" / "b.jsonl") in text and "free some space" in text
+    monkeypatch.undo()
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
