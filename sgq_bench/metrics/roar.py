@@ -283,9 +283,11 @@ class _Roar(FractionsMixin, Metric):
         value = float(trapezoid_auc(fr, torch.tensor(accs, dtype=torch.float64)))
         learner = tasks[0].learner
         return MetricResult(value=value, curve={"x": fr, "y": accs}, extra={
+            # the whole learner in every row: a reader tells a cheap-learner ROAR from a full one
             "resolved_params": {"epochs": learner.recipe.epochs, "train_size": learner.recipe.train_size,
                                 "learner": self.learner, "learner_model": learner.model,
-                                "learner_method": learner.method.name},
+                                "learner_method": learner.method.name, "learner_recipe": learner.recipe.as_dict(),
+                                "learner_key": learner.key()},
             "final_epoch_accuracy": True, "ties": "one seeded random tie-break",
             "retrain_keys": [t.key() for t in tasks]})
 
