@@ -220,8 +220,11 @@ class Dataset(Plugin):
         raise NotImplementedError
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 N x C x H x W -> normalised float on the same device."""
-        x = images.float().div_(255.0)
+        """uint8 (or 0..255 float) N x C x H x W -> normalised float on the same device; the input is never
+        modified (``float()`` of a float tensor is the tensor itself, so it is copied first: ROAR's masked
+        splits are float, and a probe on ``split.images[:1]`` once normalised image 0 in place)."""
+        x = images.clone() if images.dtype == torch.float32 else images.float()
+        x = x.div_(255.0)
         mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
         std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
         return x.sub_(mean).div_(std)

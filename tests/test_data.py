@@ -94,3 +94,18 @@ def test_batches_normalise_and_cover_the_split():
     assert sum(len(y) for _, y in seen) == 50
     x0 = seen[0][0]
     torch.testing.assert_close(x0, (split.images[:16].float() / 255 - 0.25) / 0.3)
+
+
+def test_normalize_never_modifies_its_input():
+    """ROAR's masked splits are float: normalising a view of one (the batch-size probe in ``accuracy``) once
+    rewrote image 0 in place, so it was normalised twice when scored."""
+    import torch
+
+    from sgq_bench.data import load_dataset
+
+    ds = load_dataset("synthetic", {})
+    for images in (torch.rand(4, ds.in_channels, ds.image_size, ds.image_size) * 255,
+                   torch.randint(0, 256, (4, ds.in_channels, ds.image_size, ds.image_size), dtype=torch.uint8)):
+        before = images.clone()
+        out = ds.normalize(images[:1])
+        assert torch.equal(images, before) and out.dtype == torch.float32

@@ -6,6 +6,10 @@ what their registry-parametrised tests see. A ``--target`` folder on ``sys.path`
 exactly what an installed package looks like to ``importlib.metadata`` (a ``*.dist-info`` with
 ``entry_points.txt``), and it vanishes with the test. ``--no-deps --no-build-isolation --no-index``
 keeps it offline: the plugin has no dependency sgq-bench does not already have.
+
+The plugin's retraining metric ``roar_blur`` (its own ``blur_rank``/``blur_retrain`` tasks) is run through
+the whole machinery as a user would: ``run --plan``, ``run`` serial, ``--executor ray`` and a resume after
+SIGKILL, each a ``python -m sgq_bench`` subprocess with its own run and checkpoint folders.
 """
 
 from __future__ import annotations
@@ -14,8 +18,10 @@ import csv
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -39,10 +45,18 @@ def pip_install(source: Path, target: Path) -> None:
     assert done.returncode == 0, f"pip install {source.name} failed:\n{done.stdout}\n{done.stderr}"
 
 
-def sgq_bench(*args: str, pythonpath: Path, cwd: Path) -> subprocess.CompletedProcess:
+def cli_env(pythonpath: Path, cache: Path | None = None) -> dict[str, str]:
+    """The environment of a ``python -m sgq_bench`` subprocess; ``cache``: its $SGQ_BENCH_CACHE (a module
+    fixture runs before the autouse fixture that isolates the cache, so it names one itself)."""
     env = {**os.environ, "PYTHONPATH": str(pythonpath), "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
+    if cache is not None:
+        env["SGQ_BENCH_CACHE"] = str(cache)
+    return env
+
+
+def sgq_bench(*args: str, pythonpath: Path, cwd: Path, cache: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "sgq_bench", *args], capture_output=True, text=True,
-                          env=env, cwd=cwd, timeout=300)
+                          env=cli_env(pythonpath, cache), cwd=cwd, timeout=300)
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +96,7 @@ def test_plugin_pieces_honour_the_contracts_and_cross_the_grid(plugin_site: Path
     for quantizer in ("none", "pact", "lsq"):
         check_explainer("guided_backprop", quantizer)
     check_metric("monotonicity_correlation")
+    check_metric("roar_blur")  # outside a run: compute() ranks and retrains what its tasks would have
 
 
 def test_lsq_values_lie_on_the_learned_grid(plugin_site: Path) -> None:
@@ -236,3 +251,158 @@ batch_size = 32
 explainers = ["gradient"]
 metrics = ["accuracy", "deletion_auc", "sparseness"]
 """
+
+
+# --- roar_blur: a plugin's retraining metric through the plan, the serial and Ray executors, and resume ---
+
+BLUR_SUITE = EXAMPLE / "roar_blur_smoke.toml"
+BLUR_TASKS = {"blur_rank": 3, "blur_retrain": 6}  # see the suite's header: the random ranking is shared
+BLUR_CELLS = {(m, e) for m in ("baseline", "pact") for e in ("gradient", "random")}
+
+
+def blur_results(ckpt: Path) -> list[Path]:
+    """The retrains roar_blur stored: JSON files in its plugin-named folder under the checkpoint dir."""
+    return sorted((ckpt / DIST / "roar_blur").glob("*.json"))
+
+
+def blur_run_args(out: Path, ckpt: Path, *extra: str) -> list[str]:
+    return ["run", "--suite", str(BLUR_SUITE), "--out", str(out), "--checkpoint-dir", str(ckpt), "--threads", "1",
+            "--no-figures", *extra]
+
+
+def scored_rows(out: Path) -> dict[tuple, float]:
+    """(method, explainer, metric, variant) -> value of a run's accuracy and roar_blur rows."""
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines() if line.strip()]
+    return {(r["method"], r["explainer"], r["metric"], r["variant"]): r["value"] for r in rows
+            if r["metric"] in ("accuracy", "roar_blur")}
+
+
+def assert_same_rows(got: dict[tuple, float], expected: dict[tuple, float]) -> None:
+    assert got.keys() == expected.keys()
+    for key, value in expected.items():
+        assert got[key] == pytest.approx(value, abs=1e-9), key
+
+
+def last_run(out: Path) -> dict:
+    return json.loads((out / "manifest.json").read_text())["runs"][-1]
+
+
+@pytest.fixture(scope="module")
+def blur_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The cache (calibration timings) of every roar_blur subprocess: conftest's temporary one."""
+    return tmp_path_factory.getbasetemp() / "sgq-cache"
+
+
+@pytest.fixture(scope="module")
+def blur_serial(plugin_site: Path, blur_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """``run --plan`` and then ``run`` (serial) of the roar_blur suite in fresh run and checkpoint folders."""
+    root = tmp_path_factory.mktemp("roar-blur-serial")
+    out, ckpt = root / "run", root / "ckpt"
+    plan = sgq_bench(*blur_run_args(out, ckpt, "--plan"), pythonpath=plugin_site, cwd=root, cache=blur_cache)
+    assert plan.returncode == 0, plan.stdout + plan.stderr
+    started = time.perf_counter()
+    ran = sgq_bench(*blur_run_args(out, ckpt, "--quiet"), pythonpath=plugin_site, cwd=root, cache=blur_cache)
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    return {"out": out, "ckpt": ckpt, "plan": plan.stdout, "log": ran.stdout + ran.stderr,
+            "rows": scored_rows(out), "wall_s": time.perf_counter() - started}
+
+
+def test_roar_blur_plan_counts_and_prices_the_plugins_tasks(blur_serial: dict, tmp_path: Path) -> None:
+    from sgq_bench.orchestration.plan import plan_suite
+
+    counted = {}  # the CLI's table: "kind  to-run  cached  estimate"
+    for line in blur_serial["plan"].splitlines():
+        parts = line.split()
+        if parts and parts[0] in BLUR_TASKS:
+            counted[parts[0]] = (int(parts[1]), int(parts[2]))
+    assert counted == {k: (n, 0) for k, n in BLUR_TASKS.items()}, blur_serial["plan"]
+    assert "declare no cost" not in blur_serial["plan"]
+
+    # Each task prices itself (Task.cost): a fresh checkpoint dir, everything to run, every kind > 0 s.
+    fresh = plan_suite(str(BLUR_SUITE), out=tmp_path / "run", checkpoint_dir=tmp_path / "ckpt", threads=1)
+    assert {k: fresh["tasks"][k] for k in BLUR_TASKS} == BLUR_TASKS
+    assert all(fresh["seconds"][k] > 0 for k in BLUR_TASKS), fresh["seconds"]
+    assert not [n for n in fresh["notes"] if "declare no cost" in n], fresh["notes"]
+    # done(): against the serial run's checkpoint dir every blur task is cached (a new --out still has cells
+    # to score, but nothing of roar_blur is left to run), and in its own --out nothing at all is.
+    cached = plan_suite(str(BLUR_SUITE), out=tmp_path / "other", checkpoint_dir=blur_serial["ckpt"], threads=1)
+    # (a kind with nothing left to run is absent from the plan's counts: only the harness's own are always shown)
+    assert {k: cached["tasks"].get(k, 0) for k in BLUR_TASKS} == dict.fromkeys(BLUR_TASKS, 0)
+    assert cached["tasks"]["evaluate"] == 2 and cached["tasks"]["train"] == 0
+    done = plan_suite(str(BLUR_SUITE), out=blur_serial["out"], checkpoint_dir=blur_serial["ckpt"], threads=1)
+    assert done["cells_done"] == 2 and sum(done["tasks"].values()) == 0
+
+
+def test_roar_blur_runs_serially_through_the_task_graph(blur_serial: dict) -> None:
+    out, ckpt = blur_serial["out"], blur_serial["ckpt"]
+    assert "3 blur_rank, 6 blur_retrain" in blur_serial["log"], blur_serial["log"]
+    run = last_run(out)
+    assert run["status"] == "done" and run["executor"] == "serial"
+    assert {k: run["tasks"][k] for k in BLUR_TASKS} == BLUR_TASKS
+    assert run["tasks"]["rank"] == run["tasks"]["retrain"] == 0  # the built-in ROAR's kinds: not used
+    assert len(blur_results(ckpt)) == BLUR_TASKS["blur_retrain"]
+
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines() if line.strip()]
+    blur = [r for r in rows if r["metric"] == "roar_blur"]
+    assert {(r["method"], r["explainer"]) for r in blur} == BLUR_CELLS and len(blur) == len(BLUR_CELLS)
+    for r in blur:
+        assert 0.0 <= r["value"] <= 1.0 and r["curve"]["x"] == [0.5, 0.9], r
+        assert r["family"] == "roar" and r["higher_is_better"] is False
+        assert r["plugins"]["metric"] == {"name": "roar_blur", "distribution": DIST, "version": VERSION}
+        assert r["params"]["fractions"] == [0.5, 0.9] and r["params"]["blur_kernel"] == 11
+        stored = {p.stem for p in blur_results(ckpt)}
+        assert set(r["extra"]["retrain_keys"]) <= stored
+    keys = {(r["method"], r["explainer"]): r["extra"]["retrain_keys"] for r in blur}
+    # the random control ignores the model and the learner is fixed: both cells read one set of retrains
+    assert keys["baseline", "random"] == keys["pact", "random"]
+    assert keys["baseline", "gradient"] != keys["pact", "gradient"]
+
+
+def test_roar_blur_on_a_local_ray_cluster_gives_the_serial_rows(blur_serial: dict, plugin_site: Path,
+                                                                blur_cache: Path, tmp_path: Path) -> None:
+    pytest.importorskip("ray")
+    out, ckpt = tmp_path / "ray", tmp_path / "ckpt"
+    # The driver starts its own local cluster (2 slots), whose workers import the plugin from PYTHONPATH.
+    ran = sgq_bench(*blur_run_args(out, ckpt, "--quiet", "--executor", "ray", "--workers", "2"),
+                    pythonpath=plugin_site, cwd=tmp_path, cache=blur_cache)
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    run = last_run(out)
+    assert run["status"] == "done" and run["executor"] == "ray"
+    assert {k: run["tasks"][k] for k in BLUR_TASKS} == BLUR_TASKS
+    assert len(blur_results(ckpt)) == BLUR_TASKS["blur_retrain"]
+    assert_same_rows(scored_rows(out), blur_serial["rows"])
+
+
+def test_roar_blur_resumes_after_sigkill_without_redoing_stored_retrains(blur_serial: dict, plugin_site: Path,
+                                                                         blur_cache: Path, tmp_path: Path) -> None:
+    out, ckpt = tmp_path / "run", tmp_path / "ckpt"
+    cmd = [sys.executable, "-m", "sgq_bench", *blur_run_args(out, ckpt, "--quiet")]
+    with (tmp_path / "killed.log").open("w") as log:
+        proc = subprocess.Popen(cmd, env=cli_env(plugin_site, blur_cache), cwd=tmp_path, stdout=log, stderr=log)
+        try:
+            deadline = time.monotonic() + 240
+            # the random control's ranking needs no model, so its 2 retrains come first; the third is a
+            # gradient one, after a training: kill mid-run with work of every kind already stored
+            while len(blur_results(ckpt)) < 3 and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.005)
+            if proc.poll() is None:
+                os.kill(proc.pid, signal.SIGKILL)  # only the process this test started, by its PID
+            proc.wait(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    output = (tmp_path / "killed.log").read_text()
+    assert proc.returncode == -signal.SIGKILL, f"the run ended before it was killed (rc {proc.returncode}):\n{output}"
+    stored = {p: p.stat().st_mtime_ns for p in blur_results(ckpt)}  # listed once the process is gone
+    assert 3 <= len(stored) < BLUR_TASKS["blur_retrain"], sorted(p.name for p in stored)
+
+    ran = sgq_bench(*blur_run_args(out, ckpt, "--quiet"), pythonpath=plugin_site, cwd=tmp_path, cache=blur_cache)
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    run = last_run(out)
+    assert run["status"] == "done"
+    # the stored retrains were reused (left out of the graph), not computed again
+    assert run["tasks"]["blur_retrain"] == BLUR_TASKS["blur_retrain"] - len(stored), run["tasks"]
+    assert {p: p.stat().st_mtime_ns for p in stored} == stored
+    assert len(blur_results(ckpt)) == BLUR_TASKS["blur_retrain"]
+    assert_same_rows(scored_rows(out), blur_serial["rows"])
