@@ -79,8 +79,22 @@ def build_model(spec: TrainSpec, dataset: Dataset) -> tuple[nn.Module, Quantizer
     """Seeded initialisation, then the quantizer's transform."""
     quantizer, objective = spec.method.build()
     torch.manual_seed(spec.seed)
-    model = _registry.models.get(spec.model)(dataset)
-    return quantizer.prepare(model), quantizer, objective
+    model = quantizer.prepare(_registry.models.get(spec.model)(dataset))
+    _check_declared_bits(quantizer, model)
+    return model, quantizer, objective
+
+
+def _check_declared_bits(quantizer: Quantizer, model: nn.Module) -> None:
+    """A quantizer that declares fewer than 32 bits must mark the layers it quantizes (``mark_quantized``);
+    otherwise size, BOPs and compression would score it as float while its rows say W4A4."""
+    from sgq_bench._base import layer_bits
+    from sgq_bench._bits import FLOAT
+
+    declared = quantizer.declared_bits()
+    if declared != FLOAT and not any(layer_bits(m) is not None for m in model.modules()):
+        raise PluginError(f"quantizer {quantizer.name!r} declares {declared.label} but its prepare() marked no "
+                          "layer as quantized; call sgq_bench.mark_quantized(layer, weight_bits=..., act_bits=...) "
+                          "on each layer it quantizes (docs/plugins.md, Quantizer)")
 
 
 def make_optimizer(recipe: Recipe, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:

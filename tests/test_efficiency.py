@@ -119,6 +119,16 @@ def test_a_quantizer_that_marks_no_layer_gets_undefined_size_not_float() -> None
         assert math.isnan(res.value) and "marked no layer" in res.extra["undefined_reason"], name
 
 
+def test_a_quantizer_that_marks_no_layer_is_refused_when_its_model_is_built() -> None:
+    """Before any training: one line naming the quantizer and what it must do."""
+    from sgq_bench.errors import PluginError
+    from sgq_bench.train import _check_declared_bits
+
+    q = _Unmarked()
+    with pytest.raises(PluginError, match=r"declares W.*marked no layer.*mark_quantized"):
+        _check_declared_bits(q, q.prepare(test_cnn(Synthetic())))
+
+
 def test_the_old_bits_method_is_refused_with_the_new_contract() -> None:
     with pytest.raises(TypeError, match="declared_bits"):
         type("Old", (Quantizer,), {"name": "old", "bits": lambda self: (4, 4)})

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from sgq_bench.config.suite import load_suite
+from sgq_bench.errors import UsageError
 from sgq_bench.orchestration.cells import expand
 from sgq_bench.orchestration.graph import build_graph
 from sgq_bench.orchestration.runner import run
@@ -298,3 +299,12 @@ def test_in_process_plugins_are_refused_before_a_ray_run(tmp_path):
         assert not (tmp_path / "never").exists()
     finally:
         metric_registry.unregister("local_only_metric")
+
+
+def test_an_unreachable_ray_address_fails_fast_in_one_line(tmp_path):
+    pytest.importorskip("ray")
+    t0 = time.monotonic()
+    with pytest.raises(UsageError, match=r"--address '127.0.0.1:1': no Ray cluster answers there"):
+        run("smoke", out=tmp_path / "run", executor="ray", address="127.0.0.1:1", progress=False, report=False,
+            log=lambda s: None)
+    assert time.monotonic() - t0 < 30

@@ -254,6 +254,8 @@ def test_killed_run_resumes_with_only_the_missing_cells(smoke_run, tmp_path, cap
     assert proc.returncode == 130 and "rerun to resume" in err, (proc.returncode, err)
     assert status == "interrupted"
     done = [d["cell"] for d in lines(out / "cells.jsonl")]
+    # the manifest counts what finished, not what was planned
+    assert json.loads((out / "manifest.json").read_text())["runs"][-1]["cells_run"] == len(done)
     assert main(["run", "--suite", "smoke", "--out", str(out), "--quiet", "--no-report", "--threads", "1",
                  "--only", "method=baseline,method=sgt", "--checkpoint-dir", str(tmp_path / "ckpt")],
                 standalone_mode=False) == 0
@@ -291,3 +293,17 @@ def test_full_disk_while_recording_a_failure_does_not_stop_the_run(smoke_run, tm
     assert "could not write" in captured.out + captured.err and "No space left on device" in captured.out + captured.err
     assert sorted(d["cell"].split("/")[2] for d in lines(out / "cells.jsonl")) == ["pact", "sgt", "sgt_pact"]
     assert json.loads((out / "manifest.json").read_text())["runs"][-1]["status"] == "failed"
+
+
+@pytest.mark.parametrize("setting, where", [
+    ("datasets.synthetic.recipe.train_size=100000", "datasets.synthetic.recipe.train_size = 100000"),
+    ("datasets.synthetic.eval_size=10001", "datasets.synthetic.eval_size = 10001"),
+    ("evaluate.params.roar.train_size=100000", "evaluate.params.roar.train_size = 100000"),
+])
+def test_sizes_beyond_the_splits_are_refused_before_any_work(tmp_path, capsys, setting, where):
+    out = tmp_path / "run"
+    code = main(["run", "--suite", "smoke", "--out", str(out), "--set", setting, "--quiet",
+                 "--checkpoint-dir", str(tmp_path / "ck")], standalone_mode=False)
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and where in err and "exceeds the" in err
+    assert not (tmp_path / "ck").exists() and not (out / "results.jsonl").exists()

@@ -151,3 +151,31 @@ def test_a_full_disk_names_the_file_and_keeps_what_was_written(tmp_path, monkeyp
     assert str(tmp_path / "cells" / "b.jsonl") in text and "free some space" in text
     monkeypatch.undo()
     assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
+def test_report_refuses_a_directory_another_writer_holds(reference, tmp_path, monkeypatch):
+    """`report` writes into the run directory: while another process holds its lock it names the holder
+    in one line (exit 2) instead of writing beside it."""
+    import importlib
+    import shutil
+
+    from click.testing import CliRunner
+
+    from sgq_bench.cli import main
+
+    report_cli = importlib.import_module("sgq_bench.cli.report")
+
+    out = tmp_path / "run"
+    shutil.copytree(reference / "run", out)
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from pathlib import Path; from sgq_bench._lock import run_lock\n"
+        f"with run_lock(Path({str(out)!r})):\n    print('held', flush=True); time.sleep(60)")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        monkeypatch.setattr(report_cli, "LOCK_WAIT_S", 0.5)
+        res = CliRunner().invoke(main, ["report", str(out), "--no-figures"])
+    finally:
+        holder.kill()
+        holder.wait()
+    assert res.exit_code == 2 and "being written by another sgq-bench run" in (res.stderr or res.output)

@@ -24,9 +24,13 @@ def leaderboard() -> None:
               help="leave out results with no finite value over any seed (default: refuse to publish)")
 def publish(run_dir: Path, folder: Path, skip_undefined: bool) -> None:
     """Validate and merge run DIR's rows (a row with the same key is replaced, never duplicated)."""
+    from sgq_bench._lock import run_lock
     from sgq_bench.leaderboard import publish as publish_run
 
-    for dataset, (added, replaced) in sorted(publish_run(run_dir, folder, skip_undefined=skip_undefined).items()):
+    folder.mkdir(parents=True, exist_ok=True)
+    with run_lock(folder, log=lambda s: click.echo(s, err=True)):  # two publishers wait for each other
+        published = publish_run(run_dir, folder, skip_undefined=skip_undefined)
+    for dataset, (added, replaced) in sorted(published.items()):
         click.echo(f"{folder / (dataset + '.csv')}: {added} row(s) added, {replaced} replaced")
 
 

@@ -29,6 +29,7 @@ class Drive:
     bar: Any
     failed: dict[str, str] = field(default_factory=dict)
     done: set[str] = field(default_factory=set)
+    recorded: list[str] = field(default_factory=list)  # ids of the cells whose rows were stored in this pass
 
     def __post_init__(self) -> None:
         self.remaining = dict(self.graph)
@@ -107,5 +108,6 @@ class Drive:
         if value.get("samples") is not None:  # before the rows: a cell that is done has its figure samples
             atomic_torch_save(samples_path(self.out, cell), value["samples"])
         store_cell(self.out, cell.slug, cell.id, cell.key(), value["rows"])  # the cell is done once this lands
+        self.recorded.append(cell.id)
         safe_append(self.out / "cells.jsonl", [{  # a log for people; the store decides what is done
             "cell": cell.id, "key": cell.key(), "status": "done", "rows": len(value["rows"]), "finished": now()}])

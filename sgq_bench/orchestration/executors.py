@@ -112,6 +112,7 @@ class RayExecutor:
             kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
                                       "configure_logging": False}
             if address:
+                _check_reachable(address)
                 kwargs["address"] = address
             else:
                 kwargs["num_cpus"] = (workers or max(1, (os.cpu_count() or 1) // threads)) * threads
@@ -225,6 +226,25 @@ class RayExecutor:
                 pass
         if self._owns:
             self.ray.shutdown()
+
+
+REACH_TIMEOUT_S = 10.0
+
+
+def _check_reachable(address: str) -> None:
+    """Fail in seconds, naming the address, when nothing listens there: ``ray.init`` itself retries for
+    minutes and fills stderr with reconnect lines. ``auto``, ``ray://`` and local names are left to Ray."""
+    import socket
+
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or "://" in address:
+        return
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=REACH_TIMEOUT_S):
+            pass
+    except OSError as exc:
+        raise UsageError(f"--address {address!r}: no Ray cluster answers there ({exc.strerror or exc}); start "
+                         "one with `ray start --head` or give its address") from None
 
 
 def _ray_execute(node: Node, ctx: ExecContext, *inputs: Any) -> Any:

@@ -124,6 +124,27 @@ def _check_before_work(suite: Suite, ctx: ExecContext, executor: str, workers: i
 
         check_importable_plugins(suite_plugin_names(suite))
     report_broken(log)  # installed-but-broken plugins: one line each, and the run goes on
+    check_sizes(suite, ctx)
+
+
+def check_sizes(suite: Suite, ctx: ExecContext) -> None:
+    """Every size a suite asks for fits its splits (a recipe's or a metric's ``train_size``, ``eval_size``):
+    found now, in one line, rather than as a failed cell after hours of other work."""
+    from sgq_bench.data import load_dataset, load_split
+
+    for entry in suite.datasets:
+        dataset = load_dataset(entry.name, dict(entry.dataset_params))
+        n_train, n_test = (len(load_split(dataset, train, ctx.data_root)) for train in (True, False))
+        sizes = [("train_size", f"datasets.{entry.name}.recipe.train_size", entry.recipe.train_size, n_train),
+                 ("eval_size", f"datasets.{entry.name}.eval_size", entry.eval_size, n_test)]
+        for metric, params in suite.params_for(entry.name).items():
+            if params.get("train_size"):
+                sizes.append(("train_size", f"evaluate.params.{metric}.train_size", params["train_size"], n_train))
+        for what, where, size, limit in sizes:
+            if size and size > limit:
+                split = "training" if what == "train_size" else "test"
+                raise UsageError(f"suite {suite.name!r}: {where} = {size} exceeds the {limit} images of the "
+                                 f"{entry.name} {split} split; use a value <= {limit}")
 
 
 class _torch_threads:  # noqa: N801 - used as a context manager, like contextlib's
@@ -198,12 +219,13 @@ def _run_cells(suite: Suite, cells: list[Cell], out: Path, only: dict[str, set[s
         bar.close()
         ex.close()
         failed_cells = drive.failed_cells()
+        # what finished, not what was planned: an interrupted run counts the cells whose rows it stored
         run_info.update(finished=now(), status=status, wall_s=round(time.perf_counter() - started, 1),
-                        cells_total=len(cells), cells_run=len(todo) - len(failed_cells), cells_failed=failed_cells,
+                        cells_total=len(cells), cells_run=len(drive.recorded), cells_failed=failed_cells,
                         tasks=counts)
         try:
             write_manifest(out, manifest)
         except OSError as exc:
             warn(f"could not update {out / 'manifest.json'} ({exc.strerror or exc})")
-    return RunResult(out, len(cells), len(todo) - len(failed_cells), len(cells) - len(todo), failed_cells,
+    return RunResult(out, len(cells), len(drive.recorded), len(cells) - len(todo), failed_cells,
                      time.perf_counter() - started)
