@@ -194,6 +194,7 @@ def train_model(
     test_split: Split | None = None,
     on_step: Callable[[int, int], None] | None = None,
     stop_file: str | os.PathLike[str] | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Fit ``model`` in place with ``objective`` following ``recipe``; returns loss/time statistics.
 
@@ -204,10 +205,16 @@ def train_model(
     machines or thread counts, after which they are not). With ``test_split``, test accuracy is recorded
     after each epoch (``history``) without touching any RNG. ``on_step(step, total)`` is called after
     each optimizer step. ``stop_file``: the training also stops (saving its state) once this file exists.
+    ``log``: one line per resume and per finished epoch (where no progress bar shows it: a log file).
     """
     loop = _Loop(model, quantizer, objective, dataset, split, resolve_precision(recipe, device), seed, device,
                  desc, state_path)
     loop.restore(_resume_state(state_path))
+    if log is not None and loop.resumes:
+        last = loop.resumes[-1]
+        log(f"{desc}: resuming at epoch {loop.start_epoch + 1}, step {loop.step}/{loop.total} from {state_path}"
+            + ("" if last["same_machine"] else " (saved on another CPU or thread count: the weights will differ "
+                                                "from an uninterrupted run's; recorded)"))
     loop.bar = tqdm(total=loop.total, initial=loop.step, desc=desc, disable=not progress, leave=False,
                     mininterval=1.0)
     with StopFlag(stop_file) as stop:
@@ -217,6 +224,10 @@ def train_model(
             if test_split is not None and recipe.epochs > 1:
                 record["test_accuracy"] = accuracy(model, dataset, test_split, device)
             loop.history.append(record)
+            if log is not None:
+                acc = f", test accuracy {record['test_accuracy']:.4f}" if "test_accuracy" in record else ""
+                log(f"{desc}: epoch {epoch + 1}/{recipe.epochs} done, train loss {loop.last_loss:.4f}{acc} "
+                    f"({loop.seconds() / 60:.1f} min so far)")
             loop.epoch_gen_state = loop.data_gen.get_state()
             if epoch + 1 < recipe.epochs:
                 loop.snapshot(epoch + 1, 0)
@@ -396,7 +407,7 @@ def load_or_train(spec: TrainSpec, ctx: ExecContext | None = None, *, force: boo
     test = load_split(dataset, False, ctx.data_root) if spec.recipe.epochs > 1 else None
     stats = train_model(model, quantizer, objective, dataset, split, spec.recipe, spec.seed, device,
                         desc=spec.label, progress=ctx.progress, state_path=partial, test_split=test,
-                        on_step=on_step, stop_file=ctx.stop_file)
+                        on_step=on_step, stop_file=ctx.stop_file, log=None if ctx.progress else _log_line)
     meta = {"key": spec.key(fingerprint), "spec": spec.key_material(fingerprint), "train_size": len(split),
             "train_data_sha256": fingerprint, **stats,
             # where and by what code the weights were made (a row's own provenance is its evaluation's)
@@ -405,6 +416,13 @@ def load_or_train(spec: TrainSpec, ctx: ExecContext | None = None, *, force: boo
     checkpoints.save(path, {"state_dict": state, "meta": meta})
     checkpoints.remove(partial)
     return TrainResult(model.eval(), path, False, meta)
+
+
+def _log_line(text: str) -> None:
+    """A timestamped line on stderr: training progress where no progress bar is shown."""
+    import sys
+
+    print(f"[{time.strftime('%Y-%m-%d %H:%M:%S')}] {text}", file=sys.stderr, flush=True)
 
 
 def resolve_device(device: str | torch.device) -> torch.device:

@@ -307,3 +307,19 @@ def test_sizes_beyond_the_splits_are_refused_before_any_work(tmp_path, capsys, s
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and where in err and "exceeds the" in err
     assert not (tmp_path / "ck").exists() and not (out / "results.jsonl").exists()
+
+
+def test_without_a_terminal_every_task_and_epoch_leaves_a_line(tmp_path, capfd):
+    """A run in the background (no progress bar) logs each finished task with its time and what is left,
+    and each training epoch on stderr, so a log file shows where a long run stands."""
+    from sgq_bench.orchestration.runner import run
+
+    lines_seen: list[str] = []
+    result = run("smoke", out=tmp_path / "run", checkpoint_dir=tmp_path / "ck", only="method=baseline",
+                 progress=False, report=False, log=lines_seen.append, threads=1)
+    assert result.ok
+    done = [x for x in lines_seen if "] done " in x]
+    assert any(" done train synthetic/test_cnn/baseline/s0 in " in x for x in done)
+    assert done[-1].endswith("0 task(s) left")
+    err = capfd.readouterr().err
+    assert "synthetic/test_cnn/baseline/s0: epoch 2/2 done, train loss" in err

@@ -7,6 +7,7 @@ are in the results store (``results.store_cell``: all of them or none); ``cells.
 
 from __future__ import annotations
 
+import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ class Drive:
     recorded: list[str] = field(default_factory=list)  # ids of the cells whose rows were stored in this pass
 
     def __post_init__(self) -> None:
+        self.started: dict[str, float] = {}
         self.remaining = dict(self.graph)
         self.submitted: set[str] = set()
         self.users = {k: sum(1 for n in self.graph.values() if k in n.deps) for k in self.graph}
@@ -72,11 +74,17 @@ class Drive:
         for key in ready[: max(0, self.executor.workers - self.executor.pending())]:  # a cluster can grow
             self.executor.submit(self.graph[key])
             self.submitted.add(key)
+            self.started[key] = time.monotonic()
 
     def _finished(self, key: str, ok: bool, value: Any) -> None:
         node = self.remaining.pop(key)
         self.bar.update(1)
         self.bar.set_description(f"{node.kind} {node.label}"[:60])
+        if self.bar.disable:  # no progress bar (a log file, a scheduler): one timestamped line per task
+            seconds = time.monotonic() - self.started.get(key, time.monotonic())
+            left = len(self.graph) - len(self.done) - len(self.failed) - 1
+            self.log(f"[{time.strftime('%Y-%m-%d %H:%M:%S')}] {'done' if ok else 'FAILED'} {node.kind} {node.label} "
+                     f"in {seconds:.0f} s; {left} task(s) left")
         for d in node.deps:
             self.users[d] -= 1
             if self.users[d] == 0:
