@@ -28,7 +28,7 @@ from sgq_bench._batching import keep_freed_memory
 from sgq_bench._plugins import row_plugins
 from sgq_bench._provenance import provenance
 from sgq_bench.data import load_dataset, load_split, subset
-from sgq_bench.errors import PluginError, UsageError
+from sgq_bench.errors import AttributionError, PluginError, UsageError
 from sgq_bench.explainers import check_attributions
 from sgq_bench.specs import Cell, ExecContext, TrainSpec
 from sgq_bench.train import TrainResult, inference_copy, load_or_train, resolve_device
@@ -187,7 +187,13 @@ def _score_attributions(scoring: _Scoring, ectx: EvalContext, explainer_objs: di
         t0 = time.perf_counter()
         target = batched_forward(fast, fctx.x).argmax(1)
         attr = explainer.attribute(fast, fctx.x, target)  # same weights; channels-last is faster
-        check_attributions(ename, attr, fctx.x)  # finite and shaped like x before any metric sees it
+        try:
+            check_attributions(ename, attr, fctx.x)  # finite and shaped like x before any metric sees it
+        except AttributionError as exc:  # one bad explainer: its own rows are undefined, the cell goes on
+            _log(scoring.ctx.progress, f"  {ename:<22} {exc}")
+            for name in pending[ename]:
+                scoring.undefined(fctx, ename, dict(explainer.config), name, metric_objs[name], str(exc))
+            continue
         attr = attr.detach()
         t_attr = time.perf_counter() - t0
         _log(scoring.ctx.progress, f"  {ename:<22} attributions {tuple(attr.shape)} ({t_attr:.1f} s)")
@@ -221,6 +227,13 @@ class _Scoring:
         rows = [results.validate_row(r, f"{where}: {name} row {i}") for i, r in enumerate(rows, 1)]
         self.written.extend(rows)
         _log(self.ctx.progress, f"  {explainer:<22} {name:<26} {rows[0]['value']!s:<22} ({seconds:.1f} s)")
+
+    def undefined(self, ectx: EvalContext, explainer: str, expl_params: dict, name: str, metric: Metric,
+                  reason: str) -> None:
+        """The row of a metric that could not be computed for this explainer: value null, the reason said."""
+        res = MetricResult(value=float("nan"), extra={"undefined_reason": reason})
+        row = _row(self.base, explainer, expl_params, name, metric, res, 0.0, self.prov, {"target": "predicted"})
+        self.written.append(results.validate_row(row, f"{_cell_name(self.cell.spec)}: {name}"))
 
 
 def _cell_name(spec: TrainSpec) -> str:

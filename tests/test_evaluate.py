@@ -67,6 +67,23 @@ def test_every_explainer_output_is_checked_before_metrics(tmp_path, monkeypatch)
     assert [s[0] for s in seen] == ["gradient", "random"] and all(s[1] == s[2] for s in seen)
 
 
+def test_a_bad_explainer_leaves_only_its_own_rows_undefined(tmp_path, monkeypatch):
+    """An explainer returning NaN maps: its metric rows are null with the reason; the other explainer's
+    rows and the model-level rows are computed as usual (the cell is not failed)."""
+    from sgq_bench import _registry
+
+    trained()
+    gradient = _registry.explainers.get("gradient")
+    real = gradient.attribute
+    monkeypatch.setattr(gradient, "attribute", lambda self, m, x, t: real(self, m, x, t) * float("nan"))
+    rows = evaluate_spec(smoke_spec(), results_path=None, **KW)
+    bad = [r for r in rows if r["explainer"] == "gradient"]
+    good = [r for r in rows if r["explainer"] == "random"]
+    assert len(bad) == 2 and all(r["value"] is None and "non-finite attributions" in r["reason"] for r in bad)
+    assert len(good) == 2 and all(r["value"] is not None for r in good)
+    assert [r["value"] is not None for r in rows if r["explainer"] == "-"] == [True]
+
+
 def test_an_eval_size_above_the_test_split_is_refused_before_training(tmp_path):
     with pytest.raises(UsageError) as err:
         evaluate_spec(smoke_spec(), results_path=tmp_path / "results.jsonl", **{**KW, "eval_size": 10_000})

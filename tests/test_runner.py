@@ -323,3 +323,15 @@ def test_without_a_terminal_every_task_and_epoch_leaves_a_line(tmp_path, capfd):
     assert done[-1].endswith("0 task(s) left")
     err = capfd.readouterr().err
     assert "synthetic/test_cnn/baseline/s0: epoch 2/2 done, train loss" in err
+
+
+def test_a_suite_without_the_reference_method_is_reported_without_paired_statistics(tmp_path, capsys):
+    """No `baseline` among the methods: the run trains and scores, then writes its summary with a note
+    instead of failing after the work (exit 0)."""
+    out = tmp_path / "run"
+    assert main(["run", "--suite", "smoke", "--out", str(out), "--set", 'methods=["sgt"]', "--quiet",
+                 "--no-figures", "--checkpoint-dir", str(tmp_path / "ck"), "--threads", "1"],
+                standalone_mode=False) == 0
+    summary = (out / "summary.md").read_text()
+    assert "No paired statistics: this run has no `baseline` method" in summary
+    assert main(["report", str(out), "--reference", "pact", "--no-figures"], standalone_mode=False) == 2

@@ -141,29 +141,38 @@ def _by_epoch(rows: pd.DataFrame, reference: str) -> str:
     return "\n".join(lines)
 
 
-def write_report(out: Path, *, figures: bool = True, n_boot: int = 5000, reference: str = REFERENCE,
+def write_report(out: Path, *, figures: bool = True, n_boot: int = 5000, reference: str | None = None,
                  claims: str | Path | None = None) -> str:
     """Write ``summary.csv``, ``summary.md`` (and ``figures/``) for run directory ``out``; return the markdown.
 
-    ``claims`` (a claims TOML file, or a packaged set such as ``paper``): also ``claims.csv`` and
-    ``claims.md``, the verdict of each claim across seeds (:mod:`sgq_bench.report.claims`), appended to the
-    returned markdown.
+    ``reference``: the method others are compared with (default ``baseline``). A run without the default
+    reference is reported without paired statistics, saying why (its work is not thrown away); a
+    reference given explicitly must be a method of the run. ``claims`` (a claims TOML file, or a packaged
+    set such as ``paper``): also ``claims.csv`` and ``claims.md``, the verdict of each claim across seeds
+    (:mod:`sgq_bench.report.claims`), appended to the returned markdown.
     """
     out = Path(out)
     if not out.is_dir():
         raise UsageError(f"{out}: not a run directory")
     results = load_results(out)
-    if len(results) and reference not in set(results["method"]):
+    methods = set(results["method"])
+    note = ""
+    if reference is not None and reference not in methods:
         from sgq_bench.errors import did_you_mean
 
-        raise UsageError(f"--reference {reference!r} is not a method of {out}.{did_you_mean(reference, set(results['method']))}")
+        raise UsageError(f"--reference {reference!r} is not a method of {out}.{did_you_mean(reference, methods)}")
+    if reference is None:
+        reference = REFERENCE
+        if reference not in methods:
+            note = (f"> No paired statistics: this run has no `{reference}` method to compare with (methods: "
+                    f"{', '.join(sorted(methods))}); `sgq-bench report DIR --reference METHOD` picks one.\n\n")
     claim_list = None
     if claims is not None:  # parsed first: a bad claims file fails before anything is written
         from sgq_bench.report.claims import load_claims
 
         claim_list = load_claims(claims)
     summary = summarize_results(results, reference=reference, n_boot=n_boot)
-    md = to_markdown(summary, reference)
+    md = note + to_markdown(summary, reference)
     atomic_write_text(out / "summary.csv", to_csv(summary))
     atomic_write_text(out / "summary.md", md + "\n")
     if figures:
