@@ -100,7 +100,9 @@ def rows_from_run(run: str | Path, *, skip_undefined: bool = False) -> pd.DataFr
             "recipe": json.dumps(last["recipe"], sort_keys=True, separators=(",", ":")),
             "plugins": plugins_label(used),
             **{k: str(prov.get(k, "")) for k in ("sgq_bench_version", "torch_version", "captum_version",
-                                                 "quantus_version", "git_commit", "device")},
+                                                 "quantus_version")},
+            # every commit and device behind the number (scoring and training), not the last row's only
+            "git_commit": _every(sub, "git_commit"), "device": _every(sub, "device"),
             "date": str(last["created"] or "")[:10],
         }
     metric_at = GROUP_KEYS.index("metric")
@@ -118,6 +120,18 @@ def rows_from_run(run: str | Path, *, skip_undefined: bool = False) -> pd.DataFr
                    ci_high=_fmt(r["ci_high"]) if r["n_seeds"] >= 2 else "", **info[key])
         records.append(row)
     return pd.DataFrame.from_records(records, columns=list(COLUMNS))
+
+
+def _every(rows: Any, field: str) -> str:
+    """All values of a provenance ``field`` over a group's rows, where they were scored and where their
+    models were trained: one value, or ``mixed: a;b`` (a ``-dirty`` commit stays marked as such)."""
+    seen: set[str] = set()
+    for column in ("provenance", "training_provenance"):
+        for prov in rows[column] if column in rows else []:
+            if isinstance(prov, dict) and prov.get(field):
+                seen.add(str(prov[field]))
+    values = sorted(seen)
+    return values[0] if len(values) == 1 else ("mixed: " + ";".join(values) if values else "")
 
 
 def validate_row(row: dict[str, str], where: str, *, need_direction: bool = True) -> None:

@@ -219,3 +219,21 @@ def test_a_stored_control_score_without_its_source_row_keeps_its_own_provenance(
     out = rows_from_run(write_run(tmp_path / "run", rows))
     stored = out[out["metric"] == "deletion_auc_vs_random"]
     assert len(stored) == 1 and stored["n_seeds"].iloc[0] == "2" and stored["git_commit"].iloc[0] != ""
+
+
+def test_a_row_names_every_commit_and_device_behind_it(tmp_path):
+    """Seeds scored (or trained) by different commits, one of them a dirty tree: the published row lists
+    them all as `mixed: ...` instead of the last row's commit."""
+    from _results import row, write_run
+
+    from sgq_bench.leaderboard import rows_from_run
+
+    rows = []
+    for seed, commit in ((0, "aaa"), (1, "bbb-dirty")):
+        r = row("baseline", seed, "accuracy", 0.9 + seed / 100, family="accuracy")
+        r["provenance"] = {**r.get("provenance", {}), "git_commit": commit, "device": "cpu:X"}
+        r["training_provenance"] = {"git_commit": "ccc", "device": "cpu:Y"}
+        rows.append(r)
+    board = rows_from_run(write_run(tmp_path / "run", rows))
+    (only,) = board.to_dict("records")
+    assert only["git_commit"] == "mixed: aaa;bbb-dirty;ccc" and only["device"] == "mixed: cpu:X;cpu:Y"
