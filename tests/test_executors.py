@@ -178,24 +178,36 @@ def test_ray_worker_killed_mid_task_is_retried(tmp_path):
     out = tmp_path / "faults"
     killed = []
 
+    raylets = {n.all_processes["raylet"][0].process.pid for n in cluster.list_all_nodes()}
+    finished = []
+
+    def our_workers() -> list[int]:
+        """Workers of THIS cluster running a task: children of its raylets titled 'ray::_ray_execute'
+        (never another Ray's worker on a shared host)."""
+        found = []
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit():
+                continue
+            try:
+                title = (proc / "cmdline").read_bytes()
+                ppid = int(next(x for x in (proc / "status").read_text().splitlines()
+                                if x.startswith("PPid:")).split()[1])
+            except (OSError, StopIteration, ValueError):
+                continue
+            if ppid in raylets and title.startswith(b"ray::_ray_execute"):
+                found.append(int(proc.name))
+        return found
+
     def killer():
-        """Kill the first worker process seen executing a task (Ray titles it 'ray::_ray_execute')."""
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not killed:
-            for proc in Path("/proc").iterdir():
-                if not proc.name.isdigit():
-                    continue
+        """Wait for one of our workers to start a task (as long as the run lasts), then SIGKILL it by PID."""
+        while not killed and not finished:
+            for pid in our_workers():
                 try:
-                    title = (proc / "cmdline").read_bytes()
+                    os.kill(pid, signal.SIGKILL)
                 except OSError:
                     continue
-                if title.startswith(b"ray::_ray_execute"):
-                    try:
-                        os.kill(int(proc.name), signal.SIGKILL)
-                    except OSError:
-                        continue
-                    killed.append(int(proc.name))
-                    return
+                killed.append(pid)
+                return
             time.sleep(0.02)
 
     import threading
@@ -206,6 +218,7 @@ def test_ray_worker_killed_mid_task_is_retried(tmp_path):
         result = run("smoke", out=out, progress=False, report=False, executor="ray", threads=1,
                      address=cluster.address, log=lambda s: None)
     finally:
+        finished.append(True)
         ray.shutdown()
         cluster.shutdown()
     t.join(timeout=1)
