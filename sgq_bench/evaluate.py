@@ -132,6 +132,13 @@ def evaluate_cell(cell: Cell, ctx: ExecContext | None = None, *, out: Path | Non
     split = eval_split(dataset, cell.eval_size, cell.eval_seed, ctx.data_root)
     quantizer, _ = spec.method.build()
     base = _cell_fields(spec, quantizer, len(split), cell.eval_seed, cell.suite or None, cell.suite_version or None)
+    base.update(origin="external" if cell.weights_sha256 else "trained", weights_sha256=cell.weights_sha256 or None)
+    if cell.weights_sha256:
+        from sgq_bench.weights import external_key
+
+        # its own method name: a report or leaderboard never averages it with a model trained here
+        base.update(checkpoint_key=external_key(cell.weights_sha256),
+                    method=f"{base['method']}@external-{cell.weights_sha256[:12]}")
     skip = set(done or ())
     results_path = None if out is None else Path(out) / results.RESULTS_FILE
     if results_path is not None:
@@ -145,6 +152,10 @@ def evaluate_cell(cell: Cell, ctx: ExecContext | None = None, *, out: Path | Non
     if not any(pending.values()):
         _log(ctx.progress, f"{_cell_name(spec)}: all results present" + (f" in {results_path}" if results_path else ""))
         return []
+    if trained is None and cell.weights:
+        from sgq_bench.weights import load_external
+
+        trained = load_external(spec, Path(cell.weights), ctx.device)
     trained = trained or load_or_train(spec, ctx)
     base.update(precision=str(trained.meta.get("precision", "fp32")),
                 train_data_sha256=trained.meta.get("train_data_sha256"),

@@ -68,7 +68,12 @@ FIELDS: dict[str, Field] = {
     "objective_params": Field("dict"),
     "seed": Field("int", doc="training seed: the unit of replication"),
     "recipe": Field("dict", doc="training recipe"),
-    "checkpoint_key": Field("str", doc="hash of everything that determines the weights"),
+    "checkpoint_key": Field("str", doc="hash of everything that determines the weights (external-<sha256> for a "
+                            "model trained elsewhere)"),
+    "origin": Field("str", required=False, nullable=True, fill=True,
+                    doc="trained (by sgq-bench, from its spec) or external (weights from a file)"),
+    "weights_sha256": Field("str", required=False, nullable=True, fill=True,
+                            doc="sha256 of an external model's weights file"),
     "precision": Field("str", required=False, fill=True, doc="training precision of the checkpoint (fp32 | bf16)"),
     "train_data_sha256": Field("str", required=False, nullable=True, fill=True, doc="fingerprint of the training data"),
     "training_provenance": Field("dict", required=False, nullable=True, fill=True,

@@ -75,10 +75,13 @@ class Cell:
     eval_seed: int = 0
     suite: str = ""
     suite_version: str = ""
+    weights: str = ""  # a model trained elsewhere: its state-dict file (``sgq_bench.weights``); "" = trained here
+    weights_sha256: str = ""
 
     @property
     def id(self) -> str:
-        return self.spec.label
+        """``dataset/model/method/sSEED``; an external model's adds ``@external-<sha256 prefix>``."""
+        return self.spec.label + (f"@external-{self.weights_sha256[:12]}" if self.weights_sha256 else "")
 
     @property
     def slug(self) -> str:
@@ -95,6 +98,7 @@ class Cell:
             "eval_seed": self.eval_seed,
             "suite": self.suite,
             "suite_version": self.suite_version,
+            **({"weights_sha256": self.weights_sha256} if self.weights_sha256 else {}),
         })[:20]
 
 

@@ -29,7 +29,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("config", ("config", "config.*")),                         # suites, recipes, methods
     ("specs", ("specs",)),                                      # TrainSpec, Cell, ExecContext, Task
     ("pieces", ("data", "models", "explainers", "deploy", "checkpoints", "builtin", "builtin.*")),
-    ("train", ("train",)),
+    ("train", ("train", "weights")),                          # the loop and cache; models from files
     ("metrics", ("metrics", "metrics.*")),                      # some schedule tasks of their own (ROAR)
     ("evaluate", ("evaluate",)),
     ("report", ("report", "report.*")),

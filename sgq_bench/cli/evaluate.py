@@ -61,11 +61,14 @@ def format_table(rows: list[dict]) -> str:
               help="seed of the evaluation subset and metric draws")
 @click.option("--metric-param", "metric_param", multiple=True, metavar="METRIC.KEY=VALUE",
               help="metric parameter, e.g. deletion_auc.steps=20 or roar.fractions=0.1,0.5,0.9; repeatable")
+@click.option("--weights", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="FILE",
+              help="score a model trained elsewhere: a state dict (.pt, weights only; or .safetensors) of the "
+                   "declared --dataset/--model/--method (docs/plugins.md, 'Scoring a model trained elsewhere')")
 @click.option("--out", type=WRITABLE_DIR, required=True, help="run directory: the cell's rows join its results store (results.jsonl is rebuilt)")
 @progress_option
 def evaluate(explainers: str | None, metrics: str | None, eval_size: int | None, eval_seed: int,
-             metric_param: tuple[str, ...], out: Path, progress: bool, data_root: str | None, device: str,
-             checkpoint_dir: Path | None, **picked: Any) -> None:
+             metric_param: tuple[str, ...], weights: Path | None, out: Path, progress: bool, data_root: str | None,
+             device: str, checkpoint_dir: Path | None, **picked: Any) -> None:
     """Explainers x metrics on one trained model -> OUT/results.jsonl."""
     from sgq_bench import _registry
     from sgq_bench.config.suite import load_suite
@@ -86,19 +89,29 @@ def evaluate(explainers: str | None, metrics: str | None, eval_size: int | None,
     params = {m: p for m, p in params.items() if m in metric_names}
     eval_size = eval_size or suite.dataset(spec.dataset).eval_size
     results = out / "results.jsonl"
+    sha = ""
+    if weights is not None:
+        from sgq_bench.weights import file_sha256, load_external
+
+        load_external(spec, weights)  # a file that does not fit the declared model fails now, in one line
+        sha = file_sha256(weights)
     cell = Cell(spec, tuple(explainer_names), tuple(metric_names), eval_size, params, eval_seed, suite.name,
-                suite.version)
+                suite.version, str(weights or ""), sha)
     ctx = ExecContext(device=device, data_root=data_root, checkpoint_dir=checkpoint_dir, progress=progress)
     from sgq_bench._lock import run_lock
 
     out.mkdir(parents=True, exist_ok=True)
     with run_lock(out, log=click.echo):  # one writer per run directory, as for `run`
         evaluate_cell(cell, ctx, out=out, fingerprint=suite.fingerprint())
-    keys = {(spec.key(), e, m) for e in [*explainer_names, "-"] for m in metric_names}
+    from sgq_bench.weights import external_key
+
+    ckey = external_key(sha) if sha else spec.key()
+    keys = {(ckey, e, m) for e in [*explainer_names, "-"] for m in metric_names}
     rows = latest(r for r in read_rows(results)
                   if (r.get("checkpoint_key"), r.get("explainer"), r.get("metric")) in keys
                   and r.get("eval_size") == eval_size and r.get("eval_seed") == eval_seed)
-    click.echo(f"{spec.dataset}/{spec.model}/{spec.method.label()} seed {spec.seed}, {eval_size} test images "
+    origin = f" (external weights {weights}, sha256 {sha[:12]})" if sha else ""
+    click.echo(f"{spec.dataset}/{spec.model}/{spec.method.label()}{origin} seed {spec.seed}, {eval_size} test images "
                f"(^ higher is better, v lower):")
     table = format_table(rows)
     if table:
