@@ -262,3 +262,17 @@ def test_a_read_only_output_folder_is_refused_before_any_work(tmp_path, monkeypa
         assert res.exit_code == 2
         assert f"'--out': '{out}' is not writable: {why}; expected a writable directory" in one_error_line(res)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_list_suites_and_show_one_to_copy():
+    """The shipped suites are findable without a clone's configs/: listed with their file, printed verbatim."""
+    from click.testing import CliRunner
+
+    from sgq_bench.cli import main
+
+    res = CliRunner().invoke(main, ["list", "suites"])
+    assert res.exit_code == 0 and "smoke" in res.output and "smoke.toml" in res.output
+    res = CliRunner().invoke(main, ["list", "--show", "smoke"])
+    assert res.exit_code == 0 and 'name = "smoke"' in res.output and res.output.startswith("# ")
+    res = CliRunner().invoke(main, ["list", "--show", "smok"])
+    assert res.exit_code == 2 and "Did you mean 'smoke'" in res.output

@@ -9,12 +9,38 @@ import click
 from sgq_bench.errors import UsageError, did_you_mean
 
 METHODS = "methods"
+SUITES = "suites"
 
 
 def _kinds() -> list[str]:
     from sgq_bench._registry import KINDS
 
-    return [*KINDS, METHODS]
+    return [*KINDS, METHODS, SUITES]
+
+
+def show_suites() -> None:
+    """Every suite a name finds, with where it lives and its description (``--show NAME`` prints one)."""
+    from sgq_bench.config.suite import available_suites
+
+    click.echo(f"{SUITES}:")
+    for name, path in available_suites():
+        click.echo(f"  {name:<24} {_description(path)}  [{path}]")
+
+
+def _description(path: Any) -> str:
+    import re
+
+    m = re.search(r'^description\s*=\s*"(.*)"\s*$', path.read_text(encoding="utf-8"), re.M)
+    return m.group(1) if m else ""
+
+
+def show_suite_file(name: str) -> None:
+    """The suite file a name finds, verbatim, so a user can copy it (``--out``-free: it only prints)."""
+    from sgq_bench.config.suite import load_suite, suite_path
+
+    path = suite_path(name)
+    load_suite(str(path))  # a name that finds no valid suite fails in one line, with suggestions
+    click.echo(f"# {path}\n" + path.read_text(encoding="utf-8").rstrip())
 
 
 def allowed_text(param: Any) -> str:
@@ -79,6 +105,9 @@ def show_registered(kind: str | None) -> None:
     from sgq_bench.config.methods import builtin_methods
 
     for k in [kind] if kind else _kinds():
+        if k == SUITES:
+            show_suites()
+            continue
         click.echo(f"{k}:")
         if k == METHODS:
             for name, m in builtin_methods().items():
@@ -96,14 +125,18 @@ def show_registered(kind: str | None) -> None:
 @click.argument("kind", required=False)
 @click.option("--params", "params_of", metavar="NAME",
               help="print the declared parameters of plugin or method NAME (name, default, allowed, doc)")
-def list_(kind: str | None, params_of: str | None) -> None:
+@click.option("--show", "suite_name", metavar="SUITE",
+              help="print suite SUITE's file (a shipped suite to copy and edit), with its path")
+def list_(kind: str | None, params_of: str | None, suite_name: str | None) -> None:
     """What is registered, with one-line descriptions.
 
-    KIND is one of quantizers, objectives, models, datasets, explainers, metrics or methods.
+    KIND is one of quantizers, objectives, models, datasets, explainers, metrics, methods or suites.
     """
     if kind is not None and kind not in _kinds():
         raise UsageError(f"unknown kind {kind!r}.{did_you_mean(kind, _kinds())}")
-    if params_of is not None:
+    if suite_name is not None:
+        show_suite_file(suite_name)
+    elif params_of is not None:
         show_params(params_of, kind)
     else:
         show_registered(kind)

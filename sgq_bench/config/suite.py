@@ -297,6 +297,16 @@ EVALUATE_KEYS = ("explainers", "metrics", "params", "eval_seed")
 DEFAULT_METHODS = ["baseline", "pact", "sgt", "sgt_pact"]
 
 
+def available_suites() -> list[tuple[str, Path]]:
+    """(name, file) of every suite a name finds: the clone's ``configs/`` first, then the packaged copies
+    (a name in both is the clone's). Why: an installed package has no ``configs/`` to look into."""
+    seen: dict[str, Path] = {}
+    for d in SUITE_DIRS:
+        for path in sorted(d.glob("*.toml")) if d.is_dir() else []:
+            seen.setdefault(path.stem, path)
+    return sorted(seen.items())
+
+
 def suite_path(name_or_path: str) -> Path:
     """A suite name (``configs/<name>.toml`` in a clone, else the packaged copy) or a path to a TOML file."""
     p = Path(name_or_path)
