@@ -3,7 +3,7 @@
 A third-party package subclasses these and registers them under the entry-point groups
 ``sgq_bench.quantizers``, ``sgq_bench.objectives``, ``sgq_bench.datasets``, ``sgq_bench.models``,
 ``sgq_bench.explainers`` and ``sgq_bench.metrics`` (see docs/plugins.md; ``sgq_bench._plugins`` re-exports
-everything a plugin needs). The reference methods in ``sgq_bench/builtin/`` use exactly this API.
+everything a plugin needs). The reference methods in the top-level ``baselines/`` (installed as ``sgq_bench.builtin``) use exactly this API.
 
 The contract in one paragraph: the harness instantiates each plugin class with the parameters a suite
 gives (validated against the class's declared ``params``, defaults written into every result); a

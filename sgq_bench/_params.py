@@ -102,13 +102,6 @@ def seed_param(default: int, doc: str) -> Param:
     return Param(default, doc, low=0, high=SEED_LIMIT - 1)
 
 
-def check_seed(value: Any, what: str) -> int:
-    """``value`` as a seed, or a one-line UsageError naming ``what`` (e.g. ``--seed``, ``FILE: seeds[2]``)."""
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < SEED_LIMIT:
-        raise UsageError(f"{what} = {value!r} is invalid; expected an integer in [0, {SEED_LIMIT - 1}]")
-    return value
-
-
 def resolve_params(owner: str, spec: dict[str, Param], given: dict[str, Any] | None) -> dict[str, Any]:
     """Defaults overlaid with ``given``; unknown names and out-of-range values raise UsageError."""
     given = dict(given or {})

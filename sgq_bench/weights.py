@@ -17,9 +17,9 @@ from typing import Any
 
 import torch
 
+from sgq_bench.data import load_dataset
 from sgq_bench.errors import UsageError
 from sgq_bench.specs import TrainSpec
-from sgq_bench.data import load_dataset
 from sgq_bench.train import TrainResult, build_model, resolve_device
 
 SHOWN_KEYS = 4  # keys named in a mismatch message before "and N more"

@@ -27,7 +27,7 @@ import torch
 
 from sgq_bench import _registry
 from sgq_bench._base import Dataset, Metric, MetricResult, Param, Split
-from sgq_bench._params import check_seed, resolve_params
+from sgq_bench._params import resolve_params, seed_param
 from sgq_bench._registry import Registry, check_name, name_problem
 from sgq_bench.config.methods import Method, builtin_methods
 from sgq_bench.config.suite import load_suite
@@ -357,9 +357,10 @@ def test_params_refuse_nan_inf_and_overflow_everywhere():
             resolve_params("owner", spec, given)
         assert needle in one_line_error(err)
     assert resolve_params("owner", spec, {"k": "0.25", "n": 2.0}) == {"k": 0.25, "n": 2, "fr": (0.1, 0.5)}
-    assert check_seed(2**31 - 1, "--seed") == 2**31 - 1
-    with pytest.raises(UsageError, match=r"^--seed = 12345678901234567890 is invalid; expected an integer in "):
-        check_seed(12345678901234567890, "--seed")
+    seed = seed_param(0, "a seed")  # what --seed and every seeded plugin parameter declare
+    assert resolve_params("owner", {"seed": seed}, {"seed": 2**31 - 1}) == {"seed": 2**31 - 1}
+    with pytest.raises(UsageError, match="seed"):
+        resolve_params("owner", {"seed": seed}, {"seed": 12345678901234567890})
 
 
 # ----------------------------------------------------------------------------- class 6: names become paths

@@ -43,14 +43,20 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
 ]
 
 
+# Source folders installed under another name (pyproject's package-dir): baselines/ is sgq_bench.builtin.
+MAPPED = {"sgq_bench.builtin": PACKAGE.parent / "baselines"}
+
+
 def module_files() -> dict[str, Path]:
-    """Dotted module name -> file, for every module of the package."""
+    """Dotted module name -> file, for every module of the package (mapped folders included)."""
     out = {}
-    for path in sorted(PACKAGE.rglob("*.py")):
-        if "__pycache__" in path.parts:
-            continue
-        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
-        out[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    roots = [(ROOT, PACKAGE), *MAPPED.items()]
+    for name, folder in roots:
+        for path in sorted(folder.rglob("*.py")):
+            if "__pycache__" in path.parts:
+                continue
+            parts = (*name.split("."), *path.relative_to(folder).with_suffix("").parts)
+            out[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
     return out
 
 

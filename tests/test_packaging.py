@@ -22,7 +22,7 @@ from sgq_bench.config import suite as suite_mod
 from sgq_bench.errors import UsageError
 
 REPO = Path(__file__).resolve().parent.parent
-BUILD_INPUTS = ("pyproject.toml", "README.md", "MANIFEST.in", "build_hooks.py", "sgq_bench", "configs")
+BUILD_INPUTS = ("pyproject.toml", "README.md", "MANIFEST.in", "build_hooks.py", "sgq_bench", "configs", "baselines")
 # What the installed copy must not borrow from the current environment: sgq-bench itself (the editable
 # install and its finder), and packages of earlier layouts or of other tests.
 NOT_BORROWED = ("sgq_bench", "__editable__", "baselines", "configs", "sgq_example_plugin", "sgq_broken_plugin")
@@ -75,6 +75,9 @@ def test_wheel_holds_every_module_of_the_source_tree(wheel: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
     source = {p.relative_to(REPO).as_posix() for p in (REPO / "sgq_bench").rglob("*.py")
               if "__pycache__" not in p.parts}
+    # the top-level baselines/ ships as sgq_bench/builtin/
+    source |= {"sgq_bench/builtin/" + p.relative_to(REPO / "baselines").as_posix()
+               for p in (REPO / "baselines").rglob("*.py") if "__pycache__" not in p.parts}
     assert source - names == set()
     for path in source:
         if path.count("/") > 1:

@@ -33,7 +33,7 @@ def test_append_then_read_round_trips_and_fills_fields_added_later(tmp_path):
     store_cell(tmp_path, "a", "a", "k1", [first])
     store_cell(tmp_path, "b", "b", "k2", [old])
     back = read_rows(path)
-    assert back[0] == first
+    assert back[0] == {**first, "origin": None, "weights_sha256": None}  # filled: written before they existed
     assert back[1]["precision"] == "fp32" and back[1]["reason"] is None and back[1]["train_data_sha256"] is None
     assert back[1]["training_provenance"] is None
     assert validate_row({**old, "recipe": {"precision": "auto"}}, "x")["precision"] == "unknown"

@@ -58,7 +58,7 @@ class BenchGroup(click.Group):
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
         except BaseException as exc:  # noqa: BLE001 - the whole point: nothing escapes as a traceback
-            code = report(exc)
+            code = report_error(exc)
         if standalone_mode:
             sys.exit(code)
         return code
@@ -70,7 +70,7 @@ def _say(message: str) -> None:
     click.echo(f"{PROG}: {lines[0] if lines else 'error'}", err=True)
 
 
-def report(exc: BaseException) -> int:
+def report_error(exc: BaseException) -> int:
     """Print ``exc`` as one line on stderr and return the exit code it maps to."""
     if isinstance(exc, getattr(click.exceptions, "NoArgsIsHelpError", ())):  # click >= 8.2
         exc.show()  # ``sgq-bench`` alone: the help text is the answer

@@ -71,7 +71,7 @@ def show_params(name: str, kind: str | None) -> None:
     from sgq_bench.config.methods import builtin_methods
 
     methods = builtin_methods()
-    kinds = [kind] if kind else _kinds()
+    kinds = [k for k in ([kind] if kind else _kinds()) if k != SUITES]  # a suite has no declared params
     found = [k for k in kinds if (name in methods if k == METHODS else name in _registry.registry(k))]
     if not found:
         every = set(methods) if METHODS in kinds else set()

@@ -168,19 +168,6 @@ def _linear_impute(x: torch.Tensor, unknown: torch.Tensor, tol: float, max_iter:
     return st.from_band(result).reshape(b, c, h, w)
 
 
-def road_images(x: torch.Tensor, pos: torch.Tensor, k: int, noise: float, generator: torch.Generator | None,
-                tol: float = 1e-5) -> torch.Tensor:
-    """Images with each one's ``k`` first-ranked pixels imputed, plus noise on those pixels."""
-    b, c, h, w = x.shape
-    unknown = (pos < k).view(b, 1, h, w)
-    out = linear_impute(x, unknown, tol=tol)
-    if noise > 0:
-        eps = torch.randn(out.shape, generator=generator, dtype=out.dtype,
-                          device=generator.device if generator is not None else x.device).to(x.device)
-        out = out + noise * eps * unknown
-    return out.to(x.dtype)
-
-
 class _Road(CurvePasses, FractionsMixin, Metric):
     family = "road"
     descending = True

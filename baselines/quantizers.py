@@ -6,10 +6,10 @@ import operator
 from typing import Any
 
 import torch
+from sgq_bench.builtin.pact_layers import PACTReLU, quantized_copy, residual_quant_copy
 from torch import fx, nn
 
 from sgq_bench._base import Bits, Param, Quantizer
-from sgq_bench.builtin.pact_layers import PACTReLU, quantized_copy, residual_quant_copy
 
 
 class NoQuantizer(Quantizer):
@@ -120,6 +120,7 @@ class PACTQuantizer(Quantizer):
         layer (the first quantized layer's input, residual branches); without it those are unknown.
         """
         from sgq_bench.builtin.pact_deploy import deploy_pact
+
         from sgq_bench.errors import UsageError
 
         if calibration is None:

@@ -31,10 +31,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import fx, nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval
-
-from sgq_bench import deploy as dp
 from sgq_bench.builtin.pact_layers import (
     PACTReLU,
     QuantConv2d,
@@ -42,6 +38,10 @@ from sgq_bench.builtin.pact_layers import (
     ResidualQuantBatchNorm2d,
     dorefa_weight,
 )
+from torch import fx, nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+from sgq_bench import deploy as dp
 
 _TRANSPARENT_MODULES = (nn.MaxPool2d, nn.Dropout, nn.Dropout2d, nn.Flatten, nn.Identity, nn.ReLU)
 _TRANSPARENT_FUNCTIONS = {operator.getitem, torch.flatten, F.relu, torch.relu, F.max_pool2d, F.dropout}
