@@ -148,6 +148,9 @@ def test_figures_are_written(tmp_path):
     names = sorted(p.name for p in (out / "figures").glob("*.png"))
     assert names == ["curves_synthetic_gradient.png", "curves_synthetic_random.png", "pareto_synthetic.png",
                      "roar_synthetic.png"]
+    # every plot also as a vector figure; the Pareto one carries the across-seed intervals
+    assert sorted(p.name for p in (out / "figures").glob("*.svg")) == [n.replace(".png", ".svg") for n in names]
+    assert "95% CI across seeds" in (out / "figures" / "pareto_synthetic.svg").read_text()
 
 
 @pytest.mark.parametrize("name", ["../x", "a/b", "/tmp/evil"])

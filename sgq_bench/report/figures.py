@@ -3,7 +3,9 @@
 - ``saliency_<dataset>_<explainer>.png``: the same test images for every method (rows) and image (cols)
 - ``curves_<dataset>_<explainer>.png``: deletion / insertion / MoRF / ROAD curves, one line per method
 - ``roar_<dataset>.png``: ROAR and KAR accuracy vs fraction, real explainers solid, ``random`` dashed
-- ``pareto_<dataset>.png``: accuracy vs packed model size, colour = a faithfulness score
+- ``pareto_<dataset>.png``: accuracy vs packed model size with 95% across-seed intervals on both axes,
+  colour = a faithfulness score
+(each plot also as ``.svg``, vector, for papers; the saliency grids are pictures and stay PNG)
 - ``training_<dataset>.png``: test accuracy after each epoch, mean over seeds with the seeds' range
 
 A run directory holding more than one protocol (suite version, evaluation size, ...) gets one set of
@@ -70,9 +72,13 @@ def _colors(methods: list[str], reference: str = REFERENCE) -> dict[str, Any]:
     return {m: cmap(i % 10) for i, m in enumerate(_method_order(methods, reference))}
 
 
-def _save(fig: plt.Figure, path: Path) -> Path:
+def _save(fig: plt.Figure, path: Path, *, vector: bool = True) -> Path:
+    """The PNG (what reports link) and, for plots, an SVG beside it (papers want vector figures; the
+    saliency grids are pictures already and stay PNG only)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    if vector:
+        fig.savefig(path.with_suffix(".svg"), bbox_inches="tight")
     plt.close(fig)
     return path
 
@@ -121,7 +127,7 @@ def saliency_grids(out: Path, fig_dir: Path) -> list[Path]:
             fig.suptitle(f"{dataset}: {ex} saliency (|attribution| summed over channels, "
                          "scaled to each map's 99th percentile)", fontsize=10)
             fig.tight_layout()
-            paths.append(_save(fig, figure_path(fig_dir, "saliency", dataset, ex)))
+            paths.append(_save(fig, figure_path(fig_dir, "saliency", dataset, ex), vector=False))
     return paths
 
 
@@ -188,6 +194,16 @@ def _means(summary: pd.DataFrame, metric: str, explainer: str = NO_EXPLAINER) ->
     return dict(zip(rows["method"], rows["mean"].astype(float)))
 
 
+def _halfwidths(summary: pd.DataFrame, metric: str) -> dict[str, tuple[float, float]]:
+    """method -> (mean - ci_low, ci_high - mean) of a model-level ``metric`` across seeds (0 where n = 1)."""
+    rows = summary[(summary["metric"] == metric) & (summary["explainer"] == NO_EXPLAINER) & (summary["variant"] == "")]
+    out = {}
+    for m, mean, lo, hi in zip(rows["method"], rows["mean"], rows["ci_low"], rows["ci_high"]):
+        lo, hi = float(lo), float(hi)
+        out[m] = ((mean - lo) if np.isfinite(lo) else 0.0, (hi - mean) if np.isfinite(hi) else 0.0)
+    return out
+
+
 def pareto_figures(summary: pd.DataFrame, fig_dir: Path, tag: str = "") -> list[Path]:
     """Accuracy vs packed size per dataset; colour = a faithfulness score of the first real explainer."""
     paths = []
@@ -210,6 +226,12 @@ def pareto_figures(summary: pd.DataFrame, fig_dir: Path, tag: str = "") -> list[
         xs = np.array([p[2] for p in pts]) / 1024
         ys = np.array([p[3] for p in pts])
         cs = [faith.get(p[0], np.nan) for p in pts]
+        # 95% across-seed intervals on both axes (size is the same for every seed: a zero-width bar)
+        ya, xa = _halfwidths(rows, "accuracy"), _halfwidths(rows, "size_bytes")
+        yerr = np.array([ya.get(p[0], (0.0, 0.0)) for p in pts]).T
+        xerr = np.array([xa.get(p[0], (0.0, 0.0)) for p in pts]).T / 1024
+        ax.errorbar(xs, ys, xerr=xerr, yerr=yerr, fmt="none", ecolor="0.35", elinewidth=1, capsize=3, zorder=2.5,
+                    label="95% CI across seeds")
         if faith_metric and np.isfinite(cs).any():
             sc = ax.scatter(xs, ys, c=cs, cmap="viridis", s=90, edgecolor="k", zorder=3)
             cb = fig.colorbar(sc, ax=ax)
