@@ -419,10 +419,10 @@ def load_or_train(spec: TrainSpec, ctx: ExecContext | None = None, *, force: boo
 
 
 def _log_line(text: str) -> None:
-    """A timestamped line on stderr: training progress where no progress bar is shown."""
-    import sys
+    """Training progress where no progress bar is shown (``sgq_bench.train`` logger, INFO)."""
+    from sgq_bench._log import logger
 
-    print(f"[{time.strftime('%Y-%m-%d %H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+    logger("train").info("%s", text)
 
 
 def resolve_device(device: str | torch.device) -> torch.device:

@@ -44,10 +44,17 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
 @click.group("sgq-bench", cls=BenchGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_print_version,
               help="print the version and exit")
-def main() -> None:
+@click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+              default="INFO", show_default=True,
+              help="progress lines on stderr (a task finished, an epoch done, a training resumed) where no "
+                   "progress bar shows them; WARNING silences them")
+def main(log_level: str) -> None:
     """sgq-bench: do saliency-guided training and PACT quantization give efficient AND interpretable
     image classifiers? Train, evaluate, run suites, report and publish, with one protocol for every method.
     """
+    from sgq_bench._log import setup
+
+    setup(log_level)
 
 
 for _command in COMMANDS:

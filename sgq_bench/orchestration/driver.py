@@ -15,8 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from sgq_bench._io import atomic_torch_save
+from sgq_bench._log import logger
 from sgq_bench.orchestration.graph import EvaluateTask, Node, samples_path
 from sgq_bench.orchestration.rundir import now, safe_append
+
+_LOG = logger("run")
 
 
 @dataclass
@@ -80,11 +83,11 @@ class Drive:
         node = self.remaining.pop(key)
         self.bar.update(1)
         self.bar.set_description(f"{node.kind} {node.label}"[:60])
-        if self.bar.disable:  # no progress bar (a log file, a scheduler): one timestamped line per task
+        if self.bar.disable:  # no progress bar (a log file, a scheduler): one line per task
             seconds = time.monotonic() - self.started.get(key, time.monotonic())
             left = len(self.graph) - len(self.done) - len(self.failed) - 1
-            self.log(f"[{time.strftime('%Y-%m-%d %H:%M:%S')}] {'done' if ok else 'FAILED'} {node.kind} {node.label} "
-                     f"in {seconds:.0f} s; {left} task(s) left")
+            _LOG.info("%s %s %s in %.0f s; %d task(s) left", "done" if ok else "FAILED", node.kind, node.label,
+                      seconds, left)
         for d in node.deps:
             self.users[d] -= 1
             if self.users[d] == 0:
