@@ -35,6 +35,17 @@ def publish(run_dir: Path, folder: Path, skip_undefined: bool) -> None:
 
 
 @leaderboard.command()
+@click.argument("dest", metavar="OUT", type=WRITABLE_DIR)
+@click.option("--leaderboards", "--from", "folder", type=click.Path(file_okay=False, path_type=Path),
+              default=DEFAULT_DIR, help=_HELP)
+def site(dest: Path, folder: Path) -> None:
+    """Write OUT/index.html: every leaderboard as a self-contained, sortable page (no server, no network)."""
+    from sgq_bench.report.site import leaderboard_site
+
+    click.echo(f"page: {leaderboard_site(folder, dest)}")
+
+
+@leaderboard.command()
 @click.argument("dataset", required=False)
 @click.option("--sort", default="accuracy", show_default=True,
               help="metric column to rank by (its direction is recorded in the file)")

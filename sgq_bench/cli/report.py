@@ -15,7 +15,9 @@ import click
 @click.option("--claims", default=None, metavar="NAME|FILE",
               help="also write claims.csv/claims.md: the verdict of each claim across seeds ('paper': the seed "
                    "paper's claims, or a TOML file of [[claim]] tables)")
-def report(run_dir: Path, figures: bool, reference: str | None, claims: str | None) -> None:
+@click.option("--html", is_flag=True,
+              help="also write DIR/index.html: a self-contained page (sortable tables, claims, figures, provenance)")
+def report(run_dir: Path, figures: bool, reference: str | None, claims: str | None, html: bool) -> None:
     """summary.csv, summary.md and figures/ of run directory DIR (holding results.jsonl)."""
     from sgq_bench._lock import run_lock
     from sgq_bench.report.tables import write_report
@@ -27,6 +29,10 @@ def report(run_dir: Path, figures: bool, reference: str | None, claims: str | No
     # one writer per run directory: a run that holds it for hours is named at once, not waited for
     with run_lock(run_dir, timeout_s=LOCK_WAIT_S, log=lambda s: click.echo(s, err=True)):
         click.echo(write_report(run_dir, figures=figures, claims=claims, **given))
+        if html:
+            from sgq_bench.report.site import run_site
+
+            click.echo(f"page: {run_site(run_dir)}")
 
 
 LOCK_WAIT_S = 10.0
