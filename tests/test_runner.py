@@ -322,6 +322,7 @@ def test_without_a_terminal_every_task_and_epoch_leaves_a_line(tmp_path, caplog)
     assert result.ok
     done = [r.getMessage() for r in caplog.records if r.name == "sgq_bench.run"]
     assert any(x.startswith("done train synthetic/test_cnn/baseline/s0 in ") for x in done)
+    assert "start train synthetic/test_cnn/baseline/s0" in done
     assert done[-1].endswith("0 task(s) left")
     epochs = [r.getMessage() for r in caplog.records if r.name == "sgq_bench.train"]
     assert any("synthetic/test_cnn/baseline/s0: epoch 2/2 done, train loss" in x for x in epochs)

@@ -78,6 +78,8 @@ class Drive:
             self.executor.submit(self.graph[key])
             self.submitted.add(key)
             self.started[key] = time.monotonic()
+            if self.bar.disable:
+                _LOG.info("start %s %s", self.graph[key].kind, self.graph[key].label)
 
     def _finished(self, key: str, ok: bool, value: Any) -> None:
         node = self.remaining.pop(key)
