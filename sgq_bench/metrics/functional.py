@@ -418,3 +418,31 @@ def to_list(t: torch.Tensor, digits: int = 6) -> list[float]:
     out[~frac] = np.round(v[~frac] / unit) * unit
     x[ok] = out
     return x.tolist()
+
+
+def ranking_seconds(costs: Any, explainer: str, explainer_params: Any, model_spec: Any,
+                    train_size: int | None) -> float | None:
+    """Estimated seconds to rank every training and test pixel with an explainer (a retraining metric's
+    ranking task prices itself with this, from the planner's ``CostModel``).
+
+    The explainer's ``gradient_passes()`` prices it (undeclared: 0 for a model-independent explainer, else 1
+    per image, noted in the plan). None when the passes need a model and there is none to time.
+    """
+    import dataclasses
+
+    from sgq_bench import _registry
+
+    expl = _registry.explainers.get(explainer)(**dict(explainer_params))
+    passes = expl.gradient_passes()
+    if passes is None:
+        passes = 0.0 if expl.model_independent else 1.0
+        if passes:
+            costs.note(f"explainer {explainer!r} declares no gradient_passes; 1 per image assumed")
+    if not passes:
+        return 0.0
+    if model_spec is None:
+        return None
+    sized = dataclasses.replace(model_spec, recipe=dataclasses.replace(model_spec.recipe, train_size=train_size))
+    n_train, n_test = costs.images(sized)
+    return costs.gradient_s(model_spec, (n_train + n_test) * passes)
+

@@ -38,6 +38,7 @@ from sgq_bench.metrics.functional import (
     k_of,
     pixel_scores,
     rank_positions,
+    ranking_seconds,
     trapezoid_auc,
 )
 from sgq_bench.specs import CostModel, ExecContext, Task, TrainSpec
@@ -98,17 +99,7 @@ class RankTask(Task):
         return compute_rankings(self, ctx)
 
     def cost(self, costs: CostModel) -> float | None:
-        explainer = _registry.explainers.get(self.explainer)(**dict(self.explainer_params))
-        passes = explainer.gradient_passes()
-        if passes is None:
-            passes = 0.0 if explainer.model_independent else 1.0
-        if not passes:
-            return 0.0
-        if self.model_spec is None:
-            return None
-        n_train, n_test = costs.images(replace(self.model_spec, recipe=replace(self.model_spec.recipe,
-                                                                                train_size=self.train_size)))
-        return costs.gradient_s(self.model_spec, (n_train + n_test) * passes)
+        return ranking_seconds(costs, self.explainer, self.explainer_params, self.model_spec, self.train_size)
 
 
 @dataclass(frozen=True)

@@ -65,6 +65,7 @@ from sgq_bench.metrics.functional import (
     k_of,
     pixel_scores,
     rank_positions,
+    ranking_seconds,
     trapezoid_auc,
 )
 
@@ -161,19 +162,8 @@ class BlurRankTask(Task):
         return compute_rankings(self, ctx)
 
     def cost(self, costs: CostModel) -> float | None:
-        explainer = registry("explainers").get(self.explainer)(**dict(self.explainer_params))
-        passes = explainer.gradient_passes()
-        if passes is None:
-            passes = 0.0 if explainer.model_independent else 1.0
-            if passes:
-                costs.note(f"explainer {self.explainer!r} declares no gradient_passes; 1 per image assumed")
-        if not passes:
-            return 0.0
-        if self.model_spec is None:
-            return None
-        spec = replace(self.model_spec, recipe=replace(self.model_spec.recipe, train_size=self.train_size))
-        n_train, n_test = costs.images(spec)
-        return costs.gradient_s(self.model_spec, (n_train + n_test) * passes)
+        # the public pricing helper every retraining metric's ranking can use (sgq_bench.metrics.functional)
+        return ranking_seconds(costs, self.explainer, self.explainer_params, self.model_spec, self.train_size)
 
 
 @dataclass(frozen=True)
