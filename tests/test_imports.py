@@ -37,6 +37,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
              "orchestration.graph", "orchestration.executors", "orchestration.driver", "orchestration.runner")),
     ("views", ("orchestration.calibration", "orchestration.plan", "orchestration.status")),  # run nothing
     ("leaderboard", ("leaderboard",)),
+    ("site", ("site",)),                                        # the results page: over reports and boards
     ("bench", ("bench", "bench.*")),                            # reference adapters, timing benches
     ("api", ("",)),                                             # sgq_bench/__init__: the public API
     ("cli", ("cli", "cli.*", "__main__")),

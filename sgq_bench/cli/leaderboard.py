@@ -40,7 +40,7 @@ def publish(run_dir: Path, folder: Path, skip_undefined: bool) -> None:
               default=DEFAULT_DIR, help=_HELP)
 def site(dest: Path, folder: Path) -> None:
     """Write OUT/index.html: every leaderboard as a self-contained, sortable page (no server, no network)."""
-    from sgq_bench.report.site import leaderboard_site
+    from sgq_bench.site import leaderboard_site
 
     click.echo(f"page: {leaderboard_site(folder, dest)}")
 

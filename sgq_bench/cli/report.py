@@ -30,7 +30,7 @@ def report(run_dir: Path, figures: bool, reference: str | None, claims: str | No
     with run_lock(run_dir, timeout_s=LOCK_WAIT_S, log=lambda s: click.echo(s, err=True)):
         click.echo(write_report(run_dir, figures=figures, claims=claims, **given))
         if html:
-            from sgq_bench.report.site import run_site
+            from sgq_bench.site import run_site
 
             click.echo(f"page: {run_site(run_dir)}")
 

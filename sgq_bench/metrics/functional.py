@@ -19,6 +19,7 @@ from torch import nn
 from sgq_bench._base import EvalContext, Param
 from sgq_bench._batching import MAX_IMAGES, forward
 from sgq_bench.errors import UsageError
+from sgq_bench.specs import CostModel, TrainSpec
 
 FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
@@ -420,7 +421,7 @@ def to_list(t: torch.Tensor, digits: int = 6) -> list[float]:
     return x.tolist()
 
 
-def ranking_seconds(costs: Any, explainer: str, explainer_params: Any, model_spec: Any,
+def ranking_seconds(costs: CostModel, explainer: str, explainer_params: Any, model_spec: TrainSpec | None,
                     train_size: int | None) -> float | None:
     """Estimated seconds to rank every training and test pixel with an explainer (a retraining metric's
     ranking task prices itself with this, from the planner's ``CostModel``).

@@ -3,7 +3,7 @@
 Why: tables in CSV and Markdown are for tools; a reader wants a page to open. The page needs no server and
 no network (figures are embedded as data URIs, the sorting script is inline), so it can be mailed,
 attached to a paper's artifact or served by any static host. Built with Jinja2 (a well-kept template
-engine torch already depends on) from ``templates/site.html.j2``, rather than by concatenating HTML
+engine torch already depends on) from ``sgq_bench/templates/site.html.j2``, rather than by concatenating HTML
 strings: values are escaped by the engine, and the layout can be read and changed as HTML. The sorting
 script is twenty lines of our own: a table library would have to be vendored to stay offline.
 """
@@ -107,11 +107,11 @@ def _figures(folder: Path) -> list[dict[str, str]]:
 
 def _render(path: Path, title: str, subtitle: str, tables: list, claims: Any, figures: list,
             provenance: list[tuple[str, str]]) -> Path:
-    from sgq_bench import __version__
+    from importlib import metadata
 
     html = _env().get_template(TEMPLATE).render(
         title=title, subtitle=subtitle, tables=tables, claims=claims, figures=figures, provenance=provenance,
-        version=__version__, generated=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
+        version=metadata.version("sgq-bench"), generated=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
     atomic_write_text(path, html)
     return path
 
