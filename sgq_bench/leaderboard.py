@@ -396,6 +396,9 @@ def _mean_text(mean: str, std: str) -> str:
 def _show_one(path: Path, metric: str, variant: str, sort: str, explainer: str | None, top: int | None,
               suite: str | None = None) -> str:
     df = read_leaderboard(path)
+    if not len(df):
+        raise UsageError(f"{path}: an empty leaderboard (no rows); publish a run to it: "
+                         f"sgq-bench leaderboard publish DIR --leaderboards {path.parent}")
     if suite is not None:
         if suite not in set(df["suite"]):
             raise UsageError(f"{path}: no rows of suite {suite!r}.{did_you_mean(suite, set(df['suite']))}")

@@ -153,7 +153,10 @@ def leaderboard_site(folder: Path, dest: Path) -> Path:
     boards = sorted(Path(folder).glob("*.csv"))
     if not boards:
         raise UsageError(f"{folder}: no leaderboard CSV here; publish one with sgq-bench leaderboard publish DIR")
-    frames = [read_leaderboard(p) for p in boards]
+    frames = [f for f in (read_leaderboard(p) for p in boards) if len(f)]
+    if not frames:
+        raise UsageError(f"{folder}: its leaderboards hold no rows ({', '.join(p.name for p in boards)}); publish a "
+                         "run first: sgq-bench leaderboard publish DIR")
     frame = pd.concat(frames, ignore_index=True)
 
     def prov(r: dict[str, Any]) -> str:

@@ -72,3 +72,14 @@ def test_the_page_loads_without_errors_and_sorts_on_a_click_in_a_real_browser(ru
     assert errors == []
     assert ascending < descending and header is not None
     assert (tmp_path / "page.png").stat().st_size > 10_000
+
+
+def test_empty_leaderboards_are_one_line(tmp_path):
+    boards = tmp_path / "boards"
+    boards.mkdir()
+    (boards / "mnist.csv").write_text("")
+    for args in (["leaderboard", "show", "mnist", "--leaderboards", str(boards)],
+                 ["leaderboard", "site", str(tmp_path / "page"), "--from", str(boards)]):
+        res = CliRunner().invoke(main, args)
+        assert res.exit_code == 2 and len(res.output.strip().splitlines()) == 1, (args, res.output)
+        assert "empty leaderboard" in res.output or "hold no rows" in res.output
