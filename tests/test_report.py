@@ -151,6 +151,12 @@ def test_figures_are_written(tmp_path):
     # every plot also as a vector figure; the Pareto one carries the across-seed intervals
     assert sorted(p.name for p in (out / "figures").glob("*.svg")) == [n.replace(".png", ".svg") for n in names]
     assert "95% CI across seeds" in (out / "figures" / "pareto_synthetic.svg").read_text()
+    from sgq_bench.report.summary import mean_curves
+    from sgq_bench.results import load_results
+
+    curves = mean_curves(load_results(out), ("roar",))
+    assert set(curves["n"]) == {2} and all(lo <= y <= hi for c in curves.itertuples()
+                                            for lo, y, hi in zip(c.lo, c.y, c.hi))
 
 
 @pytest.mark.parametrize("name", ["../x", "a/b", "/tmp/evil"])

@@ -2,7 +2,8 @@
 
 - ``saliency_<dataset>_<explainer>.png``: the same test images for every method (rows) and image (cols)
 - ``curves_<dataset>_<explainer>.png``: deletion / insertion / MoRF / ROAD curves, one line per method
-- ``roar_<dataset>.png``: ROAR and KAR accuracy vs fraction, real explainers solid, ``random`` dashed
+- ``roar_<dataset>.png``: ROAR and KAR accuracy vs fraction, real explainers solid, ``random`` dashed, 95%
+  across-seed bands
 - ``pareto_<dataset>.png``: accuracy vs packed model size with 95% across-seed intervals on both axes,
   colour = a faithfulness score
 (each plot also as ``.svg``, vector, for papers; the saliency grids are pictures and stay PNG)
@@ -173,7 +174,9 @@ def roar_figures(results: pd.DataFrame, fig_dir: Path, tag: str = "", reference:
             part = sub[sub["metric"] == metric].sort_values(["method", "explainer"])
             for c in part.itertuples(index=False):
                 ax.plot(c.x, c.y, color=colors[c.method], ls="--" if c.explainer == "random" else "-",
-                        marker="o", ms=3, lw=1.4, label=f"{c.method_label} / {c.explainer}")
+                        marker="o", ms=3, lw=1.4, label=f"{c.method_label} / {c.explainer} (n={c.n})")
+                if c.n >= 2:  # the 95% across-seed interval as a band
+                    ax.fill_between(c.x, c.lo, c.hi, color=colors[c.method], alpha=0.12, lw=0)
             ax.set_title(f"{metric.upper()} (retrained)", fontsize=10)
             ax.set_xlabel(xl, fontsize=9)
             ax.set_ylabel("test accuracy after retraining", fontsize=9)
@@ -182,7 +185,8 @@ def roar_figures(results: pd.DataFrame, fig_dir: Path, tag: str = "", reference:
         if not handles:
             handles, lab = axes[0, 1].get_legend_handles_labels()
         fig.legend(handles, lab, fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
-        fig.suptitle(f"{dataset} / {model}: ROAR / KAR (dashed: random-ranking control)", fontsize=11)
+        fig.suptitle(f"{dataset} / {model}: ROAR / KAR (dashed: random-ranking control; bands: 95% CI across "
+                     "seeds)", fontsize=11)
         fig.tight_layout()
         paths.append(_save(fig, figure_path(fig_dir, "roar", dataset + tag)))
     return paths

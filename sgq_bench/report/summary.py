@@ -21,6 +21,7 @@ from sgq_bench.report.stats import (
     mean_per_sample,
     paired_bootstrap_p,
     paired_seed_p,
+    summarize,
     t_halfwidth,
     welch_difference,
 )
@@ -174,11 +175,12 @@ def protocols(frame: pd.DataFrame) -> list[tuple]:
 
 
 def mean_curves(df: pd.DataFrame, metrics: Sequence[str]) -> pd.DataFrame:
-    """Seed-averaged curves of ``metrics``: one row per protocol, method, explainer and metric (x, y lists).
+    """Seed-averaged curves of ``metrics``: one row per protocol, method, explainer and metric (x, y lists),
+    with the 95% across-seed t-interval at each point (``lo``, ``hi``; NaN with one seed) and ``n``.
 
     Only the seeds whose curve shares the first seed's x grid are averaged.
     """
-    columns = [*PROTOCOL_KEYS, "method", "method_label", "explainer", "metric", "x", "y"]
+    columns = [*PROTOCOL_KEYS, "method", "method_label", "explainer", "metric", "x", "y", "lo", "hi", "n"]
     if "curve" not in df.columns:
         return pd.DataFrame(columns=columns)
     rows = df[df["metric"].isin(list(metrics)) & df["curve"].map(lambda c: isinstance(c, dict) and "x" in c)]
@@ -188,8 +190,10 @@ def mean_curves(df: pd.DataFrame, metrics: Sequence[str]) -> pd.DataFrame:
         xs = list(curves[0]["x"])
         ys = np.asarray([[_float(v) for v in c["y"]] for c in curves if list(c["x"]) == xs], dtype=float)
         label = sub["method_label"].iloc[0] if "method_label" in sub.columns else key[len(PROTOCOL_KEYS)]
+        points = [summarize(ys[:, i].tolist()) for i in range(ys.shape[1])]
         records.append((*key[: len(PROTOCOL_KEYS) + 1], label, *key[len(PROTOCOL_KEYS) + 1:], xs,
-                        ys.mean(axis=0).tolist()))
+                        ys.mean(axis=0).tolist(), [p.ci_low for p in points], [p.ci_high for p in points],
+                        int(ys.shape[0])))
     return pd.DataFrame.from_records(records, columns=columns)
 
 
