@@ -131,14 +131,8 @@ def evaluate_cell(cell: Cell, ctx: ExecContext | None = None, *, out: Path | Non
     dataset = load_dataset(spec.dataset, spec.dataset_params)
     split = eval_split(dataset, cell.eval_size, cell.eval_seed, ctx.data_root)
     quantizer, _ = spec.method.build()
-    base = _cell_fields(spec, quantizer, len(split), cell.eval_seed, cell.suite or None, cell.suite_version or None)
-    base.update(origin="external" if cell.weights_sha256 else "trained", weights_sha256=cell.weights_sha256 or None)
-    if cell.weights_sha256:
-        from sgq_bench.weights import external_key
-
-        # its own method name: a report or leaderboard never averages it with a model trained here
-        base.update(checkpoint_key=external_key(cell.weights_sha256),
-                    method=f"{base['method']}@external-{cell.weights_sha256[:12]}")
+    base = _origin_fields(cell, _cell_fields(spec, quantizer, len(split), cell.eval_seed, cell.suite or None,
+                                             cell.suite_version or None))
     skip = set(done or ())
     results_path = None if out is None else Path(out) / results.RESULTS_FILE
     if results_path is not None:
@@ -174,6 +168,18 @@ def evaluate_cell(cell: Cell, ctx: ExecContext | None = None, *, out: Path | Non
     if results_path is not None:  # the cell's rows land together, merged with those already stored
         results.store_cell(out, cell.slug, cell.id, cell.key(), scoring.written)
     return scoring.written
+
+
+def _origin_fields(cell: Cell, base: dict[str, Any]) -> dict[str, Any]:
+    """Where the model came from: trained here (its spec's key), or a file (its own key and method name, so
+    a report or leaderboard never averages it with a model trained here)."""
+    base.update(origin="external" if cell.weights_sha256 else "trained", weights_sha256=cell.weights_sha256 or None)
+    if cell.weights_sha256:
+        from sgq_bench.weights import external_key
+
+        base.update(checkpoint_key=external_key(cell.weights_sha256),
+                    method=f"{base['method']}@external-{cell.weights_sha256[:12]}")
+    return base
 
 
 def _training_provenance(meta: dict[str, Any]) -> Any:

@@ -208,6 +208,15 @@ def _halfwidths(summary: pd.DataFrame, metric: str) -> dict[str, tuple[float, fl
     return out
 
 
+def _intervals(ax: Any, rows: pd.DataFrame, methods: list[str], xs: np.ndarray, ys: np.ndarray) -> None:
+    """95% across-seed intervals on both axes (size is the same for every seed: a zero-width bar)."""
+    ya, xa = _halfwidths(rows, "accuracy"), _halfwidths(rows, "size_bytes")
+    yerr = np.array([ya.get(m, (0.0, 0.0)) for m in methods]).T
+    xerr = np.array([xa.get(m, (0.0, 0.0)) for m in methods]).T / 1024
+    ax.errorbar(xs, ys, xerr=xerr, yerr=yerr, fmt="none", ecolor="0.35", elinewidth=1, capsize=3, zorder=2.5,
+                label="95% CI across seeds")
+
+
 def pareto_figures(summary: pd.DataFrame, fig_dir: Path, tag: str = "") -> list[Path]:
     """Accuracy vs packed size per dataset; colour = a faithfulness score of the first real explainer."""
     paths = []
@@ -230,12 +239,7 @@ def pareto_figures(summary: pd.DataFrame, fig_dir: Path, tag: str = "") -> list[
         xs = np.array([p[2] for p in pts]) / 1024
         ys = np.array([p[3] for p in pts])
         cs = [faith.get(p[0], np.nan) for p in pts]
-        # 95% across-seed intervals on both axes (size is the same for every seed: a zero-width bar)
-        ya, xa = _halfwidths(rows, "accuracy"), _halfwidths(rows, "size_bytes")
-        yerr = np.array([ya.get(p[0], (0.0, 0.0)) for p in pts]).T
-        xerr = np.array([xa.get(p[0], (0.0, 0.0)) for p in pts]).T / 1024
-        ax.errorbar(xs, ys, xerr=xerr, yerr=yerr, fmt="none", ecolor="0.35", elinewidth=1, capsize=3, zorder=2.5,
-                    label="95% CI across seeds")
+        _intervals(ax, rows, [p[0] for p in pts], xs, ys)
         if faith_metric and np.isfinite(cs).any():
             sc = ax.scatter(xs, ys, c=cs, cmap="viridis", s=90, edgecolor="k", zorder=3)
             cb = fig.colorbar(sc, ax=ax)
