@@ -186,6 +186,29 @@ def append_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
         _fsync_dir(path.parent)
 
 
+def read_jsonl_objects(path: Path) -> tuple[list[dict[str, Any]], list[tuple[int, str]]]:
+    """The JSON-object lines of a log-like JSONL file and the (line number, reason) of every other
+    non-empty line ([] for a missing file). Why lenient: a writer killed mid-line leaves a torn last line,
+    which the callers skip (with a warning, or counted), never a reason to refuse the whole file."""
+    if not Path(path).is_file():
+        return [], []
+    rows: list[dict[str, Any]] = []
+    bad: list[tuple[int, str]] = []
+    for i, line in enumerate(Path(path).read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as exc:
+            bad.append((i, str(exc)))
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+        else:
+            bad.append((i, "not an object"))
+    return rows, bad
+
+
 def _last_byte(path: Path, size: int) -> bytes:
     with open(path, "rb") as fh:
         fh.seek(size - 1)

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from sgq_bench._io import atomic_write_text
+from sgq_bench._io import atomic_write_text, read_jsonl_objects
 from sgq_bench.errors import warn as _warn
 
 CELLS_DIR = "cells"
@@ -129,7 +129,8 @@ def migrate(run_dir: Path, cell_of: Callable[[Mapping[str, Any]], tuple[str, str
     legacy = run_dir / EXPORT
     if (run_dir / CELLS_DIR).is_dir() or not legacy.is_file() or legacy.is_symlink():
         return False
-    rows, torn = _lenient_rows(legacy)
+    rows, bad = read_jsonl_objects(legacy)
+    torn = len(bad)
     groups: dict[str, tuple[str, dict[Any, Mapping[str, Any]]]] = {}
     for r in rows:
         slug, cid = cell_of(r)
@@ -148,33 +149,10 @@ def migrate(run_dir: Path, cell_of: Callable[[Mapping[str, Any]], tuple[str, str
     return True
 
 
-def _lenient_rows(path: Path) -> tuple[list[dict[str, Any]], int]:
-    rows, torn = [], 0
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except ValueError:
-            torn += 1
-            continue
-        if isinstance(row, dict):
-            rows.append(row)
-        else:
-            torn += 1
-    return rows, torn
-
-
 def _legacy_done(path: Path) -> dict[str, tuple[str, int]]:
     """cell id -> (key, rows written) of the last 'done' record of each cell in an old ``cells.jsonl``."""
     out: dict[str, tuple[str, int]] = {}
-    if not path.is_file():
-        return out
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(rec, dict) and rec.get("status") == "done" and isinstance(rec.get("key"), str):
+    for rec in read_jsonl_objects(path)[0]:
+        if rec.get("status") == "done" and isinstance(rec.get("key"), str):
             out[str(rec.get("cell"))] = (rec["key"], int(rec.get("rows") or 0))
     return out

@@ -89,12 +89,12 @@ def evaluate(explainers: str | None, metrics: str | None, eval_size: int | None,
     params = {m: p for m, p in params.items() if m in metric_names}
     eval_size = eval_size or suite.dataset(spec.dataset).eval_size
     results = out / "results.jsonl"
-    sha = ""
+    sha, external = "", None
     if weights is not None:
-        from sgq_bench.weights import file_sha256, load_external
+        from sgq_bench.weights import load_external
 
-        load_external(spec, weights)  # a file that does not fit the declared model fails now, in one line
-        sha = file_sha256(weights)
+        external = load_external(spec, weights, device)  # a file that does not fit fails now, in one line
+        sha = external.meta["weights_sha256"]
     cell = Cell(spec, tuple(explainer_names), tuple(metric_names), eval_size, params, eval_seed, suite.name,
                 suite.version, str(weights or ""), sha)
     ctx = ExecContext(device=device, data_root=data_root, checkpoint_dir=checkpoint_dir, progress=progress)
@@ -102,7 +102,7 @@ def evaluate(explainers: str | None, metrics: str | None, eval_size: int | None,
 
     out.mkdir(parents=True, exist_ok=True)
     with run_lock(out, log=click.echo):  # one writer per run directory, as for `run`
-        evaluate_cell(cell, ctx, out=out, fingerprint=suite.fingerprint())
+        evaluate_cell(cell, ctx, out=out, fingerprint=suite.fingerprint(), trained=external)
     from sgq_bench.weights import external_key
 
     ckey = external_key(sha) if sha else spec.key()

@@ -38,21 +38,11 @@ def check_writable(out: Path) -> None:
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Rows of a runner bookkeeping file; a corrupted line is a one-line error naming file and line."""
-    if not path.exists():
-        return []
-    rows = []
-    for i, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            if not isinstance(row, dict):
-                raise ValueError("not an object")
-        except ValueError as exc:  # a writer killed mid-line: its cell is simply not recorded as done
-            warn(f"{path}: line {i} is not a JSON object ({exc}); skipped")
-            continue
-        rows.append(row)
+    """Rows of a runner bookkeeping file; a corrupted line (a writer killed mid-line: its cell is simply not
+    recorded) is skipped with a one-line warning naming file and line."""
+    rows, bad = _io.read_jsonl_objects(path)
+    for i, reason in bad:
+        warn(f"{path}: line {i} is not a JSON object ({reason}); skipped")
     return rows
 
 
