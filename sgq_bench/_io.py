@@ -126,18 +126,18 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def atomic_torch_save(path: Path, obj: Any) -> None:
-    """``torch.save`` made atomic (torch is imported here only: config and the CLI stay free of it)."""
+    """``torch.save`` made atomic (torch is imported here only: config and the CLI stay free of it).
+
+    The object is serialised in memory first and written by :func:`atomic_write_bytes`: torch's own
+    writer turns a full disk into "enforce fail ... unexpected pos", which names neither the errno nor
+    the file; our write gives ENOSPC with the checkpoint's name. (Checkpoints here are a few MB.)"""
+    import io
+
     import torch
 
-    def write(fh: IO[bytes]) -> None:
-        try:
-            torch.save(obj, fh)
-        except RuntimeError as exc:  # torch wraps a failed write (a full disk) in its own error
-            if isinstance(exc.__cause__, OSError):
-                raise exc.__cause__ from None
-            raise OSError(errno.EIO, f"could not write ({str(exc).splitlines()[0] if str(exc) else exc})") from None
-
-    _atomic(path, write)
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def append_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:

@@ -76,17 +76,22 @@ def row_plugins(row: Mapping[str, Any]) -> dict[str, dict[str, str]]:
     return out
 
 
+BUILTIN_ONLY = "built-in"  # the plugins column of a row every piece of which ships with sgq-bench
+
+
 def plugins_label(provenances: Iterable[Mapping[str, str]]) -> str:
     """``"dist==version; ..."`` of the distributions other than sgq-bench among ``provenances`` (sorted).
 
-    This is the leaderboard's ``plugins`` column: empty for rows made only by built-in pieces.
+    This is the leaderboard's ``plugins`` column. A row made only by built-in pieces says
+    :data:`BUILTIN_ONLY` rather than nothing, so that an empty cell can only mean "not recorded".
     """
-    seen = set()
+    seen, any_known = set(), False
     for p in provenances:
         dist = str(p.get("distribution") or "")
+        any_known = any_known or bool(dist)
         if dist and dist != HARNESS:
             seen.add(f"{dist}=={p['version']}" if p.get("version") else dist)
-    return "; ".join(sorted(seen))
+    return "; ".join(sorted(seen)) if seen else (BUILTIN_ONLY if any_known else "")
 
 
 def report_broken(log: Any = None) -> list[str]:

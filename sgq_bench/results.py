@@ -314,6 +314,22 @@ COLUMNS = (
 )
 
 
+def _no_rows(path: Path, run: str | Path) -> str:
+    return f"{path}: no result rows (an empty file); run `sgq-bench run --suite ... --out {run}` to produce some"
+
+
+def require_results(run: str | Path) -> Path:
+    """The results file of ``run``, checked cheaply before a command takes a lock or creates anything:
+    a missing or empty (whitespace only) file is the one-line UsageError that :func:`load_results` gives."""
+    path = results_path(run)
+    if not path.is_file():
+        raise UsageError(f"{run}: no {RESULTS_FILE} here; run `sgq-bench run --suite ... --out {run}` first")
+    with path.open("rb") as fh:
+        if not fh.read(4096).strip() and path.stat().st_size <= 4096:
+            raise UsageError(_no_rows(path, run))
+    return path
+
+
 def load_results(run: str | Path, *, nested: bool = True, dedupe: bool = True) -> pd.DataFrame:
     """The results of a run directory (or a results JSONL file) as a long-format DataFrame.
 
@@ -327,13 +343,10 @@ def load_results(run: str | Path, *, nested: bool = True, dedupe: bool = True) -
     """
     import pandas as pd
 
-    path = results_path(run)
-    if not path.exists():
-        raise UsageError(f"{run}: no {RESULTS_FILE} here; run `sgq-bench run --suite ... --out {run}` first")
+    path = require_results(run)
     rows = read_rows(path)
     if not rows:
-        raise UsageError(f"{path}: no result rows (an empty file); run `sgq-bench run --suite ... --out {run}` "
-                         "to produce some")
+        raise UsageError(_no_rows(path, run))
     if dedupe:
         rows = latest(rows)
     records = []

@@ -237,3 +237,16 @@ def test_a_row_names_every_commit_and_device_behind_it(tmp_path):
     board = rows_from_run(write_run(tmp_path / "run", rows))
     (only,) = board.to_dict("records")
     assert only["git_commit"] == "mixed: aaa;bbb-dirty;ccc" and only["device"] == "mixed: cpu:X;cpu:Y"
+
+
+def test_a_row_of_built_in_pieces_says_so_in_the_plugins_column(tmp_path):
+    """The plugins column is never silently empty: built-in-only rows say `built-in`, and a plugin row
+    names its distribution (tests/test_example_plugin.py)."""
+    from _results import row, write_run
+
+    from sgq_bench.leaderboard import rows_from_run
+
+    r = row("baseline", 0, "accuracy", 0.9, family="accuracy")
+    r["plugins"] = {"dataset": {"name": "mnist", "distribution": "sgq-bench", "version": "0.1.0"}}
+    (only,) = rows_from_run(write_run(tmp_path / "run", [r])).to_dict("records")
+    assert only["plugins"] == "built-in"

@@ -4,12 +4,16 @@ equal an uninterrupted run's, with no duplicate key and no hole."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -70,7 +74,6 @@ def test_sigkill_at_20_points_of_the_writes_heals_to_the_uninterrupted_rows(refe
 
 def test_run_and_evaluate_on_one_directory_at_once_lose_and_duplicate_nothing(reference, tmp_path):
     """`evaluate --out` waits for the lock a `run` holds on the same directory; both land, once each."""
-    import shutil
 
     out, ck = tmp_path / "run", tmp_path / "ck"
     shutil.copytree(reference / "ck", ck)  # trained already: both writers only score
@@ -101,8 +104,6 @@ def test_run_and_evaluate_on_one_directory_at_once_lose_and_duplicate_nothing(re
 def test_the_store_never_writes_through_a_symlink(reference, tmp_path):
     """results.jsonl pointing at a file elsewhere: the run replaces the link by its own file; the other file
     is untouched."""
-    import shutil
-
     out = tmp_path / "run"
     shutil.copytree(reference / "run", out)
     elsewhere = tmp_path / "someone_elses.jsonl"
@@ -125,6 +126,26 @@ def test_an_empty_results_file_is_one_line_not_a_crash(tmp_path):
         assert res.exit_code == 2, (args, res.output)
         lines = [x for x in (res.stderr or res.output).splitlines() if x.strip()]
         assert len(lines) == 1 and "no result rows" in lines[0], lines
+
+
+def test_an_empty_directory_is_one_line_and_nothing_is_created(tmp_path):
+    """An empty run directory for `report` and `leaderboard publish`, and a directory given as `--suite`:
+    one line, exit 2, and no lock file or leaderboard folder left behind."""
+    from click.testing import CliRunner
+
+    from sgq_bench.cli import main
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    cases = {("report", str(empty)): "no results.jsonl here",
+             ("leaderboard", "publish", str(empty), "--to", str(empty / "lb")): "no results.jsonl here",
+             ("run", "--suite", str(empty), "--out", str(tmp_path / "out")): "is a directory; a suite is a name"}
+    for args, said in cases.items():
+        res = CliRunner().invoke(main, list(args))
+        assert res.exit_code == 2, (args, res.output)
+        lines = [x for x in (res.stderr or res.output).splitlines() if x.strip()]
+        assert len(lines) == 1 and said in lines[0], (args, lines)
+    assert list(empty.iterdir()) == [] and not (tmp_path / "out").exists()
 
 
 def test_a_full_disk_names_the_file_and_keeps_what_was_written(tmp_path, monkeypatch):
@@ -153,11 +174,68 @@ def test_a_full_disk_names_the_file_and_keeps_what_was_written(tmp_path, monkeyp
     assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
 
 
+@contextlib.contextmanager
+def _tmpfs(path: Path, size: int) -> Iterator[Callable[[int], None]]:
+    """A real small tmpfs at ``path`` (needs root or CAP_SYS_ADMIN, else the test skips, saying so);
+    yields a function that resizes it (``free space``)."""
+    path.mkdir(parents=True)
+    if shutil.which("mount") is None:
+        pytest.skip("no mount(8) here: the real full-disk test needs one")
+    got = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True, text=True)
+    if got.returncode:
+        pytest.skip(f"cannot mount a tmpfs here (needs root or CAP_SYS_ADMIN): {got.stderr.strip()}")
+
+    def resize(new: int) -> None:
+        subprocess.run(["mount", "-o", f"remount,size={new}", str(path)], check=True, capture_output=True)
+
+    try:
+        yield resize
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+def _full_disk_run(out: Path, ck: Path) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "sgq_bench", "run", "--suite", "smoke", "--only", ONLY, "--out", str(out),
+           "--checkpoint-dir", str(ck), "--quiet", "--no-report", "--threads", "1"]
+    return subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+
+
+def _assert_equal_to_reference(out: Path, reference: Path) -> None:
+    rows, ref_rows = _rows(out), _rows(reference / "run")
+    keys = [result_key(r) for r in rows]
+    assert len(keys) == len(set(keys)), "a duplicate key"
+    assert set(keys) == {result_key(r) for r in ref_rows}, "a missing or extra row"
+    got, want = _values(rows), _values(ref_rows)
+    assert all(got[k] == pytest.approx(want[k], rel=1e-6, nan_ok=True) for k in want)
+
+
+@pytest.mark.parametrize("full", ["out", "checkpoint-dir"])
+def test_a_real_full_disk_is_one_line_naming_the_file_and_a_rerun_completes(reference, tmp_path, full):
+    """A real tmpfs too small for the run, as ``--out`` and separately as ``--checkpoint-dir``: every
+    error line names the file it could not write (no traceback); after the tmpfs is grown ("space is
+    freed") a plain rerun completes with rows equal to an uninterrupted run's."""
+    need = _written_bytes(reference / ("run" if full == "out" else "ck"))
+    disk = tmp_path / "disk"
+    with _tmpfs(disk, max(4096, need // 2 // 4096 * 4096)) as resize:
+        out = disk / "run" if full == "out" else tmp_path / "run"
+        ck = tmp_path / "ck" if full == "out" else disk
+        failed = _full_disk_run(out, ck)
+        assert failed.returncode == 1, failed.stderr
+        said = failed.stdout + failed.stderr
+        assert "Traceback" not in said
+        errors = [x for x in said.splitlines() if "No space left on device" in x]
+        assert errors, said
+        assert all(re.search(rf"'?{re.escape(str(disk))}/\S+", x) for x in errors), errors
+        resize(64 * 2**20)
+        done = _full_disk_run(out, ck)
+        assert done.returncode == 0, done.stderr
+        _assert_equal_to_reference(out, reference)
+
+
 def test_report_refuses_a_directory_another_writer_holds(reference, tmp_path, monkeypatch):
     """`report` writes into the run directory: while another process holds its lock it names the holder
     in one line (exit 2) instead of writing beside it."""
     import importlib
-    import shutil
 
     from click.testing import CliRunner
 

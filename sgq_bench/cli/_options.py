@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+from click.core import ParameterSource
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -93,14 +94,30 @@ def seed_option(fn: F) -> F:
 
 
 def _progress_default(ctx: click.Context, param: click.Parameter, value: bool | None) -> bool:
-    """Bars only on a terminal: in a log file or a pipe they are noise."""
-    return sys.stderr.isatty() if value is None else value
+    """Bars only on a terminal: in a log file or a pipe they are noise. ``--quiet`` turns them off too."""
+    if value is None:
+        return False if ctx.meta.get("sgq_quiet") else sys.stderr.isatty()
+    return value
+
+
+def _quiet(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    """``--quiet``: no bars and no progress lines (the log level goes to WARNING unless ``--log-level``
+    was given), so a scripted run prints its summary and its warnings only."""
+    if not value:
+        return
+    ctx.meta["sgq_quiet"] = True
+    root = ctx.find_root()
+    if root.get_parameter_source("log_level") is not ParameterSource.COMMANDLINE:
+        from sgq_bench._log import logger
+
+        logger().setLevel("WARNING")
 
 
 def progress_option(fn: F) -> F:
-    return click.option("--progress/--no-progress", " /--quiet", default=None, callback=_progress_default,
-                        help="progress bars on stderr (default: on when stderr is a terminal); "
-                             "--quiet is --no-progress")(fn)
+    fn = click.option("--progress/--no-progress", default=None, callback=_progress_default,
+                      help="progress bars on stderr (default: on when stderr is a terminal)")(fn)
+    return click.option("--quiet", is_flag=True, is_eager=True, expose_value=False, callback=_quiet,
+                        help="no progress bars and no progress lines (warnings and the summary still show)")(fn)
 
 
 def model_options(method: str = "baseline") -> Callable[[F], F]:

@@ -26,7 +26,9 @@ def publish(run_dir: Path, folder: Path, skip_undefined: bool) -> None:
     """Validate and merge run DIR's rows (a row with the same key is replaced, never duplicated)."""
     from sgq_bench._lock import run_lock
     from sgq_bench.leaderboard import publish as publish_run
+    from sgq_bench.results import require_results
 
+    require_results(run_dir)  # a missing or empty run creates no leaderboard folder
     folder.mkdir(parents=True, exist_ok=True)
     with run_lock(folder, log=lambda s: click.echo(s, err=True)):  # two publishers wait for each other
         published = publish_run(run_dir, folder, skip_undefined=skip_undefined)

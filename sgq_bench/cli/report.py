@@ -21,11 +21,13 @@ def report(run_dir: Path, figures: bool, reference: str | None, claims: str | No
     """summary.csv, summary.md and figures/ of run directory DIR (holding results.jsonl)."""
     from sgq_bench._lock import run_lock
     from sgq_bench.report.tables import write_report
+    from sgq_bench.results import require_results
 
     given = {"reference": reference} if reference is not None else {}
     if not run_dir.is_dir():
         click.echo(write_report(run_dir, figures=figures, claims=claims, **given))  # its own one-line error
         return
+    require_results(run_dir)  # nothing to report: say so before taking the lock (which leaves a file)
     # one writer per run directory: a run that holds it for hours is named at once, not waited for
     with run_lock(run_dir, timeout_s=LOCK_WAIT_S, log=lambda s: click.echo(s, err=True)):
         click.echo(write_report(run_dir, figures=figures, claims=claims, **given))

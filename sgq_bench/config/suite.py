@@ -320,6 +320,10 @@ def suite_path(name_or_path: str) -> Path:
         if candidate.is_file():
             return candidate
     known = sorted({f.stem for d in dirs for f in d.glob("*.toml")})
+    if p.is_dir():
+        inside = sorted(f.name for f in p.glob("*.toml"))
+        raise UsageError(f"--suite {name_or_path!r} is a directory; a suite is a name or a .toml file"
+                         + (f" (this one holds {', '.join(inside)})" if inside else " (this one holds no .toml file)"))
     looked = " and ".join(str(d) for d in SUITE_DIRS)
     raise UsageError(f"unknown suite {name_or_path!r} (looked in {looked}).{did_you_mean(name_or_path, known)}")
 
