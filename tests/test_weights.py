@@ -98,3 +98,72 @@ def test_a_file_that_does_not_fit_the_declared_model_is_one_line_naming_the_keys
     (tmp_path / "junk.pt").write_bytes(b"not a tensor file")
     res = invoke("evaluate", *PICK, "--weights", str(tmp_path / "junk.pt"), "--out", str(tmp_path / "run"))
     assert res.exit_code == 2 and "not a readable weights-only PyTorch file" in res.output
+
+
+SUITE = '''version = "1"
+name = "external"
+seeds = [0]
+methods = []
+
+[datasets.synthetic]
+model = "test_cnn"
+eval_size = 64
+params = {{ train_n = 1024, test_n = 256 }}
+
+[datasets.synthetic.recipe]
+optimizer = "adam"
+lr = 0.003
+epochs = 2
+batch_size = 32
+
+[evaluate]
+explainers = ["gradient"]
+metrics = [{metrics}]
+params = {{ deletion_auc = {{ steps = 8 }} }}
+
+[models.ours]
+weights = "{weights}"
+dataset = "synthetic"
+method = "baseline"
+'''
+
+
+def test_a_suite_models_entry_scores_the_file_like_evaluate_weights(ours, tmp_path):
+    """``[models.NAME] weights = ...`` (relative to the suite file) in a suite with no grid: `run` scores
+    the file with the same numbers as our own checkpoint, rows labelled external with its sha256."""
+    import shutil
+
+    shutil.copy(ours / "w.safetensors", tmp_path / "w.safetensors")
+    suite = tmp_path / "external.toml"
+    suite.write_text(SUITE.format(metrics='"accuracy", "complexity", "deletion_auc"', weights="w.safetensors"))
+    res = invoke("run", "--suite", str(suite), "--out", str(tmp_path / "run"), "--quiet", "--no-report",
+                 "--checkpoint-dir", str(tmp_path / "ck"))
+    assert res.exit_code == 0, res.output
+    assert values(tmp_path / "run") == values(ours / "ours")
+    sha = hashlib.sha256((tmp_path / "w.safetensors").read_bytes()).hexdigest()
+    assert all(r["origin"] == "external" and r["weights_sha256"] == sha for r in rows(tmp_path / "run"))
+    assert not (tmp_path / "ck").exists() or not list((tmp_path / "ck").glob("*.pt"))  # nothing was trained
+    again = invoke("run", "--suite", str(suite), "--out", str(tmp_path / "run"), "--quiet", "--no-report",
+                   "--checkpoint-dir", str(tmp_path / "ck"))
+    assert again.exit_code == 0 and "1 already done" in again.output, again.output
+
+
+@pytest.mark.parametrize("change, needle", [
+    ({"weights": "missing.pt"}, "models.ours.weights = 'missing.pt': no such file"),
+    ({"metrics": '"accuracy", "deletion_auc", "roar"'}, "models.ours: metric(s) roar need a training spec"),
+    ({"weights": "bad.pt"}, "models.ours: --weights"),
+])
+def test_a_bad_models_entry_is_refused_before_any_work(ours, tmp_path, change, needle):
+    state = torch.load(ours / "w.pt", weights_only=True)
+    state.pop(sorted(state)[0])
+    torch.save(state, tmp_path / "bad.pt")
+    import shutil
+
+    shutil.copy(ours / "w.pt", tmp_path / "w.pt")
+    fields = {"metrics": '"accuracy", "deletion_auc"', "weights": "w.pt", **change}
+    (tmp_path / "s.toml").write_text(SUITE.format(**fields))
+    res = invoke("run", "--suite", str(tmp_path / "s.toml"), "--out", str(tmp_path / "run"), "--quiet")
+    assert res.exit_code == 2, res.output
+    lines = [x for x in res.output.splitlines() if x.strip()]
+    assert len(lines) == 1 and needle in lines[0], lines
+    assert not (tmp_path / "run").exists()

@@ -211,6 +211,22 @@ class DatasetEntry:
 
 
 @dataclass(frozen=True)
+class ExternalModel:
+    """A ``[models.NAME]`` entry: a model trained elsewhere, scored like the grid's (``sgq_bench.weights``).
+
+    Why declared, not guessed: the file is a bare state dict, so the suite says which dataset, architecture
+    and method (hence quantized layers) it is; the file's sha256 is its identity in every row."""
+
+    name: str
+    weights: str  # absolute path (a relative one in the file is relative to the suite file)
+    sha256: str
+    dataset: str
+    model: str
+    method: Method
+    seed: int = 0  # a label for the across-seed statistics (the training seed, if known)
+
+
+@dataclass(frozen=True)
 class Suite:
     """A resolved suite: datasets x methods x seeds, plus what to evaluate."""
 
@@ -228,6 +244,7 @@ class Suite:
     bits: tuple[int, int] | None = None
     eval_seed: int = 0
     overrides: dict[str, Any] = field(default_factory=dict)
+    models: tuple[ExternalModel, ...] = ()
 
     def dataset(self, name: str) -> DatasetEntry:
         for d in self.datasets:
@@ -268,30 +285,35 @@ class Suite:
             "explainers": list(self.explainers),
             "metrics": list(self.metrics),
             "metric_params": self.metric_params,
+            "models": [{"name": m.name, "weights": m.weights, "sha256": m.sha256, "dataset": m.dataset,
+                        "model": m.model, "method": m.method.as_dict(), "seed": m.seed} for m in self.models],
         }
 
     def fingerprint(self) -> str:
         """Hash of everything that changes a cell's numbers: not the path, the description, nor the seeds.
 
         Why not the seeds: a seed adds or removes whole cells, each keyed by its own spec, so a run directory
-        grows from two seeds to three without mixing anything. Methods stay in: a method redefined under the
+        grows from two seeds to three without mixing anything. The ``[models.*]`` entries are left out for
+        the same reason: each is a cell keyed by its file's sha256. Methods stay in: a method redefined under the
         same name would otherwise mix two definitions in one report's rows.
         """
         d = self.as_dict()
-        for k in ("path", "description", "overrides", "seeds"):
+        for k in ("path", "description", "overrides", "seeds", "models"):
             d.pop(k)
         return stable_hash(d)[:16]
 
     def seeded_fingerprint(self, seeds: Any) -> str:
         """The fingerprint as manifests written before 2026-12-03 hold it (seeds included), for ``seeds``."""
         d = self.as_dict()
-        for k in ("path", "description", "overrides"):
+        for k in ("path", "description", "overrides", "models"):
             d.pop(k)
         d["seeds"] = list(seeds) if isinstance(seeds, (list, tuple)) else seeds
         return stable_hash(d)[:16]
 
 
-SUITE_KEYS = ("version", "name", "description", "seeds", "methods", "bits", "define", "datasets", "evaluate")
+SUITE_KEYS = ("version", "name", "description", "seeds", "methods", "bits", "define", "datasets", "evaluate",
+              "models")
+MODEL_KEYS = ("weights", "dataset", "model", "method", "seed")
 DATASET_KEYS = ("model", "recipe", "eval_size", "params", "metric_params")
 EVALUATE_KEYS = ("explainers", "metrics", "params", "eval_seed")
 DEFAULT_METHODS = ["baseline", "pact", "sgt", "sgt_pact"]
@@ -361,7 +383,8 @@ def _set_dotted(raw: dict[str, Any], dotted: str, value: Any, where: str) -> Non
     node[parts[-1]] = value
 
 
-def _methods(raw: dict[str, Any], where: str) -> tuple[Method, ...]:
+def _defined(raw: dict[str, Any], where: str) -> dict[str, Method]:
+    """The suite's ``[define.NAME]`` methods."""
     defined = {}
     for name, table in _table(where, "define", raw.get("define", {})).items():
         _name(where, f"define.{name!r}", "method", name)
@@ -370,13 +393,68 @@ def _methods(raw: dict[str, Any], where: str) -> tuple[Method, ...]:
         except UsageError as exc:
             msg = str(exc)
             raise UsageError(msg if msg.startswith(where) else f"{where}: define.{name}: {msg}") from None
-    names = _str_list(where, "methods", raw.get("methods", DEFAULT_METHODS), allow_empty=False)
+    return defined
+
+
+def _methods(raw: dict[str, Any], where: str) -> tuple[Method, ...]:
+    """The grid's methods; ``methods = []`` is allowed only in a suite that scores ``[models.*]`` files."""
+    defined = _defined(raw, where)
+    names = _str_list(where, "methods", raw.get("methods", DEFAULT_METHODS), allow_empty="models" in raw)
     out = []
     for n in names:
         try:
             out.append(get_method(n, defined).resolved())
         except UsageError as exc:
             raise UsageError(f"{where}: methods: {exc}") from None
+    return tuple(out)
+
+
+def _external_models(raw: dict[str, Any], where: str, datasets: tuple[DatasetEntry, ...]) -> tuple[ExternalModel, ...]:
+    """The ``[models.NAME]`` tables: each file exists and is hashed now; its dataset is one of the suite's
+    (whose eval_size and metric params it is scored with). Whether the state dict fits the declared
+    architecture is checked by ``run`` before any work (that needs torch; config does not import it)."""
+    import hashlib
+
+    out, by_sha = [], {}
+    base = Path(where).parent
+    for name, table in _table(where, "models", raw.get("models", {})).items():
+        key = f"models.{name}"
+        _name(where, key, "model", name)
+        table = _table(where, key, table)
+        for k in table:
+            if k not in MODEL_KEYS:
+                raise _unknown(where, f"{key}.{k}", MODEL_KEYS)
+        for k in ("weights", "dataset", "method"):
+            if not isinstance(table.get(k), str) or not table[k]:
+                raise UsageError(f"{where}: {key}.{k} = {table.get(k)!r} is invalid; expected a "
+                                 + ("file path" if k == "weights" else f"{k} name"))
+        entry = next((d for d in datasets if d.name == table["dataset"]), None)
+        if entry is None:
+            raise UsageError(f"{where}: {key}.dataset = {table['dataset']!r} is not a dataset of this suite; "
+                             f"expected one of {', '.join(d.name for d in datasets)}")
+        model = table.get("model", entry.model)
+        _plugin(where, f"{key}.model", "models", model)
+        try:
+            method = get_method(table["method"], _defined(raw, where)).resolved()
+        except UsageError as exc:
+            raise UsageError(f"{where}: {key}.method: {exc}") from None
+        seed = table.get("seed", 0)
+        if not _seed(seed):
+            raise UsageError(f"{where}: {key}.seed = {seed!r} is invalid; expected an integer in [0, {SEED_LIMIT - 1}]")
+        path = Path(table["weights"]).expanduser()
+        path = path if path.is_absolute() else base / path
+        if not path.is_file():
+            raise UsageError(f"{where}: {key}.weights = {table['weights']!r}: no such file ({path})")
+        h = hashlib.sha256()
+        with path.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+        sha = h.hexdigest()
+        if sha in by_sha:
+            raise UsageError(f"{where}: {key}.weights is the same file as models.{by_sha[sha]}.weights "
+                             f"(sha256 {sha[:12]}); score each model once")
+        by_sha[sha] = name
+        out.append(ExternalModel(name, str(path.resolve()), sha, entry.name, model, method, seed))
     return tuple(out)
 
 
@@ -471,6 +549,9 @@ def suite_from_dict(raw: dict[str, Any], where: str, default_name: str = "suite"
     plans = tuple(_dataset_entry(dname, table, where, metrics) for dname, table in datasets.items())
     if not plans:
         raise UsageError(f"{where}: no [datasets.*] table; a suite needs at least one dataset")
+    models = _external_models(raw, where, plans)
+    if not methods and not models:
+        raise UsageError(f"{where}: methods = [] and no [models.*] table: the suite has nothing to score")
     name = str(raw.get("name", default_name))
     try:
         check_name("suite", name)  # the default run folder is runs/<name>
@@ -491,6 +572,7 @@ def suite_from_dict(raw: dict[str, Any], where: str, default_name: str = "suite"
         raw=raw,
         bits=bits,
         eval_seed=eval_seed,
+        models=models,
     )
 
 

@@ -32,6 +32,8 @@ def parse_only(text: str | None) -> dict[str, set[str]]:
 def expand(suite: Suite, only: dict[str, set[str]] | None = None) -> list[Cell]:
     """The suite's cells in a stable order (dataset, seed, method), filtered by ``only``.
 
+    The suite's ``[models.*]`` files come after the grid, one cell each (``Cell.weights``).
+
     Seed before method: a run stopped part-way (or several workers taking cells in this order) has
     whole seeds, each a complete comparison of the methods, rather than every seed of the first method.
 
@@ -42,8 +44,8 @@ def expand(suite: Suite, only: dict[str, set[str]] | None = None) -> list[Cell]:
     choices = {
         "dataset": [d.name for d in suite.datasets],
         "model": [d.model for d in suite.datasets],
-        "method": [m.name for m in suite.methods],
-        "seed": [str(s) for s in suite.seeds],
+        "method": [m.name for m in suite.methods] + [x.method.name for x in suite.models],
+        "seed": [str(s) for s in suite.seeds] + [str(x.seed) for x in suite.models],
     }
     for key, values in only.items():
         for v in values:
@@ -61,4 +63,12 @@ def expand(suite: Suite, only: dict[str, set[str]] | None = None) -> list[Cell]:
                 spec = TrainSpec(entry.name, entry.model, method, entry.recipe, seed, dict(entry.dataset_params))
                 cells.append(Cell(spec, suite.explainers, suite.metrics, entry.eval_size, params,
                                   suite.eval_seed, suite.name, suite.version))
+    for ext in suite.models:  # [models.NAME]: files trained elsewhere, after the grid
+        entry = suite.dataset(ext.dataset)
+        fields_ = {"dataset": ext.dataset, "model": ext.model, "method": ext.method.name, "seed": str(ext.seed)}
+        if any(fields_[k] not in v for k, v in only.items()):
+            continue
+        spec = TrainSpec(ext.dataset, ext.model, ext.method, entry.recipe, ext.seed, dict(entry.dataset_params))
+        cells.append(Cell(spec, suite.explainers, suite.metrics, entry.eval_size, suite.params_for(ext.dataset),
+                          suite.eval_seed, suite.name, suite.version, ext.weights, ext.sha256))
     return cells

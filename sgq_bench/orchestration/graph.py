@@ -96,7 +96,12 @@ class EvaluateTask(Task):
         from sgq_bench.evaluate import evaluate_cell
         from sgq_bench.train import load_or_train
 
-        trained = load_or_train(self.cell.spec, ctx)  # loaded and verified once, for rows and samples alike
+        if self.cell.weights:  # a model trained elsewhere: its file, checked against the declared architecture
+            from sgq_bench.weights import load_external
+
+            trained = load_external(self.cell.spec, Path(self.cell.weights), ctx.device)
+        else:
+            trained = load_or_train(self.cell.spec, ctx)  # loaded and verified once, for rows and samples alike
         rows = evaluate_cell(self.cell, ctx, trained=trained)
         return {"rows": rows, "samples": attribution_samples(self.cell, ctx, trained.model)}
 
@@ -176,7 +181,7 @@ def build_graph(cells: Iterable[Cell], ctx: ExecContext, *, done_cells: set[str]
     for cell in cells:
         if cell.key() in done_cells:
             continue
-        own = builder.add(TrainTask.locate(cell.spec, ctx), cell.id)
+        own = None if cell.weights else builder.add(TrainTask.locate(cell.spec, ctx), cell.id)
         needed = [builder.add(t, cell.id) for t in metric_tasks(cell, ctx)]
         builder.add(EvaluateTask(cell), cell.id, after=[k for k in (own, *needed) if k])
     return builder.graph

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -125,6 +125,26 @@ def _check_before_work(suite: Suite, ctx: ExecContext, executor: str, workers: i
         check_importable_plugins(suite_plugin_names(suite))
     report_broken(log)  # installed-but-broken plugins: one line each, and the run goes on
     check_sizes(suite, ctx)
+    check_external_models(suite, ctx)
+
+
+def check_external_models(suite: Suite, ctx: ExecContext) -> None:
+    """Each ``[models.*]`` file fits its declared architecture (keys and shapes), and no metric of the
+    suite needs tasks of its own for it: those (ROAR/KAR's rankings and retrains) are keyed by a training
+    spec, which an external model does not have."""
+    from sgq_bench.orchestration.graph import metric_tasks
+    from sgq_bench.weights import load_external
+
+    for ext, cell in ((x, c) for x in suite.models for c in expand(suite) if c.weights_sha256 == x.sha256):
+        try:
+            load_external(cell.spec, Path(ext.weights), "cpu")
+        except UsageError as exc:
+            raise UsageError(f"suite {suite.name!r}: models.{ext.name}: {exc}") from None
+        tasked = sorted({m for m in cell.metrics if metric_tasks(replace(cell, metrics=(m,)), ctx)})
+        if tasked:
+            raise UsageError(f"suite {suite.name!r}: models.{ext.name}: metric(s) {', '.join(tasked)} need a "
+                             "training spec (they rank and retrain from our own checkpoints); score external "
+                             "models with the other metrics")
 
 
 def check_sizes(suite: Suite, ctx: ExecContext) -> None:
