@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -326,3 +327,21 @@ def test_without_a_terminal_every_task_and_epoch_leaves_a_line(tmp_path, caplog)
     assert done[-1].endswith("0 task(s) left")
     epochs = [r.getMessage() for r in caplog.records if r.name == "sgq_bench.train"]
     assert any("synthetic/test_cnn/baseline/s0: epoch 2/2 done, train loss" in x for x in epochs)
+
+
+def test_the_log_quotes_the_plan_once_this_device_is_calibrated(tmp_path, caplog):
+    """After `run --plan` has timed this device, each task's log line gives the plan's seconds for it and
+    the plan's time left, also scaled to this run's measured pace; nothing is timed by the run itself."""
+    import logging
+
+    from sgq_bench.orchestration.plan import plan_suite
+    from sgq_bench.orchestration.runner import run
+
+    plan_suite("smoke", only="method=baseline", checkpoint_dir=tmp_path / "ck", out=tmp_path / "run", threads=1)
+    caplog.set_level(logging.INFO, logger="sgq_bench")
+    result = run("smoke", out=tmp_path / "run", checkpoint_dir=tmp_path / "ck", only="method=baseline",
+                 progress=False, report=False, log=lambda s: None, threads=1)
+    assert result.ok
+    done = [r.getMessage() for r in caplog.records if r.name == "sgq_bench.run" and r.getMessage().startswith("done")]
+    assert all(re.search(r" in \d+ s \(plan [\d.]+ (s|min|h)\); \d+ task\(s\) left", x) for x in done), done
+    assert any(re.search(r"plan: [\d.]+ (s|min|h) left \([\d.]+ (s|min|h) at this run's pace\)", x) for x in done), done

@@ -50,9 +50,16 @@ def _calibration_key(spec: TrainSpec, dev: Any, recipe: Any) -> str:
                        "optimizer": recipe.optimizer})[:20]
 
 
+class NotCalibrated(LookupError):
+    """A timing the cache lacks, asked for by a cost model that must not measure (``measure=False``)."""
+
+
 def calibrate(spec: TrainSpec, device: Any, *, data_root: Any = None, cache: dict[str, Any] | None = None,
-              log: Any = None) -> Timing:
-    """Time ``spec``'s training step, forward and input-gradient passes on ``device`` (cached)."""
+              log: Any = None, measure: bool = True) -> Timing:
+    """Time ``spec``'s training step, forward and input-gradient passes on ``device`` (cached).
+
+    ``measure=False``: only what the cache holds (:class:`NotCalibrated` otherwise): a run's log quotes the
+    plan's estimates where they are known, without timing anything before its work."""
     import torch
 
     from sgq_bench.data import batches, load_dataset, load_split
@@ -64,6 +71,8 @@ def calibrate(spec: TrainSpec, device: Any, *, data_root: Any = None, cache: dic
     store = cache if cache is not None else _load_cache()
     if key in store:
         return Timing(**store[key])
+    if not measure:
+        raise NotCalibrated(key)
     if log is not None:
         log(f"calibrating {spec.dataset}/{spec.model}/{spec.method.name} (batch {recipe.batch_size}, "
             f"{recipe.precision}) on {dev} ...")
@@ -143,15 +152,16 @@ def _save_cache(store: dict[str, Any]) -> None:
 class MeasuredCosts:
     """The ``CostModel`` of a plan: calibrated timings on one device, and the plan's notes."""
 
-    def __init__(self, device: Any, data_root: Any = None, log: Any = None) -> None:
-        self.device, self.data_root, self.log = device, data_root, log
+    def __init__(self, device: Any, data_root: Any = None, log: Any = None, measure: bool = True) -> None:
+        self.device, self.data_root, self.log, self.measure = device, data_root, log, measure
         self.cache = _load_cache()
         self.notes: set[str] = set()
         self._probe_s: float | None = None
         self._sizes: dict[tuple[str, tuple[tuple[str, Any], ...]], tuple[int, int]] = {}
 
     def timing(self, spec: TrainSpec) -> Timing:
-        return calibrate(spec, self.device, data_root=self.data_root, cache=self.cache, log=self.log)
+        return calibrate(spec, self.device, data_root=self.data_root, cache=self.cache, log=self.log,
+                         measure=self.measure)
 
     def images(self, spec: TrainSpec) -> tuple[int, int]:
         from sgq_bench.data import load_dataset, load_split

@@ -34,6 +34,7 @@ class Drive:
     failed: dict[str, str] = field(default_factory=dict)
     done: set[str] = field(default_factory=set)
     recorded: list[str] = field(default_factory=list)  # ids of the cells whose rows were stored in this pass
+    planned: dict[str, float] = field(default_factory=dict)  # task key -> the plan's seconds, where known
 
     def __post_init__(self) -> None:
         self.started: dict[str, float] = {}
@@ -41,6 +42,7 @@ class Drive:
         self.submitted: set[str] = set()
         self.users = {k: sum(1 for n in self.graph.values() if k in n.deps) for k in self.graph}
         self.order = {k: i for i, k in enumerate(self.graph)}
+        self.took: dict[str, float] = {}  # task key -> measured seconds (finished tasks with a plan)
 
     def run(self) -> None:
         """Until nothing is left: submit what is ready, record what finishes."""
@@ -85,11 +87,13 @@ class Drive:
         node = self.remaining.pop(key)
         self.bar.update(1)
         self.bar.set_description(f"{node.kind} {node.label}"[:60])
+        seconds = time.monotonic() - self.started.get(key, time.monotonic())
+        if ok and key in self.planned:
+            self.took[key] = seconds
         if self.bar.disable:  # no progress bar (a log file, a scheduler): one line per task
-            seconds = time.monotonic() - self.started.get(key, time.monotonic())
             left = len(self.graph) - len(self.done) - len(self.failed) - 1
-            _LOG.info("%s %s %s in %.0f s; %d task(s) left", "done" if ok else "FAILED", node.kind, node.label,
-                      seconds, left)
+            _LOG.info("%s %s %s in %.0f s%s; %d task(s) left%s", "done" if ok else "FAILED", node.kind,
+                      node.label, seconds, _planned(self.planned.get(key)), left, self._eta())
         for d in node.deps:
             self.users[d] -= 1
             if self.users[d] == 0:
@@ -102,6 +106,18 @@ class Drive:
             self._record_cell(node.task, value)
         if self.users[key] == 0:
             self.executor.release(key)
+
+    def _eta(self) -> str:
+        """', plan: 3.2 h left (4.1 h at this run's pace)': the plan's seconds for what is left, and scaled by
+        measured/planned over the tasks finished so far (the plan is timed idle; a busy machine is slower)."""
+        left = sum(v for k, v in self.planned.items() if k in self.remaining)
+        if not left:
+            return ""
+        text = f", plan: {_duration(left)} left"
+        planned_done = sum(self.planned[k] for k in self.took)
+        if planned_done > 0:
+            text += f" ({_duration(left * sum(self.took.values()) / planned_done)} at this run's pace)"
+        return text
 
     def _record_failure(self, node: Node, exc: BaseException) -> None:
         message = str(exc).splitlines()[0] if str(exc) else ""
@@ -124,3 +140,26 @@ class Drive:
         self.recorded.append(cell.id)
         safe_append(self.out / "cells.jsonl", [{  # a log for people; the store decides what is done
             "cell": cell.id, "key": cell.key(), "status": "done", "rows": len(value["rows"]), "finished": now()}])
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+
+
+def _planned(seconds: float | None) -> str:
+    return "" if seconds is None else f" (plan {_duration(seconds)})"
+
+
+def planned_seconds(graph: dict[str, Node], costs: Any) -> dict[str, float]:
+    """The plan's seconds per task, from timings already calibrated on this device (none measured now)."""
+    from sgq_bench.orchestration.calibration import NotCalibrated
+
+    out = {}
+    for key, node in graph.items():
+        try:
+            cost = node.task.cost(costs)
+        except NotCalibrated:
+            continue
+        if cost is not None:
+            out[key] = float(cost)
+    return out

@@ -199,6 +199,18 @@ def suite_plugin_names(suite: Suite) -> dict[str, set[str]]:
     return names
 
 
+def _planned(graph: dict[str, Any], ctx: ExecContext) -> dict[str, float]:
+    """The plan's estimate of each task for the log lines, only from timings this device already has."""
+    from sgq_bench.orchestration.calibration import MeasuredCosts
+    from sgq_bench.orchestration.driver import planned_seconds
+
+    try:
+        return planned_seconds(graph, MeasuredCosts(ctx.device, ctx.data_root, measure=False))
+    except Exception as exc:  # noqa: BLE001 - an estimate must never stop a run
+        warn(f"no plan estimates in the log ({type(exc).__name__}: {exc})")
+        return {}
+
+
 def _run_cells(suite: Suite, cells: list[Cell], out: Path, only: dict[str, set[str]], ctx: ExecContext,
                executor_name: str, address: str | None, workers: int | None, progress: bool,
                log: Callable[[str], None]) -> RunResult:
@@ -225,7 +237,7 @@ def _run_cells(suite: Suite, cells: list[Cell], out: Path, only: dict[str, set[s
     status = "interrupted"
     ex = make_executor(executor_name, ctx, address=address, workers=workers)
     bar = tqdm(total=len(graph), desc="tasks", unit="task", disable=not progress, position=0, dynamic_ncols=True)
-    drive = Drive(graph, ex, out, log, bar)
+    drive = Drive(graph, ex, out, log, bar, planned=_planned(graph, ctx))
     try:
         drive.run()
         status = "failed" if drive.failed else "done"
