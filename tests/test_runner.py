@@ -334,13 +334,15 @@ def test_the_log_quotes_the_plan_once_this_device_is_calibrated(tmp_path, caplog
     the plan's time left, also scaled to this run's measured pace; nothing is timed by the run itself."""
     import logging
 
+    from sgq_bench.orchestration.calibration import MeasuredCosts
     from sgq_bench.orchestration.plan import plan_suite
     from sgq_bench.orchestration.runner import run
 
     plan_suite("smoke", only="method=baseline", checkpoint_dir=tmp_path / "ck", out=tmp_path / "run", threads=1)
     caplog.set_level(logging.INFO, logger="sgq_bench")
     result = run("smoke", out=tmp_path / "run", checkpoint_dir=tmp_path / "ck", only="method=baseline",
-                 progress=False, report=False, log=lambda s: None, threads=1)
+                 progress=False, report=False, log=lambda s: None, threads=1,
+                 estimates=MeasuredCosts("cpu", measure=False))
     assert result.ok
     done = [r.getMessage() for r in caplog.records if r.name == "sgq_bench.run" and r.getMessage().startswith("done")]
     assert all(re.search(r" in \d+ s \(plan [\d.]+ (s|min|h)\); \d+ task\(s\) left", x) for x in done), done

@@ -55,12 +55,14 @@ def run(suite: str, out: Path | None, only: str | None, assignments: tuple[str, 
                                data_root=data_root, checkpoint_dir=checkpoint_dir, out=out, threads=threads))
         return 0
     from sgq_bench._batching import keep_freed_memory
+    from sgq_bench.orchestration.calibration import MeasuredCosts
     from sgq_bench.orchestration.runner import run as run_suite
 
     keep_freed_memory()  # CPU passes reuse freed pages instead of faulting in new ones (2x faster)
     result = run_suite(suite, out=out, only=only, overrides=overrides, device=device, data_root=data_root,
                        checkpoint_dir=checkpoint_dir, progress=progress, report=report, figures=figures,
-                       threads=threads, executor=executor, address=address, workers=workers, claims=claims)
+                       threads=threads, executor=executor, address=address, workers=workers, claims=claims,
+                       estimates=MeasuredCosts(device, data_root, measure=False))  # the plan's, never timed now
     if result.summary_md:
         click.echo(result.summary_md)
     click.echo(f"\n{result.done} cell(s) run, {result.skipped} already done, {len(result.failed)} failed "

@@ -151,14 +151,13 @@ def _planned(seconds: float | None) -> str:
 
 
 def planned_seconds(graph: dict[str, Node], costs: Any) -> dict[str, float]:
-    """The plan's seconds per task, from timings already calibrated on this device (none measured now)."""
-    from sgq_bench.orchestration.calibration import NotCalibrated
-
+    """The plan's seconds per task, where ``costs`` knows them (a cost model that must not measure raises
+    a ``LookupError``, ``views.calibration.NotCalibrated``, for a timing it lacks: that task has none)."""
     out = {}
     for key, node in graph.items():
         try:
             cost = node.task.cost(costs)
-        except NotCalibrated:
+        except LookupError:
             continue
         if cost is not None:
             out[key] = float(cost)

@@ -55,8 +55,11 @@ def run(suite: str | Path | Suite, *, out: str | Path | None = None, only: str |
         checkpoint_dir: Any = None, progress: bool = True, report: bool = True, figures: bool = True,
         threads: int | None = None, executor: str = "serial", address: str | None = None,
         workers: int | None = None, lock_timeout_s: float | None = None, log: Callable[[str], None] = print,
-        claims: str | Path | None = None) -> RunResult:
+        claims: str | Path | None = None, estimates: Any = None) -> RunResult:
     """Run (or resume) a suite into ``out`` and write its report; the Python twin of ``sgq-bench run``.
+
+    ``estimates``: a ``CostModel`` whose seconds the log lines quote (the CLI passes the plan's calibrated
+    timings, ``views.calibration.MeasuredCosts(measure=False)``; this layer does not import the views).
 
     Args:
         suite: a suite name (``configs/<name>.toml``), a path, or a loaded ``Suite``.
@@ -95,7 +98,8 @@ def run(suite: str | Path | Suite, *, out: str | Path | None = None, only: str |
 
         open_store(out, log)  # migrate an older directory; rebuild results.jsonl from the store
         with _torch_threads(threads), sigterm_as_interrupt():
-            result = _run_cells(suite, cells, out, only, ctx, executor, address, workers, progress, log)
+            result = _run_cells(suite, cells, out, only, ctx, executor, address, workers, progress, log,
+                                    estimates)
         if report and (out / "results.jsonl").exists() and (out / "results.jsonl").stat().st_size:
             from sgq_bench.report.tables import write_report
 
@@ -199,13 +203,14 @@ def suite_plugin_names(suite: Suite) -> dict[str, set[str]]:
     return names
 
 
-def _planned(graph: dict[str, Any], ctx: ExecContext) -> dict[str, float]:
-    """The plan's estimate of each task for the log lines, only from timings this device already has."""
-    from sgq_bench.orchestration.calibration import MeasuredCosts
+def _planned(graph: dict[str, Any], estimates: Any) -> dict[str, float]:
+    """The plan's estimate of each task for the log lines (none without a cost model)."""
     from sgq_bench.orchestration.driver import planned_seconds
 
+    if estimates is None:
+        return {}
     try:
-        return planned_seconds(graph, MeasuredCosts(ctx.device, ctx.data_root, measure=False))
+        return planned_seconds(graph, estimates)
     except Exception as exc:  # noqa: BLE001 - an estimate must never stop a run
         warn(f"no plan estimates in the log ({type(exc).__name__}: {exc})")
         return {}
@@ -213,7 +218,7 @@ def _planned(graph: dict[str, Any], ctx: ExecContext) -> dict[str, float]:
 
 def _run_cells(suite: Suite, cells: list[Cell], out: Path, only: dict[str, set[str]], ctx: ExecContext,
                executor_name: str, address: str | None, workers: int | None, progress: bool,
-               log: Callable[[str], None]) -> RunResult:
+               log: Callable[[str], None], estimates: Any = None) -> RunResult:
     """Build the graph of the cells not yet done, drive it, and record the run in the manifest."""
     from tqdm.auto import tqdm
 
@@ -237,7 +242,7 @@ def _run_cells(suite: Suite, cells: list[Cell], out: Path, only: dict[str, set[s
     status = "interrupted"
     ex = make_executor(executor_name, ctx, address=address, workers=workers)
     bar = tqdm(total=len(graph), desc="tasks", unit="task", disable=not progress, position=0, dynamic_ncols=True)
-    drive = Drive(graph, ex, out, log, bar, planned=_planned(graph, ctx))
+    drive = Drive(graph, ex, out, log, bar, planned=_planned(graph, estimates))
     try:
         drive.run()
         status = "failed" if drive.failed else "done"
