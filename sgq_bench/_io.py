@@ -116,6 +116,16 @@ def _naming(exc: OSError, path: Path) -> OSError:
     return named
 
 
+def file_sha256(path: Path) -> str:
+    """sha256 of a file, read in 1 MiB chunks: the identity of a model file (``evaluate --weights``,
+    a suite's ``[models.*]``)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that readers see the old file or the new one, never a part."""
     _atomic(path, lambda fh: fh.write(data))

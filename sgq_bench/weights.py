@@ -11,26 +11,18 @@ is named after the file's hash, so it is never mistaken for a model sgq-bench tr
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from sgq_bench._io import file_sha256
 from sgq_bench.data import load_dataset
 from sgq_bench.errors import UsageError
 from sgq_bench.specs import TrainSpec
 from sgq_bench.train import TrainResult, build_model, resolve_device
 
 SHOWN_KEYS = 4  # keys named in a mismatch message before "and N more"
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:

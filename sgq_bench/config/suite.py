@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from sgq_bench._io import stable_hash
+from sgq_bench._io import file_sha256, stable_hash
 from sgq_bench._params import INT_LIMIT, SEED_LIMIT, resolve_params
 from sgq_bench._registry import check_name
 from sgq_bench.config.methods import Method, get_method, method_from_table
@@ -396,9 +396,8 @@ def _defined(raw: dict[str, Any], where: str) -> dict[str, Method]:
     return defined
 
 
-def _methods(raw: dict[str, Any], where: str) -> tuple[Method, ...]:
+def _methods(raw: dict[str, Any], where: str, defined: dict[str, Method]) -> tuple[Method, ...]:
     """The grid's methods; ``methods = []`` is allowed only in a suite that scores ``[models.*]`` files."""
-    defined = _defined(raw, where)
     names = _str_list(where, "methods", raw.get("methods", DEFAULT_METHODS), allow_empty="models" in raw)
     out = []
     for n in names:
@@ -409,12 +408,11 @@ def _methods(raw: dict[str, Any], where: str) -> tuple[Method, ...]:
     return tuple(out)
 
 
-def _external_models(raw: dict[str, Any], where: str, datasets: tuple[DatasetEntry, ...]) -> tuple[ExternalModel, ...]:
+def _external_models(raw: dict[str, Any], where: str, datasets: tuple[DatasetEntry, ...],
+                     defined: dict[str, Method]) -> tuple[ExternalModel, ...]:
     """The ``[models.NAME]`` tables: each file exists and is hashed now; its dataset is one of the suite's
     (whose eval_size and metric params it is scored with). Whether the state dict fits the declared
     architecture is checked by ``run`` before any work (that needs torch; config does not import it)."""
-    import hashlib
-
     out, by_sha = [], {}
     base = Path(where).parent
     for name, table in _table(where, "models", raw.get("models", {})).items():
@@ -435,7 +433,7 @@ def _external_models(raw: dict[str, Any], where: str, datasets: tuple[DatasetEnt
         model = table.get("model", entry.model)
         _plugin(where, f"{key}.model", "models", model)
         try:
-            method = get_method(table["method"], _defined(raw, where)).resolved()
+            method = get_method(table["method"], defined).resolved()
         except UsageError as exc:
             raise UsageError(f"{where}: {key}.method: {exc}") from None
         seed = table.get("seed", 0)
@@ -445,11 +443,7 @@ def _external_models(raw: dict[str, Any], where: str, datasets: tuple[DatasetEnt
         path = path if path.is_absolute() else base / path
         if not path.is_file():
             raise UsageError(f"{where}: {key}.weights = {table['weights']!r}: no such file ({path})")
-        h = hashlib.sha256()
-        with path.open("rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-        sha = h.hexdigest()
+        sha = file_sha256(path)
         if sha in by_sha:
             raise UsageError(f"{where}: {key}.weights is the same file as models.{by_sha[sha]}.weights "
                              f"(sha256 {sha[:12]}); score each model once")
@@ -533,7 +527,8 @@ def suite_from_dict(raw: dict[str, Any], where: str, default_name: str = "suite"
         bad = key in raw and (not isinstance(raw[key], (str, int)) or isinstance(raw[key], bool))
         if bad:
             raise UsageError(f"{where}: {key} = {raw[key]!r} is invalid; expected a string")
-    methods = _methods(raw, where)
+    defined = _defined(raw, where)
+    methods = _methods(raw, where, defined)
     bits = None
     if "bits" in raw:
         bits = parse_bits(raw["bits"], where)
@@ -549,7 +544,7 @@ def suite_from_dict(raw: dict[str, Any], where: str, default_name: str = "suite"
     plans = tuple(_dataset_entry(dname, table, where, metrics) for dname, table in datasets.items())
     if not plans:
         raise UsageError(f"{where}: no [datasets.*] table; a suite needs at least one dataset")
-    models = _external_models(raw, where, plans)
+    models = _external_models(raw, where, plans, defined)
     if not methods and not models:
         raise UsageError(f"{where}: methods = [] and no [models.*] table: the suite has nothing to score")
     name = str(raw.get("name", default_name))

@@ -139,7 +139,9 @@ def check_external_models(suite: Suite, ctx: ExecContext) -> None:
     from sgq_bench.orchestration.graph import metric_tasks
     from sgq_bench.weights import load_external
 
-    for ext, cell in ((x, c) for x in suite.models for c in expand(suite) if c.weights_sha256 == x.sha256):
+    by_sha = {x.sha256: x for x in suite.models}
+    for cell in (c for c in expand(suite) if c.weights_sha256):
+        ext = by_sha[cell.weights_sha256]
         try:
             load_external(cell.spec, Path(ext.weights), "cpu")
         except UsageError as exc:
