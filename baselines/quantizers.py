@@ -127,3 +127,11 @@ class PACTQuantizer(Quantizer):
             raise UsageError("pact deploy needs calibration images (normalised training inputs) for the ranges "
                              "of float-to-int8 boundaries; use sgq_bench.deploy.calibration_inputs(dataset)")
         return deploy_pact(model, calibration, engine, float_residual)
+
+    def export_onnx(self, model: nn.Module, calibration: torch.Tensor, bias: str = "int32") -> tuple[Any, dict[str, Any]]:
+        """The trained ``model`` as an integer ONNX graph on its exact PACT grids, and notes on what is exact
+        (``baselines/pact_onnx.py``; ``bias``: "int32", fast, or "float", exact); the ``onnxruntime``
+        deploy backend runs it."""
+        from sgq_bench.builtin.pact_onnx import pact_onnx
+
+        return pact_onnx(model, calibration, bias)

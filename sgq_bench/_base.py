@@ -2,7 +2,7 @@
 
 A third-party package subclasses these and registers them under the entry-point groups
 ``sgq_bench.quantizers``, ``sgq_bench.objectives``, ``sgq_bench.datasets``, ``sgq_bench.models``,
-``sgq_bench.explainers`` and ``sgq_bench.metrics`` (see docs/plugins.md; ``sgq_bench._plugins`` re-exports
+``sgq_bench.explainers``, ``sgq_bench.metrics`` and ``sgq_bench.deploy_backends`` (see docs/plugins.md; ``sgq_bench._plugins`` re-exports
 everything a plugin needs). The reference methods in the top-level ``baselines/`` (installed as ``sgq_bench.builtin``) use exactly this API.
 
 The contract in one paragraph: the harness instantiates each plugin class with the parameters a suite
@@ -119,6 +119,37 @@ class Quantizer(Plugin):
             when there is no real integer kernel; deploy-based metrics then report themselves skipped.
         """
         raise NotImplementedError(f"quantizer {self.name!r} has no deploy()")
+
+    # Optional: ``export_onnx(model, calibration, bias="int32") -> (onnx.ModelProto, info dict)`` writes the
+    # trained model as an integer ONNX graph on its own grids, with the bias as an int32 (fast) or in float
+    # (exact); the ``onnxruntime`` deploy backend runs it (pact has one).
+
+
+class DeployBackend(Plugin):
+    """A runtime that runs a trained model's int8 deployment, and its float model for the same-runtime reference.
+
+    Why a plugin kind: an int8 model runs in more than one runtime (torch.ao's quantized kernels, ONNX
+    Runtime; OpenVINO or TensorRT from a plugin), and which is fastest depends on the CPU and batch size.
+    Registered in the entry-point group ``sgq_bench.deploy_backends``; the timing metrics and
+    ``bench deploy`` pick one by name (``deploy = "<name>"``).
+
+    ``runtime``: what rows print as the runtime. ``int8(quantizer, model, calibration)`` returns an
+    eval-mode module mapping a float NCHW batch to float logits, with an ``info`` dict (runtime settings,
+    layout, what is exact). ``fp32(model, input_shape)`` returns the float ``model`` in the same runtime,
+    or None when the runtime's fp32 is torch eager itself. ``describe()``: the settings every row records.
+    """
+
+    runtime: ClassVar[str] = "?"
+    params = {"threads": Param(1, "intra-op threads every model this backend builds runs with", low=1)}
+
+    def int8(self, quantizer: Quantizer, model: nn.Module, calibration: torch.Tensor | None) -> nn.Module:
+        raise NotImplementedError(f"deploy backend {self.name!r} has no int8()")
+
+    def fp32(self, model: nn.Module, input_shape: tuple[int, ...]) -> nn.Module | None:
+        return None
+
+    def describe(self) -> dict[str, Any]:
+        return {"runtime": self.runtime, "threads": self.threads}
 
 
 @dataclass

@@ -26,7 +26,7 @@ from sgq_bench.errors import UsageError, did_you_mean
 
 T = TypeVar("T")
 
-KINDS = ("quantizers", "objectives", "models", "datasets", "explainers", "metrics")
+KINDS = ("quantizers", "objectives", "models", "datasets", "explainers", "metrics", "deploy_backends")
 
 # Which sgq_bench._base base class each kind's plugins subclass (models are plain factories).
 _BASES = {
@@ -35,6 +35,7 @@ _BASES = {
     "datasets": "Dataset",
     "explainers": "Explainer",
     "metrics": "Metric",
+    "deploy_backends": "DeployBackend",
 }
 
 
@@ -353,6 +354,7 @@ models: Registry[Callable[..., Any]] = Registry("models")
 datasets: Registry = Registry("datasets")
 explainers: Registry = Registry("explainers")
 metrics: Registry = Registry("metrics")
+deploy_backends: Registry = Registry("deploy_backends")
 
 REGISTRIES: dict[str, Registry] = {
     "quantizers": quantizers,
@@ -361,6 +363,7 @@ REGISTRIES: dict[str, Registry] = {
     "datasets": datasets,
     "explainers": explainers,
     "metrics": metrics,
+    "deploy_backends": deploy_backends,
 }
 
 

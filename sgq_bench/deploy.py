@@ -1,9 +1,16 @@
-"""Real int8 CPU deployment: backend adapter and quantizer-agnostic int8 building blocks.
+"""Real int8 CPU deployment: the backend registry, the torch.ao adapter and int8 building blocks.
 
-Why an adapter: which quantized CPU kernels exist depends on the torch build (``x86``/``fbgemm``
-and ``onednn`` on x86 wheels, ``qnnpack`` on ARM, none on some custom builds). Everything that
-builds or runs an int8 model goes through :func:`select_engine`, so a missing backend gives one
-clear line instead of a deep kernel error, and every timing row can say which kernels it ran on.
+Why a registry of backends: an int8 model can run in more than one runtime (torch.ao's quantized
+kernels, ONNX Runtime, and through a plugin OpenVINO or TensorRT). A backend is a class registered in
+the entry-point group ``sgq_bench.deploy_backends`` (contract: ``sgq_bench._base.DeployBackend``); the
+built-in ``torch_ao`` and ``onnxruntime`` (``baselines/deploy_backends.py``) go through that door too, and
+:func:`backend` picks one by name (``deploy = ...``).
+
+Why an engine adapter for torch.ao: which quantized CPU kernels exist depends on the torch build
+(``x86``/``fbgemm`` and ``onednn`` on x86 wheels, ``qnnpack`` on ARM, none on some custom builds).
+Everything that builds or runs a torch.ao int8 model goes through :func:`select_engine`, so a missing
+backend gives one clear line instead of a deep kernel error, and every timing row can say which
+kernels it ran on.
 
 The blocks here carry exact grids: a quantizer that knows its integers and scales (PACT does) builds
 int8 layers whose integer weights are exactly its fake-quant grid; no observer guesses a range.
@@ -12,6 +19,7 @@ int8 layers whose integer weights are exactly its fake-quant grid; no observer g
 from __future__ import annotations
 
 import contextlib
+import importlib
 import inspect
 import warnings
 from collections.abc import Iterator
@@ -20,7 +28,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from sgq_bench._base import EvalContext
+from sgq_bench import _registry
+from sgq_bench._base import DeployBackend, EvalContext
 from sgq_bench.errors import UsageError
 
 # torch >= 2.10 warns that quantized tensor creation is deprecated (pytorch#184982) on every call; the
@@ -36,6 +45,51 @@ ENGINE_PREFERENCE = ("x86", "fbgemm", "onednn", "qnnpack")
 
 class DeployUnavailable(UsageError):
     """No usable int8 backend in this torch build (or the model cannot be converted)."""
+
+
+DEPLOY_EXTRA = "pip install 'sgq-bench[deploy]'"
+
+
+def require_extra(module: str) -> Any:
+    """Import ``module`` of the ``[deploy]`` extra (onnx, onnxruntime), or one line naming the extra."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise DeployUnavailable(f"the ONNX deployment needs the {module!r} package, which is not installed: "
+                                f"{DEPLOY_EXTRA}") from None
+
+
+# ----------------------------------------------------------------------------- backends
+
+DEFAULT_BACKEND = "torch_ao"  # needs nothing beyond torch; "onnxruntime" needs the [deploy] extra
+
+
+def backend_spec(spec: str) -> tuple[str, dict[str, str]]:
+    """``"onnxruntime:bias=float"`` -> ("onnxruntime", {"bias": "float"}): a backend name and its parameters.
+
+    Raises:
+        UsageError: a parameter not written as key=value.
+    """
+    name, *pairs = str(spec).split(":")
+    params: dict[str, str] = {}
+    for pair in pairs:
+        key, eq, value = pair.partition("=")
+        if not eq or not key:
+            raise UsageError(f"deploy backend {spec!r}: parameter {pair!r} is not key=value "
+                             "(expected e.g. onnxruntime:bias=float)")
+        params[key] = value
+    return name, params
+
+
+def backend(spec: str, threads: int = 1) -> DeployBackend:
+    """The deployment backend registered as ``spec``'s name (entry-point group ``sgq_bench.deploy_backends``),
+    built with its parameters (``name:key=value:...``, see :func:`backend_spec`).
+
+    Raises:
+        UsageError: unknown name (with suggestions), a bad parameter, or a plugin of the wrong kind.
+    """
+    name, params = backend_spec(spec)
+    return _registry.deploy_backends.get(name)(threads=threads, **params)
 
 
 def available_engines() -> list[str]:
@@ -374,17 +428,17 @@ def _base_quantizer() -> type:
     return Quantizer
 
 
-def deployed_for(ctx: EvalContext) -> nn.Module:
-    """The int8 model of an ``EvalContext`` (deployed once per cell, cached in ``ctx.cache``).
+def deployed_for(ctx: EvalContext, deploy: str = DEFAULT_BACKEND, threads: int = 1) -> nn.Module:
+    """The int8 model of an ``EvalContext`` in backend ``deploy`` (once per cell, cached in ``ctx.cache``).
 
     Calibrates on training images of the cell's dataset (falling back to ``ctx.x``). Raises
-    ``DeployUnavailable`` (cached too) when the quantizer has no deploy or no backend exists.
+    ``DeployUnavailable`` (cached too) when the quantizer has no deploy or the backend cannot run it.
     """
-    key = "deploy:int8"
+    key = f"deploy:int8:{deploy}:{threads}"
     if key not in ctx.cache:
         try:
             calib = calibration_inputs(ctx.dataset, ctx.data_root, seed=ctx.seed, fallback=ctx.x)
-            ctx.cache[key] = deploy_with(ctx.quantizer, ctx.model, calib)
+            ctx.cache[key] = backend(deploy, threads=threads).int8(ctx.quantizer, ctx.model, calib)
         except DeployUnavailable as exc:
             ctx.cache[key] = exc
     if isinstance(ctx.cache[key], Exception):

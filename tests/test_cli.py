@@ -224,7 +224,8 @@ def test_run_plan_prints_the_plan_and_runs_nothing(fake_runner, tmp_path):
     assert res.exit_code == 0 and res.stdout.strip() == "THE PLAN" and "run" not in fake_runner
     suite, kw = fake_runner["plan"]
     assert suite == "smoke" and kw == {"only": "seed=0", "overrides": {"seeds": [0]}, "device": "cpu", "workers": 4,
-                                       "data_root": None, "checkpoint_dir": tmp_path, "out": None, "threads": None}
+                                       "data_root": None, "checkpoint_dir": tmp_path, "out": None, "threads": None,
+                                       "recalibrate": False}
 
 
 def test_a_failed_cell_makes_run_exit_1(fake_runner, monkeypatch, tmp_path):

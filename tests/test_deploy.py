@@ -196,8 +196,8 @@ def test_cli_bench_deploy_prints_three_labelled_variants(capsys: pytest.CaptureF
                "--checkpoint-dir", str(tmp_path)], standalone_mode=False)
     out = capsys.readouterr().out
     assert rc == 0
-    for label in ("fp32 ", "fake_quant", "int8 ", "agreement int8 vs fake_quant", "baseline checkpoint",
-                  "torch.ao/", "threads 1", "x fp32"):
+    for label in ("fp32 ", "fp32_channels_last", "fake_quant", "int8:torch_ao", "baseline checkpoint", "agree",
+                  "torch.ao", "threads 1", "x eager", "x same", "ms@bs1", "ms@bs8"):
         assert label in out, label
 
 

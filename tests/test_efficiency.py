@@ -172,11 +172,12 @@ def test_latency_and_throughput_rows_are_labelled(cells: dict[str, EvalContext])
     ctx = cells["pact"]
     lat = _registry.metrics.get("latency_ms")(batch_sizes="1,16").compute(ctx)
     thr = _registry.metrics.get("throughput")(batch_sizes="1,16").compute(ctx)
-    expected = {f"{v}@bs{b}" for v in ("fp32", "fake_quant", "int8") for b in (1, 16)}
+    expected = {f"{v}@bs{b}" for v in ("fp32", "fp32_channels_last", "fake_quant", "int8") for b in (1, 16)}
     assert {r.variant for r in lat} == expected == {r.variant for r in thr}
     for row in lat:
         assert row.value > 0
-        for key in ("device", "cpu_model", "threads", "torch_version", "quantized_backend", "runs", "speedup_vs_fp32"):
+        for key in ("device", "cpu_model", "threads", "torch_version", "quantized_backend", "runs", "speedup_vs_fp32",
+                    "runtime", "precision", "layout", "speedup_vs_fp32_eager", "speedup_vs_fp32_same_runtime"):
             assert key in row.extra, key
         assert row.extra["threads"] == 1 and row.extra["runs"] == 30
         assert row.extra["quantized_backend"].startswith("torch.ao/")
@@ -192,14 +193,15 @@ def test_float_cell_reports_fp32_only(cells: dict[str, EvalContext]) -> None:
     ctx = cells["baseline"]
     assert isinstance(ctx.quantizer, NoQuantizer)
     rows = _registry.metrics.get("latency_ms")(batch_sizes="2").compute(ctx)
-    assert [r.variant for r in rows] == ["fp32@bs2"]
+    assert [r.variant for r in rows] == ["fp32@bs2", "fp32_channels_last@bs2"]
+    assert [r.extra["layout"] for r in rows] == ["NCHW", "channels-last"]
     assert _registry.metrics.get("compression")().compute(ctx).value == 1.0
 
 
 @pytest.mark.skipif(not dp.available_engines(), reason="no quantized CPU engine in this torch")
 def test_peak_memory_is_measured_per_variant_in_a_child_process(cells: dict[str, EvalContext]) -> None:
     rows = _registry.metrics.get("peak_memory_mb")(batch_sizes="4").compute(cells["pact"])
-    assert [r.variant for r in rows] == ["fp32@bs4", "fake_quant@bs4", "int8@bs4"]
+    assert [r.variant for r in rows] == ["fp32@bs4", "fp32_channels_last@bs4", "fake_quant@bs4", "int8@bs4"]
     for row in rows:
         assert row.value >= 0 and row.extra["peak_mb"] >= row.extra["baseline_mb"]
         assert row.extra["method"] in ("VmHWM-VmRSS", "ru_maxrss")

@@ -60,12 +60,20 @@ def bench_metrics(n: int, metrics: str | None, data_root: str | None, device: st
 @threads_option(default=1, help="torch threads while timing (recorded)")
 @click.option("--calibration", type=click.IntRange(min=1), default=512, show_default=True,
               help="training images for int8 range calibration")
+@click.option("--backends", default="torch_ao,onnxruntime,onnxruntime:bias=float", show_default=True,
+              metavar="A,B,...", help="deploy backends to run the int8 model in, each NAME or NAME:KEY=VALUE "
+              "(see `sgq-bench list deploy_backends` and `list --params NAME`)")
+@click.option("--json", "as_json", is_flag=True,
+              help="print the records as JSON on stdout (one per runtime, precision, batch size); the table goes to stderr")
 @progress_option
 def bench_deploy(fp32: str, batch_sizes: str, runs: int, warmup: int, threads: int, calibration: int,
-                 progress: bool, data_root: str | None, device: str, checkpoint_dir: Path | None,
-                 **picked: Any) -> None:
-    """fp32 vs fake-quant vs real int8: accuracy, agreement, latency ratios (CPU)."""
+                 backends: str, as_json: bool, progress: bool, data_root: str | None, device: str,
+                 checkpoint_dir: Path | None, **picked: Any) -> None:
+    """fp32 vs fake-quant vs real int8 in each runtime: accuracy, agreement, latency ratios (CPU)."""
+    import json
+
     from sgq_bench.bench.deploy import run_deploy_bench
+    from sgq_bench.deploy import DeployUnavailable, backend
     from sgq_bench.errors import UsageError
     from sgq_bench.metrics.efficiency import parse_batch_sizes
 
@@ -74,6 +82,21 @@ def bench_deploy(fp32: str, batch_sizes: str, runs: int, warmup: int, threads: i
     spec = train_spec(**picked)
     baseline = train_spec(**{**picked, "method": "baseline", "bits": None, "params": ()}) if fp32 == "baseline" else None
     sizes = parse_batch_sizes(batch_sizes, "--batch-sizes")
-    run_deploy_bench(spec, baseline=baseline, batch_sizes=sizes, runs=runs, warmup=warmup, threads=threads,
-                     calibration=calibration, data_root=data_root, checkpoint_dir=checkpoint_dir, progress=progress,
-                     log=click.echo)
+    names = parse_names(backends, "--backends") or []
+    for name in names:
+        try:  # unknown name or bad parameter: one line, before any work
+            backend(name, threads=threads)
+        except DeployUnavailable:
+            pass  # a missing extra: the run skips that backend and says why
+    log = (lambda line: click.echo(line, err=True)) if as_json else click.echo
+    out = run_deploy_bench(spec, baseline=baseline, batch_sizes=sizes, runs=runs, warmup=warmup, threads=threads,
+                           calibration=calibration, data_root=data_root, checkpoint_dir=checkpoint_dir,
+                           progress=progress, log=log, backends=names)
+    if as_json:
+        prov = out["provenance"]
+        common = {**out["spec"], "checkpoint": out["checkpoint"], "fp32_source": out["fp32_source"],
+                  "runs": out["runs"], "warmup": out["warmup"], "cpu_model": prov.get("cpu_model"),
+                  "torch_version": prov.get("torch_version"), "git_commit": prov.get("git_commit"),
+                  "sgq_bench_version": prov.get("sgq_bench_version")}
+        rows = [{**r, **common, **out["runtime_settings"].get(r["variant"], {})} for r in out["records"]]
+        click.echo(json.dumps(rows, indent=1))

@@ -37,6 +37,8 @@ from sgq_bench.cli._values import parse_pairs
 @click.option("--address", default=None, metavar="ADDR",
               help="Ray cluster address (with --executor ray; default: start a local one)")
 @click.option("--plan", is_flag=True, help="print what would run (cells, cached models, estimated cost) and exit")
+@click.option("--recalibrate", is_flag=True,
+              help="with --plan: time the steps again, not from the cached calibration (overwrites it)")
 @click.option("--report/--no-report", default=True, help="write summary tables and figures at the end")
 @click.option("--figures/--no-figures", default=True, help="with the report, also draw the figures")
 @click.option("--claims", default=None, metavar="NAME|FILE",
@@ -45,14 +47,18 @@ from sgq_bench.cli._values import parse_pairs
 @progress_option
 def run(suite: str, out: Path | None, only: str | None, assignments: tuple[str, ...], data_root: str | None,
         device: str, checkpoint_dir: Path | None, threads: int | None, workers: int | None, executor: str,
-        address: str | None, plan: bool, report: bool, figures: bool, claims: str | None, progress: bool) -> int:
+        address: str | None, plan: bool, recalibrate: bool, report: bool, figures: bool, claims: str | None,
+        progress: bool) -> int:
     """Run (or resume) a suite: train or load each model, score it, write the report."""
     overrides = parse_pairs(assignments, "--set", "bits=4/2")
+    if recalibrate and not plan:
+        raise click.UsageError("--recalibrate retimes the plan's calibration; use it with --plan")
     if plan:
         from sgq_bench.orchestration.plan import format_plan
 
         click.echo(format_plan(suite, only=only, overrides=overrides, device=device, workers=workers,
-                               data_root=data_root, checkpoint_dir=checkpoint_dir, out=out, threads=threads))
+                               data_root=data_root, checkpoint_dir=checkpoint_dir, out=out, threads=threads,
+                               recalibrate=recalibrate))
         return 0
     from sgq_bench._batching import keep_freed_memory
     from sgq_bench.orchestration.calibration import MeasuredCosts

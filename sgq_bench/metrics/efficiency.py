@@ -27,10 +27,9 @@ from torch import nn
 from sgq_bench import _registry
 from sgq_bench._base import FLOAT, Bits, EvalContext, Metric, MetricResult, Param, layer_bits
 from sgq_bench._provenance import provenance
-from sgq_bench.deploy import DeployUnavailable, backend_info, deployed_for
+from sgq_bench.deploy import DEFAULT_BACKEND, DeployUnavailable, backend, backend_info, deployed_for
 from sgq_bench.errors import UsageError
 
-VARIANTS = ("fp32", "fake_quant", "int8")
 SCALE_BYTES = 4  # one fp32 scale per layer stored at k bits (PACT/DoReFa: max|w|)
 
 
@@ -202,25 +201,79 @@ def _undeclared(ctx: EvalContext) -> MetricResult | None:
     return MetricResult(float("nan"), extra={"undefined_reason": reason})
 
 
-def variants(ctx: EvalContext) -> tuple[dict[str, nn.Module], dict[str, Any]]:
-    """fp32 / fake_quant / int8 models of the cell (cached in ``ctx.cache``) and notes about them."""
-    if "efficiency:variants" not in ctx.cache:
+class _ChannelsLast(nn.Module):
+    """A float model run in torch's channels-last layout (input converted inside, as a deployment would)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model.to(memory_format=torch.channels_last)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x.contiguous(memory_format=torch.channels_last))
+
+
+# What each timed variant is: (runtime, precision, layout); int8 and fp32_runtime read theirs from the
+# deployed model's ``info`` (the backend's runtime and layout).
+VARIANT_KIND = {"fp32": ("torch", "fp32", "NCHW"), "fp32_channels_last": ("torch", "fp32", "channels-last"),
+                "fake_quant": ("torch", "fake_quant", "NCHW")}
+FP32_VARIANTS = ("fp32", "fp32_channels_last", "fp32_runtime")
+
+
+def variant_kind(name: str, model: nn.Module) -> tuple[str, str, str]:
+    """(runtime, precision, layout) of one timed variant."""
+    if name in VARIANT_KIND:
+        return VARIANT_KIND[name]
+    info = getattr(model, "info", {}) or {}
+    precision = "int8" if name == "int8" else "fp32"
+    return str(info.get("runtime", "?")), precision, str(info.get("layout", "?"))
+
+
+def variants(ctx: EvalContext, deploy: str = DEFAULT_BACKEND, threads: int = 1
+             ) -> tuple[dict[str, nn.Module], dict[str, Any]]:
+    """The timed variants of the cell (cached in ``ctx.cache`` per backend) and notes about them.
+
+    A float cell: ``fp32`` (torch eager, NCHW) and ``fp32_channels_last``. A quantized cell adds
+    ``fake_quant`` (the trained model), ``int8`` (the ``deploy`` backend's int8 model) and, when that
+    backend has a float runtime of its own (ONNX Runtime), ``fp32_runtime``: the same-runtime reference.
+    """
+    key = f"efficiency:variants:{deploy}:{threads}"
+    if key not in ctx.cache:
         quantized = not _declared(ctx).is_float
         models: dict[str, nn.Module] = {}
-        notes: dict[str, Any] = {"engine": None}
+        notes: dict[str, Any] = {"engine": None, "deploy": deploy}
         if quantized:
             models["fp32"], notes["fp32_source"] = float_model(ctx)
-            models["fake_quant"] = copy.deepcopy(ctx.model).cpu().eval()
-            try:
-                models["int8"] = deployed_for(ctx)
-                notes["engine"] = getattr(models["int8"], "engine", None)
-            except DeployUnavailable as exc:
-                notes["int8_unavailable"] = str(exc)
         else:
             models["fp32"] = copy.deepcopy(ctx.model).cpu().eval()
             notes["fp32_source"] = "the evaluated (float) model"
-        ctx.cache["efficiency:variants"] = (models, notes)
-    return ctx.cache["efficiency:variants"]
+        models["fp32_channels_last"] = _ChannelsLast(copy.deepcopy(models["fp32"]))
+        if quantized:
+            models["fake_quant"] = copy.deepcopy(ctx.model).cpu().eval()
+            try:
+                runtime = backend(deploy, threads=threads)
+                models["int8"] = deployed_for(ctx, deploy, threads)
+                notes["engine"] = getattr(models["int8"], "engine", None)
+                same = runtime.fp32(models["fp32"], tuple(ctx.x.shape[1:]))
+                if same is not None:
+                    models["fp32_runtime"] = same
+            except DeployUnavailable as exc:
+                notes["int8_unavailable"] = str(exc)
+        ctx.cache[key] = (models, notes)
+    return ctx.cache[key]
+
+
+def speedups(times: dict[tuple[str, int], float], models: dict[str, nn.Module], name: str, bs: int
+             ) -> dict[str, float]:
+    """Median-latency ratios of variant ``name`` at batch ``bs``: against torch eager fp32 (NCHW), against
+    the fastest fp32 of its own runtime, and against the fastest fp32 measured in this run."""
+    me = times[(name, bs)]
+    runtime = variant_kind(name, models[name])[0]
+    fp32 = {v: times[(v, bs)] for v in FP32_VARIANTS if (v, bs) in times}
+    same = [t for v, t in fp32.items() if variant_kind(v, models[v])[0] == runtime
+            or (runtime == "torch.ao" and v != "fp32_runtime")]  # torch.ao runs inside torch
+    return {"speedup_vs_fp32_eager": times[("fp32", bs)] / me,
+            "speedup_vs_fp32_same_runtime": (min(same) / me) if same else float("nan"),
+            "speedup_vs_fastest_fp32": min(fp32.values()) / me}
 
 
 def _environment(notes: dict[str, Any], threads: int | None) -> dict[str, Any]:
@@ -231,6 +284,24 @@ def _environment(notes: dict[str, Any], threads: int | None) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- metrics
+
+
+def _check_backend(metric: str, spec: str) -> None:
+    """A one-line error at construction (not mid-run) when ``deploy`` names no registered backend or gives
+    it a bad parameter (``name:key=value``); a backend whose extra is missing is reported when it runs."""
+    from sgq_bench import _registry
+    from sgq_bench.deploy import DeployUnavailable, backend, backend_spec
+    from sgq_bench.errors import did_you_mean
+
+    name = backend_spec(spec)[0]
+    names = _registry.deploy_backends.names()
+    if name not in names:
+        raise UsageError(f"{metric}: parameter deploy={spec!r} is not a registered deploy backend; expected one "
+                         f"of {', '.join(names)}.{did_you_mean(name, names)}")
+    try:
+        backend(spec)
+    except DeployUnavailable:
+        pass
 
 
 class _Efficiency(Metric):
@@ -298,34 +369,45 @@ class _Timing(_Efficiency):
         "runs": Param(30, "timed runs per variant and batch size (median reported)", low=30),
         "warmup": Param(5, "untimed calls before timing", low=1),
         "threads": Param(1, "torch intra-op threads while timing (recorded)", low=1),
+        "deploy": Param(DEFAULT_BACKEND, "int8 runtime: a registered deploy backend (torch_ao, onnxruntime)"),
     }
 
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        _check_backend(self.name, self.deploy)
+
     def forward_passes(self, n_images: int, n_pixels: int, n_test: int) -> float:
-        # fp32, fake_quant and int8 variants, each timed runs + warmup times at every batch size
+        # up to five variants (fp32 NCHW and channels-last, fake_quant, int8, the runtime's fp32), each timed
+        # runs + warmup times at every batch size
         sizes = parse_batch_sizes(self.batch_sizes, self.name)
-        return float(3 * sum(b * (int(self.runs) + int(self.warmup)) for b in sizes))
+        return float(5 * sum(b * (int(self.runs) + int(self.warmup)) for b in sizes))
 
     def timings(self, ctx: EvalContext) -> tuple[dict[tuple[str, int], list[float]], dict[str, Any]]:
         sizes = parse_batch_sizes(self.batch_sizes, self.name)
-        key = f"efficiency:timing:{sizes}:{self.runs}:{self.warmup}:{self.threads}"
+        key = f"efficiency:timing:{sizes}:{self.runs}:{self.warmup}:{self.threads}:{self.deploy}"
         if key not in ctx.cache:
-            models, notes = variants(ctx)
+            models, notes = variants(ctx, self.deploy, self.threads)
             inputs = {bs: batch_of(ctx.x, bs) for bs in sizes}
             ctx.cache[key] = (time_models(models, inputs, self.runs, self.warmup, self.threads), notes)
         return ctx.cache[key]
 
     def rows(self, ctx: EvalContext, value: Any) -> list[MetricResult]:
         times, notes = self.timings(ctx)
+        models, _ = variants(ctx, self.deploy, self.threads)
         env = _environment(notes, self.threads)
+        med = {k: statistics.median(v) for k, v in times.items()}
         out = []
         for (variant, bs), ms in times.items():
-            med = statistics.median(ms)
-            fp32 = statistics.median(times[("fp32", bs)])
             q1, _, q3 = statistics.quantiles(ms, n=4)
-            extra = {**env, "variant": variant, "batch_size": bs, "runs": self.runs, "warmup": self.warmup,
-                     "median_ms": med, "q1_ms": q1, "q3_ms": q3, "speedup_vs_fp32": fp32 / med,
+            runtime, precision, layout = variant_kind(variant, models[variant])
+            info = {k: v for k, v in (getattr(models[variant], "info", None) or {}).items()
+                    if k.startswith("ort_") or k in ("optimized_ops", "integer_kernels", "float_kernels")}
+            ratios = speedups(med, models, variant, bs)
+            extra = {**env, **info, "variant": variant, "runtime": runtime, "precision": precision, "layout": layout,
+                     "batch_size": bs, "runs": self.runs, "warmup": self.warmup, "median_ms": med[(variant, bs)],
+                     "q1_ms": q1, "q3_ms": q3, "speedup_vs_fp32": ratios["speedup_vs_fp32_eager"], **ratios,
                      "note": "timings are comparable only as ratios within one run"}
-            out.append(MetricResult(value(med, bs), variant=f"{variant}@bs{bs}", extra=extra))
+            out.append(MetricResult(value(med[(variant, bs)], bs), variant=f"{variant}@bs{bs}", extra=extra))
         return out
 
 
@@ -355,24 +437,31 @@ class PeakMemoryMb(_Efficiency):
     params = {
         "batch_sizes": Param("1,128", "comma-separated batch sizes"),
         "threads": Param(1, "torch intra-op threads in the probe process", low=1),
+        "deploy": Param(DEFAULT_BACKEND, "int8 runtime: a registered deploy backend (torch_ao, onnxruntime)"),
     }
 
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        _check_backend(self.name, self.deploy)
+
     def overhead_s(self, costs: Any) -> float:
-        """One fresh probe process per (variant, batch size); up to three variants (fp32, fake-quant, int8)."""
-        return 3 * len(parse_batch_sizes(self.batch_sizes, self.name)) * costs.process_start_s()
+        """One fresh probe process per (variant, batch size); up to five variants (see ``variants``)."""
+        return 5 * len(parse_batch_sizes(self.batch_sizes, self.name)) * costs.process_start_s()
 
     def compute(self, ctx: EvalContext, attributions: torch.Tensor | None = None) -> list[MetricResult]:
         from sgq_bench.metrics._memory_probe import peak_memory
 
-        models, notes = variants(ctx)
+        models, notes = variants(ctx, self.deploy, self.threads)
         env = _environment(notes, self.threads)
         shape = tuple(ctx.x.shape[1:])
         out = []
         for bs in parse_batch_sizes(self.batch_sizes, self.name):
             for variant, model in models.items():
                 rep = peak_memory(model, (bs, *shape), self.threads)
+                runtime, precision, layout = variant_kind(variant, model)
                 out.append(MetricResult(rep["delta_mb"], variant=f"{variant}@bs{bs}",
-                                        extra={**env, "variant": variant, "batch_size": bs, **rep}))
+                                        extra={**env, "variant": variant, "runtime": runtime, "precision": precision,
+                                               "layout": layout, "batch_size": bs, **rep}))
         return out
 
 

@@ -2,14 +2,25 @@
 timed on the device for a few steps, and so are an inference forward pass and an input-gradient pass of
 each model; cached in ``<cache>/calibration.json``, keyed by device, CPU model, torch version and threads.
 
+A timing taken while other work loads the device is slow, and would stay cached as measured. So each
+entry also records when it was taken, the 1-minute load average and a reference probe (a fixed, seeded
+conv + matmul timed next to it); a later plan re-times the probe and rescales the entry by
+probe now / probe then, and says how old its calibration is, under what load it was taken and by what it
+was rescaled. The conditions live in their own top-level section (``"_conditions"``), so that an older
+reader, which looks entries up by key, still reads the file; an entry without them has unknown age and
+is used as measured.
+
 ``MeasuredCosts`` is the ``sgq_bench.specs.CostModel`` built on them, which every task prices itself with.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import statistics
 import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +30,12 @@ from sgq_bench.specs import TrainSpec
 
 CALIBRATION_STEPS = 5
 WARMUP_STEPS = 2
+CONDITIONS = "_conditions"  # top-level section: entry key -> when, under what load, probe seconds
+PROBE_WARMUP = 3
+PROBE_BLOCKS, PROBE_PER_BLOCK = 7, 4
+PROBE_NOISE = 0.10  # a probe within 10% of the entry's is noise: the entry is used as measured
+DRIFT = 0.25  # a probe or load this far from the entry's makes the plan warn
+STALE_DAYS = 14
 
 
 @dataclass
@@ -55,11 +72,13 @@ class NotCalibrated(LookupError):
 
 
 def calibrate(spec: TrainSpec, device: Any, *, data_root: Any = None, cache: dict[str, Any] | None = None,
-              log: Any = None, measure: bool = True) -> Timing:
-    """Time ``spec``'s training step, forward and input-gradient passes on ``device`` (cached).
+              log: Any = None, measure: bool = True, recalibrate: bool = False) -> Timing:
+    """Time ``spec``'s training step, forward and input-gradient passes on ``device`` (cached), as measured:
+    :class:`MeasuredCosts` rescales a cached one to the device's pace now.
 
     ``measure=False``: only what the cache holds (:class:`NotCalibrated` otherwise): a run's log quotes the
-    plan's estimates where they are known, without timing anything before its work."""
+    plan's estimates where they are known, without timing anything before its work. ``recalibrate``: time
+    it again and overwrite the cached entry (a calibration taken under load)."""
     import torch
 
     from sgq_bench.data import batches, load_dataset, load_split
@@ -69,8 +88,9 @@ def calibrate(spec: TrainSpec, device: Any, *, data_root: Any = None, cache: dic
     recipe = resolve_precision(spec.recipe, dev)
     key = _calibration_key(spec, dev, recipe)
     store = cache if cache is not None else _load_cache()
-    if key in store:
-        return Timing(**store[key])
+    cached = None if recalibrate else _cached_timing(store, key)
+    if cached is not None:
+        return cached
     if not measure:
         raise NotCalibrated(key)
     if log is not None:
@@ -95,6 +115,8 @@ def calibrate(spec: TrainSpec, device: Any, *, data_root: Any = None, cache: dic
         out.loss.backward()
         opt.step()
 
+    conditions = {"taken": datetime.now(timezone.utc).isoformat(timespec="seconds"), "load1": _load1()}
+    probe_before = reference_probe(dev)  # before and after the timings: the conditions they ran under
     step_s = _time(step, dev)
     fast = inference_copy(model, dev)
     from sgq_bench._batching import max_batch
@@ -113,7 +135,11 @@ def calibrate(spec: TrainSpec, device: Any, *, data_root: Any = None, cache: dic
         torch.autograd.grad(out.gather(1, out.argmax(1, keepdim=True)).sum(), xi)
 
     timing = Timing(step_s, _time(fwd, dev) / len(xb), _time(grad, dev) / len(xb))
-    store[key] = timing.__dict__
+    conditions["probe_s"] = (probe_before + reference_probe(dev)) / 2
+    store[key] = dict(timing.__dict__)
+    if not isinstance(store.get(CONDITIONS), dict):
+        store[CONDITIONS] = {}
+    store[CONDITIONS][key] = conditions
     if cache is None:
         _save_cache(store)
     return timing
@@ -134,6 +160,96 @@ def _time(fn: Any, dev: Any) -> float:
     return (time.perf_counter() - t0) / CALIBRATION_STEPS
 
 
+def _cached_timing(store: dict[str, Any], key: str) -> Timing | None:
+    """The entry of ``key``, or None when absent or malformed (then it is timed again)."""
+    entry = store.get(key)
+    try:
+        return Timing(float(entry["step_s"]), float(entry["fwd_img_s"]), float(entry["grad_img_s"]))
+    except (TypeError, KeyError, ValueError):
+        return None
+
+
+def _conditions(store: dict[str, Any]) -> dict[str, Any]:
+    section = store.get(CONDITIONS)
+    return section if isinstance(section, dict) else {}
+
+
+def _probe_inputs(dev: Any) -> tuple[Any, ...]:
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    return (torch.randn(8, 16, 32, 32, generator=g).to(dev), torch.randn(32, 16, 3, 3, generator=g).to(dev),
+            torch.randn(192, 192, generator=g).to(dev))
+
+
+def _reference_work(x: Any, w: Any, a: Any) -> None:
+    """A fixed conv + matmul, a few ms on one CPU thread: the yardstick, not a model."""
+    import torch
+
+    with torch.no_grad():
+        torch.nn.functional.conv2d(x, w, padding=1).relu_()
+        a @ a
+
+
+def reference_probe(dev: Any) -> float:
+    """Seconds of one run of the reference work on ``dev`` at the current thread count (the calibration's).
+
+    Why: the ratio of today's probe to the one timed with a cached entry says how much faster or slower the
+    device runs now than when that entry was taken (a loaded CPU slows both alike). The median of
+    ``PROBE_BLOCKS`` blocks, each the mean of ``PROBE_PER_BLOCK`` runs (about 0.1 s in all): a block spans
+    several scheduler slices, so it sees a share of the CPU as a step does, and one preempted block does
+    not move the median."""
+    import torch
+
+    args = _probe_inputs(dev)
+    cuda = getattr(dev, "type", str(dev)) == "cuda"
+    for _ in range(PROBE_WARMUP):
+        _reference_work(*args)
+    blocks = []
+    for _ in range(PROBE_BLOCKS):
+        if cuda:
+            torch.cuda.synchronize(dev)
+        t0 = time.perf_counter()
+        for _ in range(PROBE_PER_BLOCK):
+            _reference_work(*args)
+        if cuda:
+            torch.cuda.synchronize(dev)
+        blocks.append((time.perf_counter() - t0) / PROBE_PER_BLOCK)
+    return statistics.median(blocks)
+
+
+def _load1() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (OSError, AttributeError):  # no load average on this platform
+        return None
+
+
+def _age_s(taken: Any) -> float | None:
+    try:
+        then = datetime.fromisoformat(str(taken))
+    except ValueError:
+        return None
+    if then.tzinfo is None:
+        then = then.replace(tzinfo=timezone.utc)
+    return max(0.0, (datetime.now(timezone.utc) - then).total_seconds())
+
+
+def _ago(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 2 * 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} d"
+
+
+def _span(values: list[float], fmt: Any) -> str:
+    lo, hi = fmt(min(values)), fmt(max(values))
+    return lo if lo == hi else f"{lo}-{hi}"
+
+
 def _load_cache() -> dict[str, Any]:
     try:
         data = json.loads(calibration_file().read_text())
@@ -152,16 +268,89 @@ def _save_cache(store: dict[str, Any]) -> None:
 class MeasuredCosts:
     """The ``CostModel`` of a plan: calibrated timings on one device, and the plan's notes."""
 
-    def __init__(self, device: Any, data_root: Any = None, log: Any = None, measure: bool = True) -> None:
+    def __init__(self, device: Any, data_root: Any = None, log: Any = None, measure: bool = True,
+                 recalibrate: bool = False) -> None:
         self.device, self.data_root, self.log, self.measure = device, data_root, log, measure
+        self.recalibrate = recalibrate
         self.cache = _load_cache()
         self.notes: set[str] = set()
         self._probe_s: float | None = None
         self._sizes: dict[tuple[str, tuple[tuple[str, Any], ...]], tuple[int, int]] = {}
+        self._timings: dict[str, Timing] = {}  # key -> the timing as priced (rescaled)
+        self._used: dict[str, dict[str, Any]] = {}  # key -> its conditions and the factor applied
+        self._probes: dict[tuple[str, int], float] = {}  # (device, threads) -> reference probe now
 
     def timing(self, spec: TrainSpec) -> Timing:
-        return calibrate(spec, self.device, data_root=self.data_root, cache=self.cache, log=self.log,
-                         measure=self.measure)
+        """The cached (or, if missing, measured) timing, rescaled to the device's pace now: a timing
+        measured by this cost model is current; a cached one is scaled by probe now / probe then."""
+        import torch
+
+        from sgq_bench.train import resolve_device, resolve_precision
+
+        dev = resolve_device(self.device)
+        key = _calibration_key(spec, dev, resolve_precision(spec.recipe, dev))
+        if key in self._timings:
+            return self._timings[key]
+        fresh = self.recalibrate or _cached_timing(self.cache, key) is None
+        raw = calibrate(spec, self.device, data_root=self.data_root, cache=self.cache, log=self.log,
+                        measure=self.measure, recalibrate=self.recalibrate)
+        cond = _conditions(self.cache).get(key) or {}
+        probe_then = cond.get("probe_s") if isinstance(cond.get("probe_s"), (int, float)) else None
+        factor, probe_now = 1.0, None
+        if not fresh and probe_then and probe_then > 0:
+            pk = (str(dev), torch.get_num_threads())
+            if pk not in self._probes:
+                self._probes[pk] = reference_probe(dev)
+            probe_now = self._probes[pk]
+            ratio = probe_now / probe_then
+            factor = ratio if abs(ratio - 1) > PROBE_NOISE else 1.0
+        self._used[key] = {"fresh": fresh, "taken": cond.get("taken"), "load1": cond.get("load1"),
+                           "probe_then": probe_then, "probe_now": probe_now, "factor": factor}
+        self._timings[key] = Timing(raw.step_s * factor, raw.fwd_img_s * factor, raw.grad_img_s * factor)
+        return self._timings[key]
+
+    def describe(self) -> tuple[str, str | None]:
+        """One line on the calibration the prices rest on (age, load, rescale factor), and a warning, or
+        None, when it looks stale: a probe or load more than 25% off the entry's, or an entry over
+        ``STALE_DAYS`` old."""
+        if not self._used:
+            return "calibration: no timing needed", None
+        load_now = _load1()
+        fresh = [u for u in self._used.values() if u["fresh"]]
+        known = [u for u in self._used.values() if not u["fresh"] and u["probe_then"]]
+        unknown = len(self._used) - len(fresh) - len(known)
+        parts, stale = [], []
+        if fresh:
+            under = f" under load {load_now:.1f}" if load_now is not None else ""
+            parts.append(f"{len(fresh)} timing(s) taken now{under}")
+        if known:
+            ages = [a for a in (_age_s(u["taken"]) for u in known) if a is not None]
+            loads = [u["load1"] for u in known if isinstance(u["load1"], (int, float))]
+            factors = [u["factor"] for u in known]
+            ratios = [u["probe_now"] / u["probe_then"] for u in known]
+            text = f"{len(known)} cached"
+            if ages:
+                text += f", taken {_span(ages, _ago)} ago"
+            if loads:
+                text += f" under load {_span(loads, lambda v: f'{v:.1f}')}"
+                if load_now is not None:
+                    text += f" (now {load_now:.1f})"
+            text += (f", rescaled x{_span(factors, lambda v: f'{v:.2f}')} by the reference probe "
+                     f"({_span([u['probe_then'] * 1e3 for u in known], lambda v: f'{v:.1f}')} ms then, "
+                     f"{_span([u['probe_now'] * 1e3 for u in known], lambda v: f'{v:.1f}')} ms now)")
+            parts.append(text)
+            off = [r for r in ratios if abs(r - 1) > DRIFT]
+            if off:
+                stale.append(f"reference probe x{_span(off, lambda v: f'{v:.2f}')} of the calibration's")
+            if load_now is not None and any(abs(load_now - v) > DRIFT * max(load_now, v, 1.0) for v in loads):
+                stale.append(f"load {_span(loads, lambda v: f'{v:.1f}')} then, {load_now:.1f} now")
+            if ages and max(ages) > STALE_DAYS * 86400:
+                stale.append(f"taken {_ago(max(ages))} ago")
+        if unknown:
+            parts.append(f"{unknown} cached: calibration of unknown age; use --recalibrate")
+        warning = (f"calibration may be stale ({'; '.join(stale)}); prices rescaled by the reference probe; "
+                   "use --recalibrate to retime") if stale else None
+        return "calibration: " + "; ".join(parts), warning
 
     def images(self, spec: TrainSpec) -> tuple[int, int]:
         from sgq_bench.data import load_dataset, load_split

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sgq_bench._log import logger
 from sgq_bench.config.suite import Suite, load_suite
 from sgq_bench.orchestration.calibration import MeasuredCosts, calibration_file
 from sgq_bench.orchestration.cells import expand, parse_only
@@ -32,11 +33,12 @@ class PlanRow:
 
 def plan_suite(suite: Any, *, only: Any = None, overrides: dict[str, Any] | None = None, device: str = "cpu",
                workers: int | None = None, data_root: Any = None, checkpoint_dir: Any = None,
-               out: Any = None, threads: int | None = None, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+               out: Any = None, threads: int | None = None, log: Callable[[str], None] | None = None,
+               recalibrate: bool = False) -> dict[str, Any]:
     """Count the suite's tasks and estimate their time on ``device``: what is left, as the same ``run``
     would see it (cells finished in ``out``, default ``runs/<suite>``, cached models and finished metric
     tasks left out, the part of a training that a saved state skips too; ``threads`` timed as the run
-    would use it)."""
+    would use it; ``recalibrate``: timings measured again, not taken from the cache)."""
     import torch
 
     if not isinstance(suite, Suite):
@@ -51,7 +53,7 @@ def plan_suite(suite: Any, *, only: Any = None, overrides: dict[str, Any] | None
     ctx = ExecContext(device=str(device), data_root=data_root, checkpoint_dir=checkpoint_dir, threads=threads)
     graph = build_graph(cells, ctx)
     every = build_graph(cells, ctx, skip_cached=False)
-    costs = MeasuredCosts(device, data_root, log)
+    costs = MeasuredCosts(device, data_root, log, recalibrate=recalibrate)
     old_threads = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)  # the calibration key holds the thread count: timed as the run runs
@@ -60,6 +62,9 @@ def plan_suite(suite: Any, *, only: Any = None, overrides: dict[str, Any] | None
     finally:
         torch.set_num_threads(old_threads)
     costs.save()
+    calibration, stale = costs.describe()
+    if stale:
+        logger("plan").warning(stale)
     total = sum(r.seconds for r in rows.values())
     n_workers = workers or 1
     # Workers help only where tasks are independent: the critical path (a cell's train -> rank -> retrain
@@ -71,7 +76,8 @@ def plan_suite(suite: Any, *, only: Any = None, overrides: dict[str, Any] | None
             "tasks": {k: r.count for k, r in rows.items()}, "cached": cached,
             "seconds": {k: r.seconds for k, r in rows.items()}, "total_s": total, "workers": n_workers,
             "wall_s_workers": max(total / n_workers, critical), "critical_path_s": critical,
-            "notes": sorted(costs.notes.union(*(r.notes for r in rows.values())))}
+            "calibration": calibration, "stale": stale,
+            "notes": sorted(costs.notes.union(*(r.notes for r in rows.values()), [stale] if stale else []))}
 
 
 def _price(graph: dict[str, Node], costs: MeasuredCosts) -> tuple[dict[str, PlanRow], dict[str, float]]:
@@ -132,5 +138,6 @@ def format_plan(suite: Any, **kwargs: Any) -> str:
         lines.append(f"on {p['workers']} workers: {_hms(p['wall_s_workers'])} (critical path {_hms(p['critical_path_s'])})")
     lines.append("basis: training steps, forwards and input gradients timed on this device (cached in "
                  f"{calibration_file()}); evaluation priced by counted passes")
+    lines.append(p["calibration"])
     lines.extend(f"note: {n}" for n in p["notes"])
     return "\n".join(lines)
