@@ -36,9 +36,13 @@ KEY_COLUMNS = ("dataset", "suite", "suite_version", "eval_size", "eval_seed", "p
 COLUMNS = (
     "dataset", "suite", "suite_version", "eval_size", "eval_seed", "precision", "model", "method", "quantizer",
     "objective", "bits", "explainer", "metric", "variant", "family", "higher_is_better", "n_seeds", "seeds", "mean",
-    "std", "ci_low", "ci_high", "recipe", "plugins", "sgq_bench_version", "torch_version", "captum_version",
-    "quantus_version", "git_commit", "device", "date",
+    "std", "ci_low", "ci_high", "recipe", "metric_params", "plugins", "sgq_bench_version", "torch_version",
+    "captum_version", "quantus_version", "git_commit", "device", "date",
 )
+# Columns added after boards were published: a board without them still reads (empty there). Why
+# ``metric_params``: ROAR/KAR retrain a learner, and a cheap learner's row must be told from a full one's
+# without opening the run (the learner's recipe, fractions and train size are the metric's parameters).
+OPTIONAL_COLUMNS = ("metric_params",)
 REQUIRED_TEXT = ("dataset", "suite", "suite_version", "model", "method", "explainer", "metric")
 SORT_KEYS = ("suite", "suite_version", "eval_size", "eval_seed", "precision", "model", "explainer", "metric",
              "variant", "method")
@@ -98,6 +102,7 @@ def rows_from_run(run: str | Path, *, skip_undefined: bool = False) -> pd.DataFr
         used = [p for plugins in sub["plugins"] for p in row_plugins({"plugins": plugins}).values()]
         info[key] = {
             "recipe": json.dumps(last["recipe"], sort_keys=True, separators=(",", ":")),
+            "metric_params": _common_params(sub["params"]),
             "plugins": plugins_label(used),
             **{k: str(prov.get(k, "")) for k in ("sgq_bench_version", "torch_version", "captum_version",
                                                  "quantus_version")},
@@ -120,6 +125,16 @@ def rows_from_run(run: str | Path, *, skip_undefined: bool = False) -> pd.DataFr
                    ci_high=_fmt(r["ci_high"]) if r["n_seeds"] >= 2 else "", **info[key])
         records.append(row)
     return pd.DataFrame.from_records(records, columns=list(COLUMNS))
+
+
+def _common_params(params: Any) -> str:
+    """The metric parameters of a row's results as JSON; one that differs between seeds (a learner's
+    checkpoint key) reads ``"per seed"``, so the row never shows one seed's value as everyone's."""
+    dicts = [p if isinstance(p, dict) else {} for p in params]
+    keys = sorted(set().union(*dicts)) if dicts else []
+    dump = lambda v: json.dumps(v, sort_keys=True)  # noqa: E731
+    out = {k: (dicts[0].get(k) if len({dump(d.get(k)) for d in dicts}) == 1 else "per seed") for k in keys}
+    return json.dumps(out, sort_keys=True, separators=(",", ":"))
 
 
 def _every(rows: Any, field: str) -> str:
@@ -215,7 +230,7 @@ def read_leaderboard(path: str | Path) -> pd.DataFrame:
     if "metric" not in header and any(LEGACY_METRIC.match(c) for c in header):
         lines = from_wide(header, lines, f"{path}")
         header = list(COLUMNS)
-    missing = [c for c in COLUMNS if c not in header]
+    missing = [c for c in COLUMNS if c not in header and c not in OPTIONAL_COLUMNS]
     if missing:
         raise UsageError(f"{path}: line 1: header lacks column(s) {', '.join(missing)}; nothing was written")
     unknown = [c for c in header if c not in COLUMNS]

@@ -4,6 +4,7 @@ earlier wide files still read and migrated."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -66,7 +67,7 @@ def test_republish_replaces_never_duplicates(run_dir, tmp_path):
 
 
 @pytest.mark.parametrize("corrupt,needle", [
-    (lambda lines: lines[:3] + [lines[3] + ",extra"] + lines[4:], "line 4: expected 31 fields, got 32"),
+    (lambda lines: lines[:3] + [lines[3] + ",extra"] + lines[4:], "line 4: expected 32 fields, got 33"),
     (lambda lines: lines[:2] + [lines[1]] + lines[2:], "line 3: duplicates the key of line 2"),
     (lambda lines: [lines[0].replace("n_seeds", "seeds_n")] + lines[1:], "line 1: header lacks column(s) n_seeds"),
     (lambda lines: lines[:1] + [lines[1].replace(",True,", ",maybe,", 1)] + lines[2:],
@@ -250,3 +251,23 @@ def test_a_row_of_built_in_pieces_says_so_in_the_plugins_column(tmp_path):
     r["plugins"] = {"dataset": {"name": "mnist", "distribution": "sgq-bench", "version": "0.1.0"}}
     (only,) = rows_from_run(write_run(tmp_path / "run", [r])).to_dict("records")
     assert only["plugins"] == "built-in"
+
+
+def test_a_roar_row_carries_its_learner_and_an_older_board_still_reads(tmp_path):
+    """metric_params: a cheap learner's ROAR row is told from a full one's on the board itself; a value that
+    differs by seed (the learner's checkpoint key) is not shown as everyone's; a board published before the
+    column existed reads with it empty."""
+    learner = {"epochs": 1, "train_size": 6000, "fractions": [0.1, 0.9]}
+    rows = [row(m, s, "roar", 0.5 + 0.01 * s, explainer="gradient", family="roar", higher=False)
+            for m in ("baseline", "sgt") for s in (0, 1)]
+    for i, r in enumerate(rows):
+        r["params"] = {**learner, "learner_key": f"k{i % 2}"}
+    lb = tmp_path / "lb"
+    publish(write_run(tmp_path / "run", rows), lb)
+    df = read_leaderboard(lb / "synthetic.csv")
+    got = json.loads(df["metric_params"].iloc[0])
+    assert got == {**learner, "learner_key": "per seed"}
+    old = pd.read_csv(lb / "synthetic.csv", dtype=str).drop(columns=["metric_params"])
+    old.to_csv(lb / "synthetic.csv", index=False)
+    again = read_leaderboard(lb / "synthetic.csv")
+    assert list(again.columns) == list(COLUMNS) and (again["metric_params"] == "").all() and len(again) == 2

@@ -15,9 +15,14 @@ import click
 @click.option("--claims", default=None, metavar="NAME|FILE",
               help="also write claims.csv/claims.md: the verdict of each claim across seeds ('paper': the seed "
                    "paper's claims, or a TOML file of [[claim]] tables)")
+@click.option("--agree-with", "agree_with", default=None, metavar="FULL_DIR",
+              type=click.Path(file_okay=False, exists=True, path_type=Path),
+              help="also write DIR/agreement.md/.json: Kendall's tau of DIR's ROAR/KAR ranking (a cheap learner) "
+                   "against FULL_DIR's (the full learner), with split-half taus and per-cell differences")
 @click.option("--html", is_flag=True,
               help="also write DIR/index.html: a self-contained page (sortable tables, claims, figures, provenance)")
-def report(run_dir: Path, figures: bool, reference: str | None, claims: str | None, html: bool) -> None:
+def report(run_dir: Path, figures: bool, reference: str | None, claims: str | None, agree_with: Path | None,
+           html: bool) -> None:
     """summary.csv, summary.md and figures/ of run directory DIR (holding results.jsonl)."""
     from sgq_bench._lock import run_lock
     from sgq_bench.report.tables import write_report
@@ -31,6 +36,10 @@ def report(run_dir: Path, figures: bool, reference: str | None, claims: str | No
     # one writer per run directory: a run that holds it for hours is named at once, not waited for
     with run_lock(run_dir, timeout_s=LOCK_WAIT_S, log=lambda s: click.echo(s, err=True)):
         click.echo(write_report(run_dir, figures=figures, claims=claims, **given))
+        if agree_with is not None:
+            from sgq_bench.report.agreement import agreement_report
+
+            click.echo(agreement_report(run_dir, agree_with, out=run_dir))
         if html:
             from sgq_bench.site import run_site
 
