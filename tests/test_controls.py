@@ -116,3 +116,27 @@ def test_nothing_to_derive_returns_the_rows_unchanged(tmp_path):
     df = with_control_gains(_frame(tmp_path))
     without_control = df[df["explainer"] != "random"]
     assert with_control_gains(without_control).equals(without_control)  # derived rows are not dropped
+
+
+def test_roar_and_kar_are_measured_against_the_shared_random_retrain(tmp_path):
+    """ROAR/KAR: the control is the fixed learner retrained on random removals, the same for every method
+    of a seed; roar_vs_random = map - control per seed (no per-image values: a retrain scores the test set)."""
+    roar = {"baseline": [0.95, 0.97], "sgt_pact": [0.90, 0.91]}
+    control = [0.94, 0.95]  # per seed, shared by both methods
+    rows = []
+    for method, values in roar.items():
+        for seed, v in enumerate(values):
+            rows.append(row(method, seed, "roar", v, explainer="gradient", family="roar", higher=False))
+            rows.append(row(method, seed, "roar", control[seed], explainer="random", family="roar", higher=False))
+            rows.append(row(method, seed, "kar", 0.98, explainer="gradient", family="roar"))
+            rows.append(row(method, seed, "kar", 0.90, explainer="random", family="roar"))
+    out = with_control_gains(load_results(write_run(tmp_path / "run", rows)))
+    gains = out[out["metric"] == "roar_vs_random"].sort_values(["method", "seed"])
+    assert list(gains["value"]) == pytest.approx([0.01, 0.02, -0.04, -0.04])
+    assert not gains["higher_is_better"].any() and set(gains["family"]) == {CONTROL_FAMILY}
+    kar = out[out["metric"] == "kar_vs_random"]
+    assert list(kar["value"]) == pytest.approx([0.08] * 4) and kar["higher_is_better"].all()
+    claim = Claim(id="c", text="t", method="sgt_pact", metric="roar_vs_random", explainer="gradient")
+    verdict = evaluate_claims(out, [claim]).iloc[0]
+    assert verdict["mean_method"] == pytest.approx(-0.04) and verdict["mean_reference"] == pytest.approx(0.015)
+    assert verdict["diff"] == pytest.approx(-0.055)

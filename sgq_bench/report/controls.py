@@ -22,7 +22,11 @@ import pandas as pd
 from sgq_bench.results import NO_EXPLAINER, PROTOCOL_KEYS
 
 CONTROL_EXPLAINER = "random"
-CONTROLLED_FAMILIES = ("deletion", "road")  # one model, perturbed in the map's order (ROAR retrains: not here)
+# deletion and ROAD perturb one model in the map's order; ROAR/KAR retrain one fixed learner on images with
+# the map's top (ROAR) or bottom (KAR) pixels removed, and its random control is that learner retrained on
+# randomly ordered removals (shared by the methods of a seed): ``roar_vs_random`` < 0 says the map's
+# removals hurt the learner more than chance does (Hooker et al. 2019 found vanilla gradients near chance).
+CONTROLLED_FAMILIES = ("deletion", "road", "roar")
 CONTROL_FAMILY = "vs_random"
 SUFFIX = "_vs_random"
 _MATCH = (*PROTOCOL_KEYS, "method", "metric", "variant", "seed")
