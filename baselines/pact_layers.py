@@ -151,9 +151,10 @@ class ResidualQuantBatchNorm2d(nn.BatchNorm2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = super().forward(x)
         with torch.no_grad():
-            if not self._range_known:  # one host sync per module: an untracked range starts at the batch's
-                if float(self.out_range) == 0.0:
-                    self.out_range.copy_(y.detach().abs().amax())  # copy_ casts a bf16 (autocast) max
+            if not self._range_known:  # an untracked range (0) starts at the batch's max; a loaded one stays
+                # a tensor select, not ``float(out_range) == 0``: no host sync, so torch.compile keeps one graph
+                peak = y.detach().abs().amax().to(self.out_range.dtype)  # the cast copy_ did for a bf16 max
+                self.out_range.copy_(torch.where(self.out_range == 0, peak, self.out_range))
                 self._range_known = True
             elif self.training:
                 # the range stays fp32 under bf16 autocast (lerp_ does not cast its end point)

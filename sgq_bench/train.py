@@ -233,7 +233,8 @@ def train_model(
                 loop.snapshot(epoch + 1, 0)
     loop.bar.close()
     return {"train_seconds": loop.seconds(), "steps": loop.step, "final_loss": loop.last_loss,
-            "precision": loop.recipe.precision, "channels_last": loop.recipe.channels_last, "history": loop.history,
+            "precision": loop.recipe.precision, "channels_last": loop.recipe.channels_last,
+            "compiled": loop.recipe.compile, "history": loop.history,
             "resumed_at_step": loop.resumed_at, "resumes": loop.resumes}
 
 
@@ -258,6 +259,9 @@ class _Loop:
         model.to(device).train()
         if recipe.channels_last:
             model.to(memory_format=torch.channels_last)
+        # the objective runs the compiled module (same parameters); state, optimizer and checkpoints use
+        # ``model`` itself, so a compiled training saves and resumes exactly as an eager one
+        self.forward_model: nn.Module = torch.compile(model) if recipe.compile else model
         groups = quantizer.param_groups(model, recipe.weight_decay)
         if not any(p.requires_grad for g in groups for p in g["params"]):
             raise PluginError(f"quantizer {quantizer.name!r} left the model with no trainable parameters "
@@ -347,7 +351,7 @@ class _Loop:
             g["lr"] = lr * f
         self.ctx.step = self.step
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=recipe.precision == "bf16"):
-            out = self.objective.compute(self.model, x, y, self.ctx)
+            out = self.objective.compute(self.forward_model, x, y, self.ctx)
         opt.zero_grad(set_to_none=True)
         out.loss.backward()
         if recipe.grad_clip:

@@ -108,6 +108,14 @@ def test_roar_and_kar_run_end_to_end_through_the_training_loop():
         res = cls(fractions=(0.5,), epochs=1, train_size=128).compute(ctx, None)
         assert res.curve["x"] == [0.5] and 0.0 <= res.curve["y"][0] <= 1.0
         assert {"epochs": 1, "train_size": 128}.items() <= res.extra["resolved_params"].items()
+        # each stored retrain says where it ran (its maps came from the model instance trained there)
+        import json
+
+        from sgq_bench.metrics.roar import task_dir
+
+        for key in res.extra["retrain_keys"]:
+            rec = json.loads((task_dir(getattr(ctx, "checkpoint_dir", None)) / "retrain" / f"{key}.json").read_text())
+            assert rec["provenance"]["cpu_model"] and rec["provenance"]["torch_version"] and rec["created"]
 
 
 def test_to_list_matches_six_significant_digit_formatting():

@@ -171,3 +171,41 @@ def test_quantizer_leaving_no_trainable_parameters_is_named(tmp_path):
             load_or_train(spec, ExecContext(checkpoint_dir=tmp_path, progress=False))
     finally:
         _registry.quantizers.unregister("frozen_test")
+
+
+def _has_compiler() -> bool:
+    import shutil
+
+    return any(shutil.which(c) for c in ("cc", "gcc", "g++", "clang"))
+
+
+@pytest.mark.skipif(not _has_compiler(), reason="torch.compile (inductor) on CPU needs a C++ compiler")
+def test_a_compiled_training_is_keyed_apart_and_resumes_bit_identical(tmp_path):
+    """recipe.compile = true: another checkpoint key (eager keys unchanged), a row field saying so, and a
+    SIGTERM mid-epoch then a resume ends with exactly the weights of an uninterrupted compiled run."""
+    import os
+    import signal
+
+    eager = _spec("pact", recipe=replace(RECIPE, epochs=1, train_size=512))
+    spec = replace(eager, recipe=replace(eager.recipe, compile=True))
+    assert spec.key() != eager.key() and "compile" not in eager.key_material()["recipe"]
+    whole = load_or_train(spec, ExecContext(checkpoint_dir=tmp_path / "whole", progress=False))
+    assert whole.meta["compiled"] is True
+
+    def kill(step, total):
+        if step == 6:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with pytest.raises(KeyboardInterrupt, match="state saved"):
+        load_or_train(spec, ExecContext(checkpoint_dir=tmp_path / "cut", progress=False), on_step=kill)
+    resumed = load_or_train(spec, ExecContext(checkpoint_dir=tmp_path / "cut", progress=False))
+    assert resumed.meta["resumed_at_step"] == 6 and resumed.meta["compiled"] is True
+    for (k, a), b in zip(_state(whole.model).items(), _state(resumed.model).values()):
+        assert torch.equal(a, b), k
+
+
+def test_recipe_compile_must_be_a_bool():
+    from sgq_bench.errors import UsageError
+
+    with pytest.raises(UsageError, match=r"recipe.compile = 'yes' is invalid; expected true or false"):
+        Recipe(compile="yes").validate("suite.toml")

@@ -56,6 +56,9 @@ class Recipe:
     grad_clip: float | None = None
     precision: str = "fp32"  # fp32 | bf16 (autocast) | auto (bf16 where the device has it, else fp32)
     channels_last: bool = False  # NHWC training tensors (oneDNN's fast layout on CPU)
+    # run the model under torch.compile (inductor) while training; part of the checkpoint key only when
+    # true, so every eager checkpoint keeps its key (compiled kernels round differently: other weights)
+    compile: bool = False
 
     def validate(self, where: str) -> Recipe:
         checks = [
@@ -73,6 +76,7 @@ class Recipe:
              "an integer >= 1 (or absent for the whole split)"),
             ("precision", self.precision in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),
             ("channels_last", isinstance(self.channels_last, bool), "true or false"),
+            ("compile", isinstance(self.compile, bool), "true or false"),
             ("grad_clip", self.grad_clip is None or (_num(self.grad_clip) and self.grad_clip > 0), "a number > 0"),
         ]
         for key, ok, allowed in checks:

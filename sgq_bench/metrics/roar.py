@@ -207,8 +207,18 @@ def run_retrain(task: RetrainTask, rankings: tuple[torch.Tensor, torch.Tensor], 
                 spec.recipe, spec.seed, device, desc=f"{'kar' if task.keep else 'roar'} t={task.fraction}",
                 progress=False)
     acc = accuracy(model, dataset, masked_split(dataset, test, rankings[1], task.fraction, task.keep), device)
-    atomic_write_text(task.path(ctx.checkpoint_dir), json.dumps({"accuracy": acc, "fraction": task.fraction,
-                                                            "keep": task.keep, "learner": spec.key()}))
+    # where and with what it ran: the key names the explained model's spec, not its weights, and the same
+    # spec trained on another CPU gives other weights (other maps), so a curve can mix retrains of two
+    # instances of one seed; the record says which machine each retrain (and its maps) came from
+    from datetime import datetime, timezone
+
+    from sgq_bench._provenance import provenance
+
+    prov = {k: v for k, v in provenance(str(device)).items() if k in
+            ("cpu_model", "device", "torch_version", "git_commit", "sgq_bench_version")}
+    atomic_write_text(task.path(ctx.checkpoint_dir), json.dumps({
+        "accuracy": acc, "fraction": task.fraction, "keep": task.keep, "learner": spec.key(),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "provenance": prov}))
     return acc
 
 
