@@ -1,9 +1,16 @@
 """Eager vs torch.compile training steps, cifar10_long recipe (resnet20), each method; 1 thread."""
-import dataclasses, json, statistics, sys, time
+import dataclasses
+import json
+import statistics
+import sys
+import time
+
 import torch
+
 from sgq_bench.cli.train import spec_from_argv
 from sgq_bench.data import load_dataset, load_split, subset
-from sgq_bench.train import build_model, train_model, resolve_precision
+from sgq_bench.train import build_model, resolve_precision, train_model
+
 torch.set_num_threads(1)
 STEPS = 14
 out = {}
@@ -16,8 +23,11 @@ for m in sys.argv[1:]:
                                      train_size=None, warmup_epochs=0.0)
         model, q, obj = build_model(spec, ds)
         stamps = [time.perf_counter()]
-        train_model(model, q, obj, ds, train, recipe, 0, torch.device("cpu"), progress=False,
-                    on_step=lambda s, t: stamps.append(time.perf_counter()))
+
+        def stamp(step, total, stamps=stamps):
+            stamps.append(time.perf_counter())
+
+        train_model(model, q, obj, ds, train, recipe, 0, torch.device("cpu"), progress=False, on_step=stamp)
         d = [b - a for a, b in zip(stamps, stamps[1:])]
         out[f"{m}:{'compiled' if comp else 'eager'}"] = {"first_s": d[0], "step_s": statistics.median(d[4:]),
                                                           "precision": recipe.precision, "steps": len(d)}
