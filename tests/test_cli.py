@@ -108,7 +108,7 @@ def failing_report(monkeypatch, tmp_path):
     command = main.commands["report"]
 
     def install(exc: BaseException) -> None:
-        def body(run_dir, figures, reference, claims, html=False):
+        def body(run_dir, figures, reference, claims, agree_with=None, html=False):
             path = str(run_dir / "results.jsonl")  # noqa: F841 - a frame local the reporter may name
             raise exc
 
