@@ -131,6 +131,33 @@ def pact_grid(module: PACTReLU) -> tuple[float, int]:
     return float(module.alpha.detach()), 2**module.act_bits - 1
 
 
+def sole_user(modules: dict[str, nn.Module], n: fx.Node, kind: type | tuple[type, ...]) -> fx.Node | None:
+    """``n``'s only user when it is a call of a ``kind`` module, else None (what a layer may be fused with)."""
+    users = list(n.users)
+    if len(users) == 1 and users[0].op == "call_module" and isinstance(modules[users[0].target], kind):
+        return users[0]
+    return None
+
+
+def folded_layer(modules: dict[str, nn.Module], node: fx.Node, info: dict[str, Any]) -> tuple[
+        Any, fx.Node | None, nn.BatchNorm2d | None, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """A quantized conv/linear node with the BatchNorm it feeds folded in: (layer, bn node, bn, integer
+    weights, per-channel scales, bias); counts requantized channels in ``info``. Both int8 exporters
+    (torch.ao here, ONNX in ``pact_onnx``) read a layer through this, so they fold the same way.
+
+    Raises:
+        DeployUnavailable: weight bits above 8.
+    """
+    layer = modules[node.target]
+    if layer.weight_bits > 8:
+        raise dp.DeployUnavailable(f"int8 deployment supports weight bits <= 8, not {layer.weight_bits}")
+    bn_node = sole_user(modules, node, nn.BatchNorm2d) if isinstance(layer, nn.Conv2d) else None
+    bn = modules[bn_node.target] if bn_node is not None else None
+    ints, scales, bias, requant = int8_weight(layer, bn)
+    info["requantized_channels"] += requant
+    return layer, bn_node, bn, ints, scales, bias
+
+
 class _Converter:
     """Walks the fake-quant FX graph and emits the int8 graph, tracking which values are quantized."""
 
@@ -176,19 +203,13 @@ class _Converter:
         self.owned[name] = module
         return self.graph.call_module(name, args)
 
-    def sole_user(self, n: fx.Node, kind: type | tuple[type, ...]) -> fx.Node | None:
-        users = list(n.users)
-        if len(users) == 1 and users[0].op == "call_module" and isinstance(self.modules[users[0].target], kind):
-            return users[0]
-        return None
-
     def set_quant(self, old: fx.Node, new: fx.Node, qp: tuple[float, int]) -> None:
         self.env[old.name] = new
         self.qparams[old.name] = qp
 
     def pact_output(self, last: fx.Node) -> tuple[fx.Node | None, tuple[float, int] | None, float | None]:
         """If ``last``'s only user is a PACT ReLU: (that node, its (scale, 0), clamp level or None)."""
-        act = self.sole_user(last, PACTReLU)
+        act = sole_user(self.modules, last, PACTReLU)
         if act is None:
             return None, None, None
         alpha, levels = pact_grid(self.modules[act.target])
@@ -196,14 +217,8 @@ class _Converter:
 
     # nodes ------------------------------------------------------------------
     def quant_layer(self, node: fx.Node) -> None:
-        layer = self.modules[node.target]
-        if layer.weight_bits > 8:
-            raise dp.DeployUnavailable(f"int8 deployment supports weight bits <= 8, not {layer.weight_bits}")
-        bn_node = self.sole_user(node, nn.BatchNorm2d) if isinstance(layer, nn.Conv2d) else None
-        bn = self.modules[bn_node.target] if bn_node is not None else None
+        layer, bn_node, bn, ints, scales, bias = folded_layer(self.modules, node, self.info)
         last = bn_node or node
-        ints, scales, bias, requant = int8_weight(layer, bn)
-        self.info["requantized_channels"] += requant
         act, qp, clamp = self.pact_output(last)
         x, xqp = self.as_quant(node.args[0])
         if (self.float_residual and act is None and isinstance(layer, nn.Conv2d) and self.feeds_add(last)
@@ -309,7 +324,7 @@ class _Converter:
             if isinstance(module, PACTReLU):  # a float value entering the quantized part (boundary PACT)
                 self.pact_from_float(node, module, args[0])
                 return
-            bn_node = self.sole_user(node, nn.BatchNorm2d) if type(module) is nn.Conv2d else None
+            bn_node = sole_user(self.modules, node, nn.BatchNorm2d) if type(module) is nn.Conv2d else None
             if bn_node is not None:  # float conv + BN: folded, as the int8 layers are
                 module = fuse_conv_bn_eval(module, self.modules[bn_node.target])
                 self.done.add(bn_node.name)

@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 import torch
 from sgq_bench.builtin import onnx_graph as og
-from sgq_bench.builtin.pact_deploy import _copy_eval, calibrate, int8_weight, trace
+from sgq_bench.builtin.pact_deploy import _copy_eval, calibrate, folded_layer, sole_user, trace
 from sgq_bench.builtin.pact_layers import PACTReLU, QuantConv2d, QuantLinear, ResidualQuantBatchNorm2d
 from torch import fx, nn
 
@@ -117,15 +117,9 @@ class _Converter:
         lo, hi = self.g.const(0, hint + "_lo", np.uint8), self.g.const(levels, hint + "_hi", np.uint8)
         return self.g.op("Clip", [x, lo, hi], "clip_" + hint)
 
-    def sole_user(self, n: fx.Node, kind: type | tuple[type, ...]) -> fx.Node | None:
-        users = list(n.users)
-        if len(users) == 1 and users[0].op == "call_module" and isinstance(self.modules[users[0].target], kind):
-            return users[0]
-        return None
-
     def pact_output(self, last: fx.Node) -> tuple[fx.Node | None, tuple[float, int, int] | None]:
         """If ``last``'s only user is a PACT layer: (that node, its (scale, 0, levels))."""
-        act = self.sole_user(last, PACTReLU)
+        act = sole_user(self.modules, last, PACTReLU)
         if act is None:
             return None, None
         scale, levels = pact_grid(self.modules[act.target])
@@ -139,14 +133,8 @@ class _Converter:
 
     # nodes ------------------------------------------------------------------
     def quant_layer(self, node: fx.Node) -> None:
-        layer = self.modules[node.target]
-        if layer.weight_bits > 8:
-            raise dp.DeployUnavailable(f"int8 deployment supports weight bits <= 8, not {layer.weight_bits}")
-        bn_node = self.sole_user(node, nn.BatchNorm2d) if isinstance(layer, nn.Conv2d) else None
-        bn = self.modules[bn_node.target] if bn_node is not None else None
+        layer, bn_node, bn, ints, scales, bias = folded_layer(self.modules, node, self.info)
         last = bn_node or node
-        ints, scales, bias, requant = int8_weight(layer, bn)
-        self.info["requantized_channels"] += requant
         act, qp = self.pact_output(last)
         x, xqp = self.as_quant(node.args[0])
         if act is None:
@@ -260,7 +248,7 @@ class _Converter:
             self.env[node.name] = self.clip(out, levels, node.name) if levels < 255 else out
             self.qparams[node.name] = qp
             return
-        bn_node = self.sole_user(node, nn.BatchNorm2d) if type(module) is nn.Conv2d else None
+        bn_node = sole_user(self.modules, node, nn.BatchNorm2d) if type(module) is nn.Conv2d else None
         bn = self.modules[bn_node.target] if bn_node is not None else None
         self.env[node.name] = og.float_op(self.g, node, self.modules, args, bn)
         if bn_node is not None:
