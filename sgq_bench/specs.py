@@ -46,7 +46,7 @@ class TrainSpec:
             "dataset_params": dict(sorted(self.dataset_params.items())),
             "model": self.model,
             "method": {k: v for k, v in m.as_dict().items() if k != "name"},
-            "recipe": _recipe_key(self.recipe),
+            "recipe": self.recipe.key_dict(),
             "seed": self.seed,
             "train_code_version": TRAIN_CODE_VERSION,
             "plugin_versions": versions,
@@ -62,14 +62,6 @@ class TrainSpec:
         """``dataset/model/method/sSEED``: how logs, plans and cell ids name this model."""
         return f"{self.dataset}/{self.model}/{self.method.name}/s{self.seed}"
 
-
-def _recipe_key(recipe: Any) -> dict[str, Any]:
-    """The recipe as it enters a checkpoint key: ``compile`` only when true (it was added after models were
-    published, and an eager training's key must not change)."""
-    out = recipe.as_dict()
-    if not out.get("compile"):
-        out.pop("compile", None)
-    return out
 
 
 @dataclass(frozen=True)

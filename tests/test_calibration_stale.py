@@ -63,7 +63,7 @@ def test_a_calibration_under_load_does_not_inflate_a_later_plan(tmp_path, monkey
     monkeypatch.setattr(cal, "CALIBRATION_STEPS", 20)
     monkeypatch.setenv("SGQ_BENCH_CACHE", str(tmp_path / "loaded"))
     with monkeypatch.context() as m:
-        _loaded(m, 3.0)
+        _loaded(m, 5.0)
         loaded = _plan(tmp_path)  # timed now, under the slow-down: that plan is right to be slow
     assert loaded["calibration"].startswith("calibration: ") and "taken now" in loaded["calibration"]
     assert loaded["stale"] is None
@@ -71,8 +71,11 @@ def test_a_calibration_under_load_does_not_inflate_a_later_plan(tmp_path, monkey
     later = _plan(tmp_path, log=lambda s: pytest.fail(f"recalibrated: {s}"))  # the cache, on the idle CPU
     monkeypatch.setenv("SGQ_BENCH_CACHE", str(tmp_path / "idle"))
     fresh = _plan(tmp_path)  # the truth: a calibration on the idle CPU, right after
-    assert _timed(loaded) > 2 * _timed(fresh), (loaded, fresh)  # the slow-down took
-    assert _timed(later) <= 1.25 * _timed(fresh), (later["calibration"], _timed(later), _timed(fresh))
+    assert _timed(loaded) > 3 * _timed(fresh), (loaded, fresh)  # the slow-down took
+    # a 5x slow-down, and a bound of 2x: without the rescale the later plan is the loaded one (~5x); with
+    # it, within the noise of two calibrations on a shared 2-core CI box (measured up to 1.46x; 1.25x failed)
+    assert _timed(later) <= 2.0 * _timed(fresh), (later["calibration"], _timed(later), _timed(fresh))
+    assert _timed(later) <= 0.5 * _timed(loaded), (later["calibration"], _timed(later), _timed(loaded))
     assert "cached, taken " in later["calibration"] and " by the reference probe " in later["calibration"]
     assert "rescaled x0." in later["calibration"]
     assert later["stale"] and later["stale"] in later["notes"] and "use --recalibrate" in later["stale"]

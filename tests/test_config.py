@@ -135,3 +135,33 @@ def test_cli_bad_suite_values_exit_2_one_line(tmp_path, args, needle):
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0], res.stderr
     assert not (tmp_path / "out").exists()  # nothing was created for a run that cannot start
+
+
+def test_every_published_run_directory_still_matches_its_shipped_suite():
+    # a field added to the recipe (compile, 2026-12-05) once changed every fingerprint, and the evidence
+    # run refused its own directory: each committed run directory must stay resumable by its suite
+    import json
+    from pathlib import Path
+
+    from sgq_bench.orchestration.rundir import same_configuration
+
+    root = Path(__file__).resolve().parent.parent / "docs" / "results"
+    manifests = sorted(root.glob("*/manifest.json"))
+    assert manifests, root
+    for path in manifests:
+        manifest = json.loads(path.read_text())
+        suite = load_suite(manifest["suite"]["name"])
+        assert same_configuration(manifest, suite), (path, manifest["fingerprint"], suite.fingerprint())
+
+
+def test_a_compiled_recipe_changes_the_fingerprint_and_an_eager_one_does_not():
+    import dataclasses
+
+    suite = load_suite("smoke")
+    eager = dataclasses.replace(suite, datasets=tuple(
+        dataclasses.replace(d, recipe=dataclasses.replace(d.recipe, compile=False)) for d in suite.datasets))
+    compiled = dataclasses.replace(suite, datasets=tuple(
+        dataclasses.replace(d, recipe=dataclasses.replace(d.recipe, compile=True)) for d in suite.datasets))
+    assert eager.fingerprint() == suite.fingerprint() != compiled.fingerprint()
+    assert "compile" not in suite.datasets[0].recipe.key_dict()
+    assert compiled.datasets[0].recipe.key_dict()["compile"] is True

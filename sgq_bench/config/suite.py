@@ -87,6 +87,15 @@ class Recipe:
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def key_dict(self) -> dict[str, Any]:
+        """The recipe as checkpoint keys and suite fingerprints hash it: ``compile`` only when true. Why:
+        it was added after models and run directories were published, and an eager recipe's hash must not
+        change (a fingerprint with ``compile: false`` refused every existing run directory)."""
+        out = asdict(self)
+        if not out["compile"]:
+            del out["compile"]
+        return out
+
 
 def _num(v: Any) -> bool:
     """A finite real number (NaN passes every comparison's negation, inf passes ``> 0``)."""
@@ -293,6 +302,13 @@ class Suite:
                         "model": m.model, "method": m.method.as_dict(), "seed": m.seed} for m in self.models],
         }
 
+    def _hashed(self) -> dict[str, Any]:
+        """``as_dict`` with each recipe in its keyed form (see ``Recipe.key_dict``)."""
+        d = self.as_dict()
+        for entry, ds in zip(d["datasets"], self.datasets):
+            entry["recipe"] = ds.recipe.key_dict()
+        return d
+
     def fingerprint(self) -> str:
         """Hash of everything that changes a cell's numbers: not the path, the description, nor the seeds.
 
@@ -301,14 +317,14 @@ class Suite:
         the same reason: each is a cell keyed by its file's sha256. Methods stay in: a method redefined under the
         same name would otherwise mix two definitions in one report's rows.
         """
-        d = self.as_dict()
+        d = self._hashed()
         for k in ("path", "description", "overrides", "seeds", "models"):
             d.pop(k)
         return stable_hash(d)[:16]
 
     def seeded_fingerprint(self, seeds: Any) -> str:
         """The fingerprint as manifests written before 2026-12-03 hold it (seeds included), for ``seeds``."""
-        d = self.as_dict()
+        d = self._hashed()
         for k in ("path", "description", "overrides", "models"):
             d.pop(k)
         d["seeds"] = list(seeds) if isinstance(seeds, (list, tuple)) else seeds
