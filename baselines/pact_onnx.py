@@ -83,6 +83,8 @@ class _Converter:
         self.cache_f: dict[str, str] = {}
         self.cache_q: dict[str, tuple[str, tuple[float, int, int]]] = {}
         self.done: set[str] = set()
+        self.unclipped: dict[str, tuple[int, str]] = {}  # value -> (levels, hint) of its deferred Clip
+        self.clipped: dict[str, str] = {}  # value -> its Clip's output, once written
         self.info: dict[str, Any] = {"int8_layers": [], "calibrated": [], "float_ops": [], "requantized_channels": 0,
                                      "int32_bias_error": {}}
 
@@ -97,13 +99,13 @@ class _Converter:
             return self.env[n.name]
         if n.name not in self.cache_f:
             qp = self.qparams[n.name]
-            self.cache_f[n.name] = self.g.op("DequantizeLinear", [self.env[n.name], *self.scale_zp(qp, n.name)],
+            self.cache_f[n.name] = self.g.op("DequantizeLinear", [self.value(n), *self.scale_zp(qp, n.name)],
                                              "dequant_" + n.name)
         return self.cache_f[n.name]
 
     def as_quant(self, n: fx.Node) -> tuple[str, tuple[float, int, int]]:
         if n.name in self.qparams:
-            return self.env[n.name], self.qparams[n.name]
+            return self.value(n), self.qparams[n.name]
         if n.name not in self.cache_q:
             lo, hi = self.stats[n.name]
             qp = (*dp.affine_qparams(lo, hi), 255)
@@ -113,9 +115,24 @@ class _Converter:
         return self.cache_q[n.name]
 
     def clip(self, x: str, levels: int, hint: str) -> str:
-        """uint8 Clip(0, levels): PACT's clamp at alpha on its integer grid (exact)."""
-        lo, hi = self.g.const(0, hint + "_lo", np.uint8), self.g.const(levels, hint + "_hi", np.uint8)
-        return self.g.op("Clip", [x, lo, hi], "clip_" + hint)
+        """uint8 Clip(0, levels), PACT's clamp at alpha on its integer grid (exact), deferred: it is written
+        where a consumer reads ``x`` (``value``), past the ops that commute with it (``transparent``: max-pool,
+        views, zero padding). Why: ONNX Runtime keeps a uint8 MaxPool that follows a Clip in NCHW, its slow
+        generic kernel (mnist_cnn at batch 1: 51 of 177 us); straight after QLinearConv it becomes NhwcMaxPool,
+        and the Clip then runs on the pooled tensor (kernels 130 us in all)."""
+        self.unclipped[x] = (levels, hint)
+        return x
+
+    def value(self, n: fx.Node) -> str:
+        """``n``'s integer value with its deferred Clip written (once per value)."""
+        x = self.env[n.name]
+        if x not in self.unclipped:
+            return x
+        if x not in self.clipped:
+            levels, hint = self.unclipped[x]
+            lo, hi = self.g.const(0, hint + "_lo", np.uint8), self.g.const(levels, hint + "_hi", np.uint8)
+            self.clipped[x] = self.g.op("Clip", [x, lo, hi], "clip_" + hint)
+        return self.clipped[x]
 
     def pact_output(self, last: fx.Node) -> tuple[fx.Node | None, tuple[float, int, int] | None]:
         """If ``last``'s only user is a PACT layer: (that node, its (scale, 0, levels))."""
@@ -235,6 +252,8 @@ class _Converter:
             out = og.shape_op(self.g, node, self.env[src.name], self.modules)
         if out is None:
             return False
+        if self.env[src.name] in self.unclipped:  # each of these ops commutes with Clip(0, levels)
+            self.unclipped[out] = self.unclipped[self.env[src.name]]
         self.env[node.name], self.qparams[node.name] = out, qp
         return True
 

@@ -218,3 +218,27 @@ def test_bad_parameters_are_usage_errors(cells: dict[str, EvalContext]) -> None:
 def test_registered_with_the_metric_api(name: str) -> None:
     cls = _registry.metrics.get(name)
     assert cls.family == "efficiency" and cls.needs_attributions is False
+
+
+def test_a_burst_times_the_warm_calls_of_each_turn():
+    from sgq_bench.metrics.efficiency import time_models
+
+    calls = {"a": 0, "b": 0}
+
+    class Counting(torch.nn.Module):
+        def __init__(self, name):
+            super().__init__()
+            self.name = name
+
+        def forward(self, x):
+            calls[self.name] += 1
+            return x
+
+    x = {1: torch.zeros(1, 1)}
+    times = time_models({"a": Counting("a"), "b": Counting("b")}, x, runs=4, warmup=2, threads=1, burst=5)
+    assert {k: len(v) for k, v in times.items()} == {("a", 1): 4, ("b", 1): 4}
+    assert calls == {"a": 2 + 4 * 5, "b": 2 + 4 * 5}  # warm-up, then per turn 1 untimed + 4 timed calls
+    cold = time_models({"a": Counting("a")}, x, runs=3, warmup=0, threads=1)
+    assert len(cold[("a", 1)]) == 3 and calls["a"] == 22 + 3
+    with pytest.raises(ValueError, match="burst=0"):
+        time_models({"a": Counting("a")}, x, runs=1, warmup=0, threads=1, burst=0)

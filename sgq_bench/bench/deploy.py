@@ -116,7 +116,7 @@ def records(models: dict[str, nn.Module], med: dict[tuple[str, int], float], agr
 
 
 def run_deploy_bench(spec: TrainSpec, *, baseline: TrainSpec | None, batch_sizes: Sequence[int], runs: int = MIN_RUNS,
-                     warmup: int = 5, threads: int = 1, calibration: int = 512, data_root: Any = None,
+                     warmup: int = 5, threads: int = 1, calibration: int = 512, data_root: Any = None, burst: int = 1,
                      checkpoint_dir: Path | None = None, progress: bool = True, log: Any = print,
                      backends: Sequence[str] = ("torch_ao", "onnxruntime")) -> dict[str, Any]:
     """Deploy ``spec``'s trained model to int8 in each of ``backends`` and time it against its fake-quant
@@ -145,14 +145,16 @@ def run_deploy_bench(spec: TrainSpec, *, baseline: TrainSpec | None, batch_sizes
              for name, t in top1.items()}
 
     x = dataset.normalize(test.images[:256])
-    times = time_models(models, {bs: batch_of(x, bs) for bs in batch_sizes}, runs, warmup, threads)
+    times = time_models(models, {bs: batch_of(x, bs) for bs in batch_sizes}, runs, warmup, threads, burst)
     med = {k: statistics.median(v) for k, v in times.items()}
     rows = records(models, med, agree, acc, batch_sizes, threads)
 
     prov = provenance("cpu")
     log(f"{spec.dataset}/{spec.model}/{spec.method.label()} seed {spec.seed}  ({res.path.name})")
-    log(f"cpu: {prov['cpu_model']}; torch {prov['torch_version']}; threads {threads}; median of {runs} "
-        f"interleaved runs after {warmup} warm-up; agreement and accuracy on all {len(test)} test images")
+    log(f"cpu: {prov['cpu_model']} ({prov.get('cpu_isa') or 'extensions unknown'}); torch {prov['torch_version']}; "
+        f"threads {threads}; median of {runs} interleaved turns after {warmup} warm-up, "
+        + ("1 call per turn (cold)" if burst == 1 else f"mean of calls 2..{burst} per turn (warm)") + ";"
+        f" agreement and accuracy on all {len(test)} test images")
     log(f"fp32 = {fp32_source}")
     log(f"{'variant':<28} {'runtime':<12} {'layout':<14} {'accuracy':>8} {'agree':>7}" + "".join(
         f" {'ms@bs' + str(bs):>10} {'x eager':>7} {'x same':>7}" for bs in batch_sizes))
@@ -186,4 +188,5 @@ def run_deploy_bench(spec: TrainSpec, *, baseline: TrainSpec | None, batch_sizes
                 for name, m in models.items() if name.startswith(("int8", "fp32:"))}
     return {"records": rows, "skipped": skipped, "fp32_source": fp32_source, "checkpoint": res.path.name,
             "spec": {"dataset": spec.dataset, "model": spec.model, "method": spec.method.label(), "seed": spec.seed},
-            "runtime_settings": settings, "provenance": prov, "runs": runs, "warmup": warmup}
+            "runtime_settings": settings, "provenance": prov, "runs": runs, "warmup": warmup,
+            "burst": burst}

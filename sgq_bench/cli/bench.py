@@ -57,6 +57,9 @@ def bench_metrics(n: int, metrics: str | None, data_root: str | None, device: st
 @click.option("--batch-sizes", default="1,128", show_default=True, help="comma-separated batch sizes to time")
 @click.option("--runs", type=int, default=30, show_default=True, help="timed runs per variant and batch size (>= 30)")
 @click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True)
+@click.option("--burst", type=click.IntRange(min=1), default=1, show_default=True,
+              help="calls per turn: 1 times each call right after another variant's (cold caches); N > 1 "
+              "the mean of calls 2..N (warm, a process serving one model)")
 @threads_option(default=1, help="torch threads while timing (recorded)")
 @click.option("--calibration", type=click.IntRange(min=1), default=512, show_default=True,
               help="training images for int8 range calibration")
@@ -66,7 +69,7 @@ def bench_metrics(n: int, metrics: str | None, data_root: str | None, device: st
 @click.option("--json", "as_json", is_flag=True,
               help="print the records as JSON on stdout (one per runtime, precision, batch size); the table goes to stderr")
 @progress_option
-def bench_deploy(fp32: str, batch_sizes: str, runs: int, warmup: int, threads: int, calibration: int,
+def bench_deploy(fp32: str, batch_sizes: str, runs: int, warmup: int, burst: int, threads: int, calibration: int,
                  backends: str, as_json: bool, progress: bool, data_root: str | None, device: str,
                  checkpoint_dir: Path | None, **picked: Any) -> None:
     """fp32 vs fake-quant vs real int8 in each runtime: accuracy, agreement, latency ratios (CPU)."""
@@ -90,12 +93,13 @@ def bench_deploy(fp32: str, batch_sizes: str, runs: int, warmup: int, threads: i
             pass  # a missing extra: the run skips that backend and says why
     log = (lambda line: click.echo(line, err=True)) if as_json else click.echo
     out = run_deploy_bench(spec, baseline=baseline, batch_sizes=sizes, runs=runs, warmup=warmup, threads=threads,
-                           calibration=calibration, data_root=data_root, checkpoint_dir=checkpoint_dir,
+                           burst=burst, calibration=calibration, data_root=data_root, checkpoint_dir=checkpoint_dir,
                            progress=progress, log=log, backends=names)
     if as_json:
         prov = out["provenance"]
         common = {**out["spec"], "checkpoint": out["checkpoint"], "fp32_source": out["fp32_source"],
-                  "runs": out["runs"], "warmup": out["warmup"], "cpu_model": prov.get("cpu_model"),
+                  "runs": out["runs"], "warmup": out["warmup"], "burst": out["burst"], "cpu_model": prov.get("cpu_model"),
+                  "cpu_isa": prov.get("cpu_isa"),
                   "torch_version": prov.get("torch_version"), "git_commit": prov.get("git_commit"),
                   "sgq_bench_version": prov.get("sgq_bench_version")}
         rows = [{**r, **common, **out["runtime_settings"].get(r["variant"], {})} for r in out["records"]]
