@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 import torch
 from sgq_bench.builtin import onnx_graph as og
-from sgq_bench.builtin.pact_deploy import _copy_eval, calibrate, folded_layer, sole_user, trace
+from sgq_bench.builtin.pact_deploy import _copy_eval, calibrate, folded_layer, pact_grid, sole_user, trace
 from sgq_bench.builtin.pact_layers import PACTReLU, QuantConv2d, QuantLinear, ResidualQuantBatchNorm2d
 from torch import fx, nn
 
@@ -53,11 +53,10 @@ INT16_MAX = 32767  # vpmaddubsw adds two uint8 x int8 products into a saturating
 BIAS_MODES = ("int32", "float")
 
 
-def pact_grid(module: PACTReLU) -> tuple[float, int]:
-    """(scale, levels) of a PACT layer's uint8 grid; the scale in float32 as the fake-quant forward has it."""
-    if module.act_bits > 8:
-        raise dp.DeployUnavailable(f"int8 deployment supports activation bits <= 8, not {module.act_bits}")
-    levels = 2**module.act_bits - 1
+def pact_scale(module: PACTReLU) -> tuple[float, int]:
+    """(scale, levels) of a PACT layer's uint8 grid (``pact_grid`` checks it fits); the scale divided in
+    float32, as the fake-quant forward divides it, so the integer grid is the trained one to the bit."""
+    _, levels = pact_grid(module)
     return float(module.alpha.detach().float().cpu() / levels), levels
 
 
@@ -139,7 +138,7 @@ class _Converter:
         act = sole_user(self.modules, last, PACTReLU)
         if act is None:
             return None, None
-        scale, levels = pact_grid(self.modules[act.target])
+        scale, levels = pact_scale(self.modules[act.target])
         return act, (scale, 0, levels)
 
     def calibrated(self, n: fx.Node) -> tuple[float, int, int]:
@@ -261,7 +260,7 @@ class _Converter:
         module = self.modules.get(node.target) if node.op == "call_module" else None
         args = [self.as_float(a) for a in node.args]
         if isinstance(module, PACTReLU):  # a float value entering the integer part (boundary PACT)
-            scale, levels = pact_grid(module)
+            scale, levels = pact_scale(module)
             qp = (scale, 0, levels)
             out = self.g.op("QuantizeLinear", [args[0], *self.scale_zp(qp, node.name)], "pact_" + node.name)
             self.env[node.name] = self.clip(out, levels, node.name) if levels < 255 else out

@@ -8,6 +8,7 @@ in the same run, and the agreement that shows the int8 model is the trained one.
 from __future__ import annotations
 
 import copy
+import math
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,7 +27,9 @@ from sgq_bench.metrics.efficiency import (
     count_params,
     fp32_size,
     packed_size,
+    speedups,
     time_models,
+    variant_kind,
 )
 from sgq_bench.specs import ExecContext, TrainSpec
 from sgq_bench.train import load_or_train
@@ -79,37 +82,18 @@ def bench_models(spec: TrainSpec, fake: nn.Module, fp32: nn.Module, calib: torch
     return models, skipped
 
 
-def kind(name: str, model: nn.Module) -> tuple[str, str, str]:
-    """(runtime, precision, layout) of a timed variant."""
-    from sgq_bench.metrics.efficiency import VARIANT_KIND
-
-    if name in VARIANT_KIND:
-        return VARIANT_KIND[name]
-    info = getattr(model, "info", {}) or {}
-    return str(info.get("runtime", "?")), name.split(":")[0], str(info.get("layout", "?"))
-
-
 def records(models: dict[str, nn.Module], med: dict[tuple[str, int], float], agreement: dict[str, float],
             accuracy: dict[str, float], batch_sizes: Sequence[int], threads: int) -> list[dict[str, Any]]:
-    """One record per (runtime, precision, batch size), with the three fp32 references.
-
-    ``speedup_vs_fp32_same_runtime``: against the fastest fp32 of the variant's own runtime (torch eager in
-    either layout for torch and torch.ao, ONNX Runtime fp32 for ONNX Runtime).
-    """
+    """One record per (runtime, precision, batch size), with the three fp32 references (``speedups``: the
+    same definition as a cell's latency rows; a missing same-runtime reference is null)."""
     out = []
     for name, model in models.items():
-        runtime, precision, layout = kind(name, model)
+        runtime, precision, layout = variant_kind(name, model)
         info = getattr(model, "info", None) or {}
-        family = "torch" if runtime in ("torch", "torch.ao") else runtime
         for bs in batch_sizes:
-            fp32 = {v: med[(v, bs)] for v in models if v.startswith("fp32")}
-            same = [t for v, t in fp32.items()
-                    if ("torch" if kind(v, models[v])[0] in ("torch", "torch.ao") else kind(v, models[v])[0]) == family]
-            ms = med[(name, bs)]
+            ratios = {k: (None if math.isnan(v) else v) for k, v in speedups(med, models, name, bs).items()}
             out.append({"runtime": runtime, "precision": precision, "layout": layout, "batch_size": bs,
-                        "threads": threads, "latency_ms": ms, "speedup_vs_fp32_eager": med[("fp32", bs)] / ms,
-                        "speedup_vs_fp32_same_runtime": min(same) / ms if same else None,
-                        "speedup_vs_fastest_fp32": min(fp32.values()) / ms, "agreement": agreement[name],
+                        "threads": threads, "latency_ms": med[(name, bs)], **ratios, "agreement": agreement[name],
                         "accuracy": accuracy[name], "variant": name,
                         **({"int8_bias": info["int8_bias"]} if "int8_bias" in info else {})})
     return out
@@ -159,7 +143,7 @@ def run_deploy_bench(spec: TrainSpec, *, baseline: TrainSpec | None, batch_sizes
     log(f"{'variant':<28} {'runtime':<12} {'layout':<14} {'accuracy':>8} {'agree':>7}" + "".join(
         f" {'ms@bs' + str(bs):>10} {'x eager':>7} {'x same':>7}" for bs in batch_sizes))
     for name, model in models.items():
-        runtime, _, layout = kind(name, model)
+        runtime, _, layout = variant_kind(name, model)
         line = f"{name:<28} {runtime:<12} {layout[:14]:<14} {acc[name]:>8.4f} {agree[name]:>7.4f}"
         for r in (r for r in rows if r["variant"] == name):
             same = r["speedup_vs_fp32_same_runtime"]

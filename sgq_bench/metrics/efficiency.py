@@ -225,16 +225,22 @@ class _ChannelsLast(nn.Module):
 # deployed model's ``info`` (the backend's runtime and layout).
 VARIANT_KIND = {"fp32": ("torch", "fp32", "NCHW"), "fp32_channels_last": ("torch", "fp32", "channels-last"),
                 "fake_quant": ("torch", "fake_quant", "NCHW")}
-FP32_VARIANTS = ("fp32", "fp32_channels_last", "fp32_runtime")
 
 
 def variant_kind(name: str, model: nn.Module) -> tuple[str, str, str]:
-    """(runtime, precision, layout) of one timed variant."""
+    """(runtime, precision, layout) of one timed variant: the fixed torch ones by name, the others from their
+    model's ``info``. Names: ``int8`` / ``fp32_runtime`` in a cell's rows, ``int8:BACKEND`` /
+    ``fp32:RUNTIME`` in ``bench deploy`` (one per backend)."""
     if name in VARIANT_KIND:
         return VARIANT_KIND[name]
     info = getattr(model, "info", {}) or {}
-    precision = "int8" if name == "int8" else "fp32"
+    precision = "int8" if name == "int8" or name.startswith("int8:") else "fp32"
     return str(info.get("runtime", "?")), precision, str(info.get("layout", "?"))
+
+
+def runtime_family(runtime: str) -> str:
+    """The runtime whose fp32 is a variant's same-runtime reference: torch.ao runs inside torch."""
+    return "torch" if runtime in ("torch", "torch.ao") else runtime
 
 
 def variants(ctx: EvalContext, deploy: str = DEFAULT_BACKEND, threads: int = 1
@@ -274,12 +280,12 @@ def variants(ctx: EvalContext, deploy: str = DEFAULT_BACKEND, threads: int = 1
 def speedups(times: dict[tuple[str, int], float], models: dict[str, nn.Module], name: str, bs: int
              ) -> dict[str, float]:
     """Median-latency ratios of variant ``name`` at batch ``bs``: against torch eager fp32 (NCHW), against
-    the fastest fp32 of its own runtime, and against the fastest fp32 measured in this run."""
+    the fastest fp32 of its own runtime family (NaN if none was timed), and against the fastest fp32 timed
+    in this run. The one definition behind a cell's latency rows and ``bench deploy``'s records."""
     me = times[(name, bs)]
-    runtime = variant_kind(name, models[name])[0]
-    fp32 = {v: times[(v, bs)] for v in FP32_VARIANTS if (v, bs) in times}
-    same = [t for v, t in fp32.items() if variant_kind(v, models[v])[0] == runtime
-            or (runtime == "torch.ao" and v != "fp32_runtime")]  # torch.ao runs inside torch
+    family = runtime_family(variant_kind(name, models[name])[0])
+    fp32 = {v: times[(v, bs)] for v in models if (v, bs) in times and variant_kind(v, models[v])[1] == "fp32"}
+    same = [t for v, t in fp32.items() if runtime_family(variant_kind(v, models[v])[0]) == family]
     return {"speedup_vs_fp32_eager": times[("fp32", bs)] / me,
             "speedup_vs_fp32_same_runtime": (min(same) / me) if same else float("nan"),
             "speedup_vs_fastest_fp32": min(fp32.values()) / me}
