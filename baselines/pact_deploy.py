@@ -35,8 +35,12 @@ from sgq_bench.builtin.pact_layers import (
     PACTReLU,
     QuantConv2d,
     QuantLinear,
+    QuantTracer,
+    GRID_ATTR,
     ResidualQuantBatchNorm2d,
+    accumulator_unit,
     dorefa_weight,
+    on_grid,
 )
 from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
@@ -49,18 +53,10 @@ _TRANSPARENT_METHODS = {"flatten", "view", "reshape", "relu", "contiguous"}
 _PAD_FUNCTIONS = {F.pad, getattr(torch._C._nn, "pad", F.pad)}
 
 
-class _Tracer(fx.Tracer):
-    """Keeps the fake-quant layers as leaves so the converter sees them whole."""
-
-    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return (isinstance(m, (QuantConv2d, QuantLinear, PACTReLU, ResidualQuantBatchNorm2d))
-                or super().is_leaf_module(m, qualname))
-
-
 def trace(model: nn.Module) -> fx.GraphModule:
     """The model as an FX graph with PACT layers as leaf modules."""
     try:
-        graph = _Tracer().trace(model)
+        graph = QuantTracer().trace(model)
     except Exception as exc:  # data-dependent control flow etc.
         raise dp.DeployUnavailable(f"pact deploy: cannot trace {type(model).__name__} with torch.fx "
                                    f"({type(exc).__name__}: {str(exc).splitlines()[0][:120]})") from None
@@ -115,6 +111,7 @@ def int8_weight(layer: QuantConv2d | QuantLinear, bn: nn.BatchNorm2d | None) -> 
         dead = g.abs() < 1e-30  # a zero BN gain kills the channel: weight 0, any positive scale
         ints[dead] = 0
         scales[dead] = 1.0
+    bias = grid_bias_of(layer, bn, bias)
     peak = ints.flatten(1).abs().amax(1)
     over = peak > 127  # only possible for W8 (integers up to ±255)
     if over.any():
@@ -122,6 +119,19 @@ def int8_weight(layer: QuantConv2d | QuantLinear, bn: nn.BatchNorm2d | None) -> 
         ints[over] = torch.round(ints[over] * factor)
         scales[over] = scales[over] * (peak[over].double() / 127.0)
     return ints.to(torch.int8), scales, None if bias is None else bias.float(), int(over.sum())
+
+
+def grid_bias_of(layer: nn.Module, bn: nn.BatchNorm2d | None, bias: torch.Tensor | None) -> torch.Tensor | None:
+    """The folded ``bias`` (float64) as the model's eval forward has it: on the accumulator grid where
+    ``bias_grid = "int32"`` put it there (``pact_layers.set_bias_grid``), else unchanged. Why here: the
+    exporters' int32 bias then lands on an exact multiple of its (finer, weight-multiplied) grid."""
+    holder = bn if bn is not None else layer
+    act = holder.__dict__.get(GRID_ATTR)
+    if bias is None or act is None:
+        return bias
+    gain = 1.0 if bn is None else (bn.weight.detach().double() if bn.weight is not None else 1.0) / torch.sqrt(
+        bn.running_var.double() + bn.eps)
+    return on_grid(bias, accumulator_unit(layer, act, gain)).double()
 
 
 def pact_grid(module: PACTReLU) -> tuple[float, int]:

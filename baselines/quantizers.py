@@ -6,7 +6,16 @@ import operator
 from typing import Any
 
 import torch
-from sgq_bench.builtin.pact_layers import PACTReLU, quantized_copy, residual_quant_copy
+from sgq_bench.builtin.pact_layers import (
+    PACTReLU,
+    QuantConv2d,
+    QuantLinear,
+    QuantTracer,
+    grid_bias_copy,
+    quantized_copy,
+    residual_quant_copy,
+    set_bias_grid,
+)
 from torch import fx, nn
 
 from sgq_bench._base import Bits, Param, Quantizer
@@ -43,6 +52,55 @@ def residual_batchnorms(model: nn.Module) -> dict[str, str]:
     return out
 
 
+# ops between a PACT layer and the quantized layer that reads it which keep its integer grid
+_GRID_KEEPING_MODULES = (nn.MaxPool2d, nn.Dropout, nn.Dropout2d, nn.Flatten, nn.Identity, nn.ReLU)
+_GRID_KEEPING_FUNCTIONS = {torch.flatten, torch.nn.functional.max_pool2d, torch.nn.functional.dropout,
+                           torch.nn.functional.pad, operator.getitem, torch.relu}
+
+
+def _input_act(node: fx.Node, modules: dict[str, nn.Module]) -> PACTReLU | None:
+    """The PACT layer whose grid ``node``'s input is on (through pooling, views, padding), or None."""
+    src = node.args[0] if node.args else None
+    while isinstance(src, fx.Node):
+        module = modules.get(src.target) if src.op == "call_module" else None
+        if isinstance(module, PACTReLU):
+            return module
+        keeps = (isinstance(module, _GRID_KEEPING_MODULES)
+                 or (src.op == "call_function" and src.target in _GRID_KEEPING_FUNCTIONS)
+                 or (src.op == "call_method" and src.target in ("flatten", "view", "reshape", "relu")))
+        if not keeps:
+            return None
+        src = src.args[0] if src.args else None
+    return None
+
+
+def grid_biases(model: nn.Module) -> None:
+    """PACT's ``bias_grid = "int32"``: each quantized layer that reads a PACT output gets its eval-mode
+    bias on its accumulator grid (its BatchNorm, if one follows, becomes a GridBiasBatchNorm2d that folds
+    and grids). Layers reading float values (the calibrated boundaries of ``boundary_bits = 0``) stay."""
+    try:
+        graph = QuantTracer().trace(model)
+    except Exception as exc:
+        raise ValueError(f"pact bias_grid='int32' needs a torch.fx-traceable model ({type(exc).__name__})") from None
+    modules = dict(model.named_modules())
+    for node in graph.nodes:
+        layer = modules.get(node.target) if node.op == "call_module" else None
+        if not isinstance(layer, (QuantConv2d, QuantLinear)):
+            continue
+        act = _input_act(node, modules)
+        if act is None:
+            continue
+        users = list(node.users)
+        bn = modules.get(users[0].target) if len(users) == 1 and users[0].op == "call_module" else None
+        if isinstance(layer, QuantConv2d) and isinstance(bn, nn.BatchNorm2d):
+            new = grid_bias_copy(bn)
+            set_bias_grid(new, act, conv=layer)
+            if new is not bn:
+                _set_submodule(model, users[0].target, new)
+        else:
+            set_bias_grid(layer, act)
+
+
 def _set_submodule(root: nn.Module, dotted: str, new: nn.Module) -> None:
     parent_name, _, attr = dotted.rpartition(".")
     parent = root.get_submodule(parent_name) if parent_name else root
@@ -64,6 +122,11 @@ class PACTQuantizer(Quantizer):
                                "BatchNorm output that enters a residual add is fake-quantized to 8 bits, as a "
                                "real int8 deployment must; 0 leaves both float (the deployment then "
                                "calibrates them and no longer matches exactly)", choices=(0, 8)),
+        "bias_grid": Param("float", "where the eval-mode bias (BatchNorm folded) of a quantized layer lies: "
+                           "'float', or 'int32', on the layer's integer accumulator grid (input step x weight "
+                           "step x BN gain), so an integer-only runtime (ONNX Runtime's QLinearConv) computes "
+                           "exactly what the model does; training is unchanged", choices=("float", "int32"),
+                           added_late=True),
     }
 
     def declared_bits(self) -> Bits:
@@ -100,6 +163,8 @@ class PACTQuantizer(Quantizer):
                 _set_submodule(model, name, PACTReLU(self.boundary_bits, self.alpha_init))
             elif isinstance(module, nn.BatchNorm2d) and residual_bns.get(name) not in (None, *keep_float):
                 _set_submodule(model, name, residual_quant_copy(module))
+        if self.bias_grid == "int32":
+            grid_biases(model)
         return model
 
     def param_groups(self, model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:

@@ -44,6 +44,12 @@ class Plugin:
         for key, value in self.config.items():
             setattr(self, key, value)
 
+    @property
+    def key_config(self) -> dict[str, Any]:
+        """``config`` as checkpoint keys hash it: a parameter ``added_late`` only when it is not at its default."""
+        return {k: v for k, v in self.config.items()
+                if not (self.params[k].added_late and v == self.params[k].default)}
+
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.config.items())
         return f"{type(self).__name__}({args})"

@@ -23,6 +23,9 @@ class Param:
     low_open: bool = False  # True: low itself is not allowed
     high_open: bool = False
     choices: tuple | None = None
+    # added after checkpoints were published: at its default it is left out of checkpoint keys (see
+    # ``Plugin.key_config``), so every earlier model keeps its key and every run directory its fingerprint
+    added_late: bool = False
 
     def range_text(self) -> str:
         if self.choices is not None:

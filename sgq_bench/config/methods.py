@@ -43,9 +43,10 @@ class Method:
         return q_cls(**self.quantizer_params), o_cls(**self.objective_params)
 
     def resolved(self) -> Method:
-        """The same method with every plugin default written out (what the checkpoint key hashes)."""
+        """The same method with every plugin default written out (what the checkpoint key hashes), except
+        the defaults of parameters added after models were published (``Param.added_late``)."""
         q, o = self.build()
-        return replace(self, quantizer_params=dict(q.config), objective_params=dict(o.config))
+        return replace(self, quantizer_params=dict(q.key_config), objective_params=dict(o.key_config))
 
     def with_params(self, overrides: dict[str, Any]) -> Method:
         """Apply ``key=value`` overrides to whichever of the quantizer/objective declares the key."""
