@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from sgq_bench.builtin.pact_layers import ZERO_PAD_FUNCTIONS
 from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
@@ -24,7 +25,6 @@ from sgq_bench.deploy import DeployUnavailable, require_extra
 OPSET = 17  # ai.onnx; ONNX Runtime >= 1.14 runs it; Clip takes uint8 from opset 12
 MS_DOMAIN = "com.microsoft"  # ONNX Runtime's contrib ops (QLinearAdd, QGemm)
 _IDENTITY_MODULES = (nn.Dropout, nn.Dropout2d, nn.Identity)
-_PAD_FUNCTIONS = {F.pad, getattr(torch._C._nn, "pad", F.pad)}
 
 
 class GraphBuilder:
@@ -154,7 +154,7 @@ def shape_op(g: GraphBuilder, node: fx.Node, x: str, modules: dict[str, nn.Modul
     if node.op == "call_function" and node.target is operator.getitem:
         args = slice_args(g, node.args[1], node.name)
         return None if args is None else g.op("Slice", [x, *args], node.name)
-    if node.op == "call_function" and node.target in _PAD_FUNCTIONS:
+    if node.op == "call_function" and node.target in ZERO_PAD_FUNCTIONS:
         if node.kwargs.get("value") not in (None, 0, 0.0) or node.kwargs.get("mode", "constant") != "constant" \
                 or len(node.args) > 2:
             return None

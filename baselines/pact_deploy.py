@@ -30,13 +30,16 @@ import operator
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from sgq_bench.builtin.pact_layers import (
+    GRID_ATTR,
+    GRID_KEEPING_FUNCTIONS,
+    GRID_KEEPING_METHODS,
+    GRID_KEEPING_MODULES,
+    ZERO_PAD_FUNCTIONS,
     PACTReLU,
     QuantConv2d,
     QuantLinear,
     QuantTracer,
-    GRID_ATTR,
     ResidualQuantBatchNorm2d,
     accumulator_unit,
     dorefa_weight,
@@ -46,11 +49,6 @@ from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from sgq_bench import deploy as dp
-
-_TRANSPARENT_MODULES = (nn.MaxPool2d, nn.Dropout, nn.Dropout2d, nn.Flatten, nn.Identity, nn.ReLU)
-_TRANSPARENT_FUNCTIONS = {operator.getitem, torch.flatten, F.relu, torch.relu, F.max_pool2d, F.dropout}
-_TRANSPARENT_METHODS = {"flatten", "view", "reshape", "relu", "contiguous"}
-_PAD_FUNCTIONS = {F.pad, getattr(torch._C._nn, "pad", F.pad)}
 
 
 def trace(model: nn.Module) -> fx.GraphModule:
@@ -294,17 +292,17 @@ class _Converter:
     def transparent(self, node: fx.Node) -> bool:
         """Ops that are exact on quint8 values (max-pool, views, slicing, dropout in eval, zero padding)."""
         if node.op == "call_module":
-            ok = isinstance(self.modules[node.target], _TRANSPARENT_MODULES)
+            ok = isinstance(self.modules[node.target], GRID_KEEPING_MODULES)
         elif node.op == "call_function":
-            ok = node.target in _TRANSPARENT_FUNCTIONS or (
-                node.target in _PAD_FUNCTIONS and node.kwargs.get("value") in (None, 0, 0.0)
+            ok = node.target in GRID_KEEPING_FUNCTIONS or (
+                node.target in ZERO_PAD_FUNCTIONS and node.kwargs.get("value") in (None, 0, 0.0)
                 and node.kwargs.get("mode", "constant") == "constant" and len(node.args) <= 2)
         else:
-            ok = node.op == "call_method" and node.target in _TRANSPARENT_METHODS
+            ok = node.op == "call_method" and node.target in GRID_KEEPING_METHODS
         src = node.args[0] if node.args else None
         if not ok or not isinstance(src, fx.Node) or src.name not in self.qparams:
             return False
-        if node.target in _PAD_FUNCTIONS and self.qparams[src.name][1] != 0:
+        if node.target in ZERO_PAD_FUNCTIONS and self.qparams[src.name][1] != 0:
             return False  # zero padding is exact only when float 0 is integer 0
         args = (self.env[src.name], *node.args[1:])
         if node.op == "call_module":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import operator
+
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
@@ -163,14 +165,28 @@ class GridBiasBatchNorm2d(nn.BatchNorm2d):
         conv, act = self.__dict__.get("_bias_grid_conv"), self.__dict__.get(GRID_ATTR)
         if self.training or conv is None:
             return super().forward(x)
-        ones = torch.ones_like(self.running_var, dtype=torch.float64)
-        gamma = self.weight.detach().double() if self.weight is not None else ones
-        beta = self.bias.detach().double() if self.bias is not None else 0 * ones
-        g = gamma / torch.sqrt(self.running_var.double() + self.eps)
-        b = (0.0 if conv.bias is None else conv.bias.detach().double()) - self.running_mean.double()
-        b = on_grid(b * g + beta, accumulator_unit(conv, act, g))
+        g, b = self._folded(conv, act)
         shape = (1, -1, *([1] * (x.dim() - 2)))
-        return x * g.float().to(x.dtype).view(shape) + b.to(x.dtype).view(shape)
+        return x * g.to(x.dtype).view(shape) + b.to(x.dtype).view(shape)
+
+    def _folded(self, conv: nn.Module, act: PACTReLU) -> tuple[torch.Tensor, torch.Tensor]:
+        """(gain, gridded bias) in float32, computed in float64 once per state of the tensors they read
+        (evaluation runs thousands of forwards with nothing changed)."""
+        tensors = [t for t in (self.weight, self.bias, self.running_mean, self.running_var, conv.weight, conv.bias,
+                               act.alpha) if t is not None]
+        key = tuple((t.data_ptr(), t._version) for t in tensors)
+        cached = self.__dict__.get("_folded_cache")
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        with torch.no_grad():
+            ones = torch.ones_like(self.running_var, dtype=torch.float64)
+            gamma = self.weight.detach().double() if self.weight is not None else ones
+            beta = self.bias.detach().double() if self.bias is not None else 0 * ones
+            g = gamma / torch.sqrt(self.running_var.double() + self.eps)
+            b = (0.0 if conv.bias is None else conv.bias.detach().double()) - self.running_mean.double()
+            out = g.float(), on_grid(b * g + beta, accumulator_unit(conv, act, g))
+        self.__dict__["_folded_cache"] = (key, out)
+        return out
 
 
 def _sharing_copy(module: nn.Module, cls: type[nn.Module]) -> nn.Module:
@@ -228,6 +244,14 @@ class ResidualQuantBatchNorm2d(GridBiasBatchNorm2d):
 
     def extra_repr(self) -> str:
         return super().extra_repr() + ", out=int8 (residual)"
+
+
+# ops that keep integer values integer (on the same grid): what lies between a PACT layer and the integer
+# layer that reads it, for the quantizer's bias grids and the torch.ao exporter alike
+GRID_KEEPING_MODULES = (nn.MaxPool2d, nn.Dropout, nn.Dropout2d, nn.Flatten, nn.Identity, nn.ReLU)
+GRID_KEEPING_FUNCTIONS = {operator.getitem, torch.flatten, F.relu, torch.relu, F.max_pool2d, F.dropout}
+GRID_KEEPING_METHODS = {"flatten", "view", "reshape", "relu", "contiguous"}
+ZERO_PAD_FUNCTIONS = {F.pad, getattr(torch._C._nn, "pad", F.pad)}  # grid-keeping with a zero fill only
 
 
 class QuantTracer(fx.Tracer):

@@ -44,7 +44,13 @@ import numpy as np
 import torch
 from sgq_bench.builtin import onnx_graph as og
 from sgq_bench.builtin.pact_deploy import _copy_eval, calibrate, folded_layer, pact_grid, sole_user, trace
-from sgq_bench.builtin.pact_layers import PACTReLU, QuantConv2d, QuantLinear, ResidualQuantBatchNorm2d
+from sgq_bench.builtin.pact_layers import (
+    ZERO_PAD_FUNCTIONS,
+    PACTReLU,
+    QuantConv2d,
+    QuantLinear,
+    ResidualQuantBatchNorm2d,
+)
 from torch import fx, nn
 
 from sgq_bench import deploy as dp
@@ -247,7 +253,7 @@ class _Converter:
             node.op == "call_method" and node.target == "relu")
         if relu:
             out = self.env[src.name] if qp[1] == 0 else None
-        elif node.op == "call_function" and node.target in og._PAD_FUNCTIONS and qp[1] != 0:
+        elif node.op == "call_function" and node.target in ZERO_PAD_FUNCTIONS and qp[1] != 0:
             out = None  # zero padding is exact only where float 0 is integer 0
         else:
             out = og.shape_op(self.g, node, self.env[src.name], self.modules)

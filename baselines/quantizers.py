@@ -7,6 +7,10 @@ from typing import Any
 
 import torch
 from sgq_bench.builtin.pact_layers import (
+    GRID_KEEPING_FUNCTIONS,
+    GRID_KEEPING_METHODS,
+    GRID_KEEPING_MODULES,
+    ZERO_PAD_FUNCTIONS,
     PACTReLU,
     QuantConv2d,
     QuantLinear,
@@ -52,12 +56,6 @@ def residual_batchnorms(model: nn.Module) -> dict[str, str]:
     return out
 
 
-# ops between a PACT layer and the quantized layer that reads it which keep its integer grid
-_GRID_KEEPING_MODULES = (nn.MaxPool2d, nn.Dropout, nn.Dropout2d, nn.Flatten, nn.Identity, nn.ReLU)
-_GRID_KEEPING_FUNCTIONS = {torch.flatten, torch.nn.functional.max_pool2d, torch.nn.functional.dropout,
-                           torch.nn.functional.pad, operator.getitem, torch.relu}
-
-
 def _input_act(node: fx.Node, modules: dict[str, nn.Module]) -> PACTReLU | None:
     """The PACT layer whose grid ``node``'s input is on (through pooling, views, padding), or None."""
     src = node.args[0] if node.args else None
@@ -65,9 +63,11 @@ def _input_act(node: fx.Node, modules: dict[str, nn.Module]) -> PACTReLU | None:
         module = modules.get(src.target) if src.op == "call_module" else None
         if isinstance(module, PACTReLU):
             return module
-        keeps = (isinstance(module, _GRID_KEEPING_MODULES)
-                 or (src.op == "call_function" and src.target in _GRID_KEEPING_FUNCTIONS)
-                 or (src.op == "call_method" and src.target in ("flatten", "view", "reshape", "relu")))
+        keeps = (isinstance(module, GRID_KEEPING_MODULES)
+                 or (src.op == "call_function" and src.target in GRID_KEEPING_FUNCTIONS)
+                 or (src.op == "call_function" and src.target in ZERO_PAD_FUNCTIONS
+                     and src.kwargs.get("value") in (None, 0, 0.0) and len(src.args) <= 2)
+                 or (src.op == "call_method" and src.target in GRID_KEEPING_METHODS))
         if not keeps:
             return None
         src = src.args[0] if src.args else None
