@@ -32,10 +32,8 @@ from typing import Any
 import torch
 from sgq_bench.builtin.pact_layers import (
     GRID_ATTR,
-    GRID_KEEPING_FUNCTIONS,
-    GRID_KEEPING_METHODS,
-    GRID_KEEPING_MODULES,
     ZERO_PAD_FUNCTIONS,
+    GridBiasBatchNorm2d,
     PACTReLU,
     QuantConv2d,
     QuantLinear,
@@ -43,7 +41,9 @@ from sgq_bench.builtin.pact_layers import (
     ResidualQuantBatchNorm2d,
     accumulator_unit,
     dorefa_weight,
+    keeps_grid,
     on_grid,
+    sole_user,
 )
 from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
@@ -123,13 +123,11 @@ def grid_bias_of(layer: nn.Module, bn: nn.BatchNorm2d | None, bias: torch.Tensor
     """The folded ``bias`` (float64) as the model's eval forward has it: on the accumulator grid where
     ``bias_grid = "int32"`` put it there (``pact_layers.set_bias_grid``), else unchanged. Why here: the
     exporters' int32 bias then lands on an exact multiple of its (finer, weight-multiplied) grid."""
-    holder = bn if bn is not None else layer
-    act = holder.__dict__.get(GRID_ATTR)
-    if bias is None or act is None:
-        return bias
-    gain = 1.0 if bn is None else (bn.weight.detach().double() if bn.weight is not None else 1.0) / torch.sqrt(
-        bn.running_var.double() + bn.eps)
-    return on_grid(bias, accumulator_unit(layer, act, gain)).double()
+    if isinstance(bn, GridBiasBatchNorm2d) and "_bias_grid_conv" in bn.__dict__:
+        return bn.folded()[1].double()  # the BatchNorm's own gain and gridded bias
+    if bn is None and bias is not None and GRID_ATTR in layer.__dict__:
+        return on_grid(bias, accumulator_unit(layer, layer.__dict__[GRID_ATTR])).double()
+    return bias
 
 
 def pact_grid(module: PACTReLU) -> tuple[float, int]:
@@ -137,14 +135,6 @@ def pact_grid(module: PACTReLU) -> tuple[float, int]:
     if module.act_bits > 8:
         raise dp.DeployUnavailable(f"int8 deployment supports activation bits <= 8, not {module.act_bits}")
     return float(module.alpha.detach()), 2**module.act_bits - 1
-
-
-def sole_user(modules: dict[str, nn.Module], n: fx.Node, kind: type | tuple[type, ...]) -> fx.Node | None:
-    """``n``'s only user when it is a call of a ``kind`` module, else None (what a layer may be fused with)."""
-    users = list(n.users)
-    if len(users) == 1 and users[0].op == "call_module" and isinstance(modules[users[0].target], kind):
-        return users[0]
-    return None
 
 
 def folded_layer(modules: dict[str, nn.Module], node: fx.Node, info: dict[str, Any]) -> tuple[
@@ -291,14 +281,7 @@ class _Converter:
 
     def transparent(self, node: fx.Node) -> bool:
         """Ops that are exact on quint8 values (max-pool, views, slicing, dropout in eval, zero padding)."""
-        if node.op == "call_module":
-            ok = isinstance(self.modules[node.target], GRID_KEEPING_MODULES)
-        elif node.op == "call_function":
-            ok = node.target in GRID_KEEPING_FUNCTIONS or (
-                node.target in ZERO_PAD_FUNCTIONS and node.kwargs.get("value") in (None, 0, 0.0)
-                and node.kwargs.get("mode", "constant") == "constant" and len(node.args) <= 2)
-        else:
-            ok = node.op == "call_method" and node.target in GRID_KEEPING_METHODS
+        ok = keeps_grid(node, self.modules)
         src = node.args[0] if node.args else None
         if not ok or not isinstance(src, fx.Node) or src.name not in self.qparams:
             return False

@@ -162,16 +162,16 @@ class GridBiasBatchNorm2d(nn.BatchNorm2d):
     the folded bias ``b = (bias - mean) * g + beta`` on the conv's accumulator grid. Else a BatchNorm."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        conv, act = self.__dict__.get("_bias_grid_conv"), self.__dict__.get(GRID_ATTR)
-        if self.training or conv is None:
+        if self.training or "_bias_grid_conv" not in self.__dict__:
             return super().forward(x)
-        g, b = self._folded(conv, act)
+        g, b = self.folded()
         shape = (1, -1, *([1] * (x.dim() - 2)))
         return x * g.to(x.dtype).view(shape) + b.to(x.dtype).view(shape)
 
-    def _folded(self, conv: nn.Module, act: PACTReLU) -> tuple[torch.Tensor, torch.Tensor]:
-        """(gain, gridded bias) in float32, computed in float64 once per state of the tensors they read
-        (evaluation runs thousands of forwards with nothing changed)."""
+    def folded(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(gain, gridded bias) in float32 (needs a grid), computed in float64 once per state of the tensors
+        they read (evaluation runs thousands of forwards with nothing changed); the exporters read it too."""
+        conv, act = self.__dict__["_bias_grid_conv"], self.__dict__[GRID_ATTR]
         tensors = [t for t in (self.weight, self.bias, self.running_mean, self.running_var, conv.weight, conv.bias,
                                act.alpha) if t is not None]
         key = tuple((t.data_ptr(), t._version) for t in tensors)
@@ -248,10 +248,30 @@ class ResidualQuantBatchNorm2d(GridBiasBatchNorm2d):
 
 # ops that keep integer values integer (on the same grid): what lies between a PACT layer and the integer
 # layer that reads it, for the quantizer's bias grids and the torch.ao exporter alike
-GRID_KEEPING_MODULES = (nn.MaxPool2d, nn.Dropout, nn.Dropout2d, nn.Flatten, nn.Identity, nn.ReLU)
-GRID_KEEPING_FUNCTIONS = {operator.getitem, torch.flatten, F.relu, torch.relu, F.max_pool2d, F.dropout}
-GRID_KEEPING_METHODS = {"flatten", "view", "reshape", "relu", "contiguous"}
+_GRID_KEEPING_MODULES = (nn.MaxPool2d, nn.Dropout, nn.Dropout2d, nn.Flatten, nn.Identity, nn.ReLU)
+_GRID_KEEPING_FUNCTIONS = {operator.getitem, torch.flatten, F.relu, torch.relu, F.max_pool2d, F.dropout}
+_GRID_KEEPING_METHODS = {"flatten", "view", "reshape", "relu", "contiguous"}
 ZERO_PAD_FUNCTIONS = {F.pad, getattr(torch._C._nn, "pad", F.pad)}  # grid-keeping with a zero fill only
+
+
+def keeps_grid(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    """Whether ``node`` maps integer values on a grid to values on the same grid (max-pool, views, slicing,
+    dropout in eval, ReLU, constant zero padding; a zero fill is exact only where the zero point is 0)."""
+    if node.op == "call_module":
+        return isinstance(modules[node.target], _GRID_KEEPING_MODULES)
+    if node.op == "call_function":
+        return node.target in _GRID_KEEPING_FUNCTIONS or (
+            node.target in ZERO_PAD_FUNCTIONS and node.kwargs.get("value") in (None, 0, 0.0)
+            and node.kwargs.get("mode", "constant") == "constant" and len(node.args) <= 2)
+    return node.op == "call_method" and node.target in _GRID_KEEPING_METHODS
+
+
+def sole_user(modules: dict[str, nn.Module], n: fx.Node, kind: type | tuple[type, ...]) -> fx.Node | None:
+    """``n``'s only user when it is a call of a ``kind`` module, else None (what a layer may be fused with)."""
+    users = list(n.users)
+    if len(users) == 1 and users[0].op == "call_module" and isinstance(modules[users[0].target], kind):
+        return users[0]
+    return None
 
 
 class QuantTracer(fx.Tracer):

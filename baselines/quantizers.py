@@ -7,18 +7,16 @@ from typing import Any
 
 import torch
 from sgq_bench.builtin.pact_layers import (
-    GRID_KEEPING_FUNCTIONS,
-    GRID_KEEPING_METHODS,
-    GRID_KEEPING_MODULES,
-    ZERO_PAD_FUNCTIONS,
     PACTReLU,
     QuantConv2d,
     QuantLinear,
     QuantTracer,
     grid_bias_copy,
+    keeps_grid,
     quantized_copy,
     residual_quant_copy,
     set_bias_grid,
+    sole_user,
 )
 from torch import fx, nn
 
@@ -63,12 +61,7 @@ def _input_act(node: fx.Node, modules: dict[str, nn.Module]) -> PACTReLU | None:
         module = modules.get(src.target) if src.op == "call_module" else None
         if isinstance(module, PACTReLU):
             return module
-        keeps = (isinstance(module, GRID_KEEPING_MODULES)
-                 or (src.op == "call_function" and src.target in GRID_KEEPING_FUNCTIONS)
-                 or (src.op == "call_function" and src.target in ZERO_PAD_FUNCTIONS
-                     and src.kwargs.get("value") in (None, 0, 0.0) and len(src.args) <= 2)
-                 or (src.op == "call_method" and src.target in GRID_KEEPING_METHODS))
-        if not keeps:
+        if not keeps_grid(src, modules):
             return None
         src = src.args[0] if src.args else None
     return None
@@ -90,13 +83,13 @@ def grid_biases(model: nn.Module) -> None:
         act = _input_act(node, modules)
         if act is None:
             continue
-        users = list(node.users)
-        bn = modules.get(users[0].target) if len(users) == 1 and users[0].op == "call_module" else None
-        if isinstance(layer, QuantConv2d) and isinstance(bn, nn.BatchNorm2d):
+        bn_node = sole_user(modules, node, nn.BatchNorm2d) if isinstance(layer, QuantConv2d) else None
+        if bn_node is not None:  # the same pairing the exporters fold (``pact_deploy.folded_layer``)
+            bn = modules[bn_node.target]
             new = grid_bias_copy(bn)
             set_bias_grid(new, act, conv=layer)
             if new is not bn:
-                _set_submodule(model, users[0].target, new)
+                _set_submodule(model, bn_node.target, new)
         else:
             set_bias_grid(layer, act)
 

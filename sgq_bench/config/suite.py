@@ -58,7 +58,7 @@ class Recipe:
     channels_last: bool = False  # NHWC training tensors (oneDNN's fast layout on CPU)
     # run the model under torch.compile (inductor) while training; part of the checkpoint key only when
     # true, so every eager checkpoint keeps its key (compiled kernels round differently: other weights)
-    compile: bool = False
+    compile: bool = field(default=False, metadata={"added_late": True})
 
     def validate(self, where: str) -> Recipe:
         checks = [
@@ -88,12 +88,13 @@ class Recipe:
         return asdict(self)
 
     def key_dict(self) -> dict[str, Any]:
-        """The recipe as checkpoint keys and suite fingerprints hash it: ``compile`` only when true. Why:
-        it was added after models and run directories were published, and an eager recipe's hash must not
-        change (a fingerprint with ``compile: false`` refused every existing run directory)."""
+        """The recipe as checkpoint keys and suite fingerprints hash it: a field added after models and run
+        directories were published (``metadata["added_late"]``, as ``Param.added_late`` for plugins) only
+        when it is not at its default. Why: ``compile: false`` in the hash once refused every run directory."""
         out = asdict(self)
-        if not out["compile"]:
-            del out["compile"]
+        for f in fields(self):
+            if f.metadata.get("added_late") and out[f.name] == f.default:
+                del out[f.name]
         return out
 
 

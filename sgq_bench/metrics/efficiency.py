@@ -142,6 +142,7 @@ def time_models(models: dict[str, nn.Module], inputs: dict[int, torch.Tensor], r
     """
     if burst < 1:
         raise ValueError(f"burst={burst!r}: expected an integer >= 1")
+    timed = max(burst - 1, 1)  # calls timed per turn
     old_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     times: dict[tuple[str, int], list[float]] = {}
@@ -159,9 +160,9 @@ def time_models(models: dict[str, nn.Module], inputs: dict[int, torch.Tensor], r
                         if burst > 1:
                             models[name](x)  # the turn's first call brings the model back into cache
                         start = time.perf_counter()
-                        for _ in range(max(burst - 1, 1)):
+                        for _ in range(timed):
                             models[name](x)
-                        times[(name, bs)].append((time.perf_counter() - start) * 1e3 / max(burst - 1, 1))
+                        times[(name, bs)].append((time.perf_counter() - start) * 1e3 / timed)
     finally:
         torch.set_num_threads(old_threads)
     return times
