@@ -17,7 +17,7 @@ from sgq_bench.bench import references as ref
 from sgq_bench.metrics import functional as _common
 from sgq_bench.metrics.deletion import DeletionAUC, MorfAccuracy
 from sgq_bench.metrics.faithfulness import FaithfulnessCorrelation, Infidelity
-from sgq_bench.metrics.road import RoadLerf, RoadMorf, linear_impute
+from sgq_bench.metrics.road import RoadLerf, RoadMorf, _two_term_start, linear_impute
 from sgq_bench.metrics.sparsity import Complexity, Sparseness
 
 N = 12
@@ -66,6 +66,38 @@ def test_imputation_equals_quantus_solver():
         order = torch.argsort(pos, dim=1)
         for i in range(6):
             np.testing.assert_allclose(ours[i].numpy(), ref.linear_imputation(x[i], order[i, :k]), atol=2e-5)
+
+
+def test_imputation_with_structured_holes_equals_quantus_solver():
+    """Large holes (a digit-like ring known, the rest removed, as at LeRF's high fractions) are where the
+    two-term start matters; the solution must still be the reference's."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(3, 1, 28, 28, generator=g) * 0.3 - 0.4
+    yy, xx = torch.meshgrid(torch.arange(28), torch.arange(28), indexing="ij")
+    r = ((yy - 13.5) ** 2 + (xx - 13.5) ** 2).sqrt()
+    known = torch.stack([(r - 8).abs() < 1.5, (r - 4).abs() < 1, xx == 3]).view(3, 1, 28, 28)
+    ours = linear_impute(x, ~known, tol=1e-7, max_iter=3000)
+    for i in range(3):
+        order = (~known[i].flatten()).nonzero().flatten()
+        np.testing.assert_allclose(ours[i].numpy(), ref.linear_imputation(x[i], order), atol=2e-5)
+
+
+def test_two_term_start_is_no_worse_than_either_vector():
+    """The start minimises the energy-norm error over span{u1, u2}: never worse than u1 or u2 scaled alone."""
+    g = torch.Generator().manual_seed(2)
+    n = 30
+    q = torch.randn(4, n, n, generator=g, dtype=torch.float64)
+    a_mat = q @ q.transpose(1, 2) + n * torch.eye(n, dtype=torch.float64)
+    u1, u2, rhs = (torch.randn(4, n, generator=g, dtype=torch.float64) for _ in range(3))
+    mv = lambda v: (a_mat @ v.unsqueeze(-1)).squeeze(-1)  # noqa: E731
+    sol = torch.linalg.solve(a_mat, rhs.unsqueeze(-1)).squeeze(-1)
+    energy = lambda v: torch.einsum("si,si->s", v - sol, mv(v - sol))  # noqa: E731
+    v = _two_term_start(u1, mv(u1), u2, mv(u2), rhs)
+    for u in (u1, u2):
+        best_alone = u * (torch.einsum("si,si->s", u, rhs) / torch.einsum("si,si->s", u, mv(u))).unsqueeze(1)
+        assert (energy(v) <= energy(best_alone) + 1e-9).all()
+    same = _two_term_start(u2, mv(u2), u2, mv(u2), rhs)  # degenerate pair: falls back to u2 alone
+    assert torch.isfinite(same).all()
 
 
 @pytest.mark.parametrize("cls,reference", [(Sparseness, ref.sparseness), (Complexity, ref.complexity)])
