@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from sgq_bench import _registry, checkpoints
 from sgq_bench._base import Dataset, Objective, Quantizer, Split, TrainContext
 from sgq_bench._batching import max_batch
+from sgq_bench._lock import training_lock
 from sgq_bench._provenance import provenance
 from sgq_bench._signals import StopFlag
 from sgq_bench.config.suite import Recipe
@@ -391,7 +392,8 @@ def load_or_train(spec: TrainSpec, ctx: ExecContext | None = None, *, force: boo
     (resuming from a partial state if a previous training was stopped) and saved.
 
     ``ctx`` says where (device, data, checkpoint directory, progress bars, stop file); default: the CPU,
-    ``$SGQ_BENCH_DATA`` and the user cache. ``force`` retrains even when a checkpoint exists.
+    ``$SGQ_BENCH_DATA`` and the user cache. ``force`` retrains even when a checkpoint exists. The
+    training holds ``<checkpoint>.lock``: a second process asking for the same model waits, then loads it.
     """
     ctx = ctx or ExecContext()
     device = resolve_device(ctx.device)
@@ -401,25 +403,33 @@ def load_or_train(spec: TrainSpec, ctx: ExecContext | None = None, *, force: boo
     full = load_split(dataset, True, ctx.data_root)
     model, quantizer, objective = build_model(spec, dataset)
     if path.exists() and not force:
-        blob = checkpoints.load(path)
-        model.load_state_dict(blob["state_dict"])
-        return TrainResult(model.to(device).eval(), path, True, blob["meta"])
-    split = subset(full, spec.recipe.train_size, seed=spec.seed + 104729)
-    partial = checkpoints.partial_path(path)
-    if force:
+        return _loaded(model, path, device)
+    log = None if ctx.progress else _log_line
+    with training_lock(path, spec.label, log=log or warn):
+        if path.exists() and not force:  # trained meanwhile by the process we waited for
+            return _loaded(model, path, device)
+        split = subset(full, spec.recipe.train_size, seed=spec.seed + 104729)
+        partial = checkpoints.partial_path(path)
+        if force:
+            checkpoints.remove(partial)
+        test = load_split(dataset, False, ctx.data_root) if spec.recipe.epochs > 1 else None
+        stats = train_model(model, quantizer, objective, dataset, split, spec.recipe, spec.seed, device,
+                            desc=spec.label, progress=ctx.progress, state_path=partial, test_split=test,
+                            on_step=on_step, stop_file=ctx.stop_file, log=log)
+        meta = {"key": spec.key(fingerprint), "spec": spec.key_material(fingerprint), "train_size": len(split),
+                "train_data_sha256": fingerprint, **stats,
+                # where and by what code the weights were made (a row's own provenance is its evaluation's)
+                "provenance": provenance(device)}
+        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        checkpoints.save(path, {"state_dict": state, "meta": meta})
         checkpoints.remove(partial)
-    test = load_split(dataset, False, ctx.data_root) if spec.recipe.epochs > 1 else None
-    stats = train_model(model, quantizer, objective, dataset, split, spec.recipe, spec.seed, device,
-                        desc=spec.label, progress=ctx.progress, state_path=partial, test_split=test,
-                        on_step=on_step, stop_file=ctx.stop_file, log=None if ctx.progress else _log_line)
-    meta = {"key": spec.key(fingerprint), "spec": spec.key_material(fingerprint), "train_size": len(split),
-            "train_data_sha256": fingerprint, **stats,
-            # where and by what code the weights were made (a row's own provenance is its evaluation's)
-            "provenance": provenance(device)}
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    checkpoints.save(path, {"state_dict": state, "meta": meta})
-    checkpoints.remove(partial)
-    return TrainResult(model.eval(), path, False, meta)
+        return TrainResult(model.eval(), path, False, meta)
+
+
+def _loaded(model: nn.Module, path: Path, device: torch.device) -> TrainResult:
+    blob = checkpoints.load(path)
+    model.load_state_dict(blob["state_dict"])
+    return TrainResult(model.to(device).eval(), path, True, blob["meta"])
 
 
 def _log_line(text: str) -> None:

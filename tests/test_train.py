@@ -209,3 +209,42 @@ def test_recipe_compile_must_be_a_bool():
 
     with pytest.raises(UsageError, match=r"recipe.compile = 'yes' is invalid; expected true or false"):
         Recipe(compile="yes").validate("suite.toml")
+
+
+def test_a_second_process_asking_for_a_model_in_training_waits_then_loads_it(tmp_path):
+    """Two trainers of one spec into one checkpoint dir (a run and a standalone train) would overwrite
+    each other's partial state: the second waits on ``<checkpoint>.lock``, then loads the finished model."""
+    import shutil
+    import threading
+    import time
+
+    from sgq_bench._lock import training_lock
+    from sgq_bench.train import locate_checkpoint
+
+    spec = replace(_spec(), recipe=replace(RECIPE, epochs=1, train_size=256))
+    ctx = ExecContext(checkpoint_dir=tmp_path / "shared", progress=False)
+    path = locate_checkpoint(spec, checkpoint_dir=ctx.checkpoint_dir).path
+    out = {}
+    with training_lock(path, spec.label):  # "the other process", mid-training
+        waiter = threading.Thread(target=lambda: out.update(res=load_or_train(spec, ctx)))
+        waiter.start()
+        time.sleep(1.5)
+        assert waiter.is_alive(), "the second trainer did not wait for the lock"
+        assert not path.exists() and not list(path.parent.glob("*.partial.pt"))
+        done = load_or_train(spec, ExecContext(checkpoint_dir=tmp_path / "other", progress=False))
+        shutil.copy(done.path, path)  # the other process finishes and saves
+    waiter.join(60)
+    assert out["res"].loaded, "the waiter trained again instead of loading the finished model"
+    for va, vb in zip(done.model.state_dict().values(), out["res"].model.state_dict().values()):
+        assert torch.equal(va, vb)
+
+
+def test_a_training_lock_held_past_the_timeout_is_one_line_naming_the_holder(tmp_path):
+    from sgq_bench._lock import training_lock
+    from sgq_bench.errors import UsageError
+
+    ckpt = tmp_path / "m.pt"
+    with training_lock(ckpt, "synthetic/test_cnn/baseline/s0"):
+        with pytest.raises(UsageError, match=r"synthetic/test_cnn/baseline/s0 is being trained by another process \(pid \d+"):
+            with training_lock(ckpt, "synthetic/test_cnn/baseline/s0", timeout_s=0.2):
+                pass

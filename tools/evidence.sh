@@ -11,8 +11,7 @@
 # workers share the checkpoint dir, and a task one of them finished is skipped by the other.
 # One training at a time on a 2-core CPU: a second one beside it (sgt_pact seed 2 beside seed 1, 2026-12-07,
 # AMD EPYC) made both run 10-11 min per epoch against 5 alone, so it gained nothing and delayed the seed
-# in flight. The run trains in its own order (seed 1, then seed 2 by method); never train one of its specs
-# in a second process at the same time (no checkpoint lock: the two would overwrite each other's state).
+# in flight. (A second process asking for a model in training waits on its <checkpoint>.lock.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 LOGS="${LOGS:-/tmp/sgq-evidence}"
