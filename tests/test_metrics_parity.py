@@ -150,3 +150,15 @@ def test_morf_accuracy_hand_computed(case):
         expect.append(float((model(xs).argmax(1) == ctx.y).double().mean()))
     assert res.curve["y"] == pytest.approx(expect)
     assert res.value == pytest.approx((expect[0] + expect[1]) / 2)
+
+
+def test_imputation_stopped_at_max_iter_keeps_its_iterate_not_the_removed_pixels():
+    """A system that has not converged by max_iter must return its last iterate: returning the image
+    unchanged would hand the model the very pixels ROAD removed."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(4, 1, 28, 28, generator=g)
+    unknown = (_common.rank_positions(torch.rand(4, 784, generator=g)) < 700).view(4, 1, 28, 28)
+    out = linear_impute(x, unknown, tol=1e-9, max_iter=2)
+    changed = (out - x).abs()[unknown.expand_as(x)]
+    assert (changed > 0).float().mean() > 0.99
+    assert torch.equal(out[~unknown.expand_as(x)], x[~unknown.expand_as(x)])
