@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from sgq_bench.errors import UsageError
 
@@ -49,43 +50,59 @@ def training_lock(checkpoint: Path, label: str, *, timeout_s: float | None = Non
     with file_lock(training_lock_path(checkpoint), timeout_s=timeout_s, log=log,
                    waiting=lambda holder: f"waiting for {label}: another process is training it ({holder})",
                    busy=lambda holder: f"{label} is being trained by another process ({holder}) into "
-                   f"{checkpoint.parent}; wait for it to finish or use another --checkpoint-dir"):
+                   f"{checkpoint.parent}; wait for it to finish or use another --checkpoint-dir", remove=True):
         yield
 
 
 @contextmanager
 def file_lock(path: Path, *, waiting: Callable[[str], str], busy: Callable[[str], str],
-              timeout_s: float | None = None, log: Callable[[str], None] | None = None) -> Iterator[None]:
+              timeout_s: float | None = None, log: Callable[[str], None] | None = None,
+              remove: bool = False) -> Iterator[None]:
     """Hold an exclusive ``flock`` on ``path``, writing our pid and host into it for whoever waits.
 
     ``waiting(holder)`` is logged once when the lock is taken; ``busy(holder)`` is the error after
-    ``timeout_s``. Without ``fcntl`` (Windows) nothing is locked."""
+    ``timeout_s``. With ``remove`` the file is deleted on release (a checkpoint folder keeps no trace of
+    a training that failed); a waiter that then finds it locked a deleted file retries on the new one.
+    Without ``fcntl`` (Windows) nothing is locked."""
     if fcntl is None:
         yield
         return
-    fh = open(path, "a+")  # noqa: SIM115 - held for the context's duration
+    waited = False
+    start = time.monotonic()
+    while True:
+        fh = open(path, "a+")  # noqa: SIM115 - held for the context's duration
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.close()
+            holder = _holder(path)
+            if timeout_s is not None and time.monotonic() - start >= timeout_s:
+                raise UsageError(busy(holder)) from None
+            if not waited and log is not None:
+                log(waiting(holder))
+            waited = True
+            time.sleep(0.5)
+            continue
+        if _same_file(fh, path):
+            break
+        fh.close()  # we locked a file its holder deleted on release: lock the current one
     try:
-        waited = False
-        start = time.monotonic()
-        while True:
-            try:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                holder = _holder(path)
-                if timeout_s is not None and time.monotonic() - start >= timeout_s:
-                    raise UsageError(busy(holder)) from None
-                if not waited and log is not None:
-                    log(waiting(holder))
-                waited = True
-                time.sleep(0.5)
         fh.seek(0)
         fh.truncate()
         fh.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
         fh.flush()
         yield
     finally:
+        if remove:
+            path.unlink(missing_ok=True)
         fh.close()  # releases the lock
+
+
+def _same_file(fh: Any, path: Path) -> bool:
+    try:
+        return os.path.samestat(os.fstat(fh.fileno()), os.stat(path))
+    except FileNotFoundError:
+        return False
 
 
 def _holder(path: Path) -> str:

@@ -235,6 +235,7 @@ def test_a_second_process_asking_for_a_model_in_training_waits_then_loads_it(tmp
         shutil.copy(done.path, path)  # the other process finishes and saves
     waiter.join(60)
     assert out["res"].loaded, "the waiter trained again instead of loading the finished model"
+    assert not list(path.parent.glob("*.lock")), "a released training lock leaves no file behind"
     for va, vb in zip(done.model.state_dict().values(), out["res"].model.state_dict().values()):
         assert torch.equal(va, vb)
 
