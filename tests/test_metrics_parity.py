@@ -17,7 +17,7 @@ from sgq_bench.bench import references as ref
 from sgq_bench.metrics import functional as _common
 from sgq_bench.metrics.deletion import DeletionAUC, MorfAccuracy
 from sgq_bench.metrics.faithfulness import FaithfulnessCorrelation, Infidelity
-from sgq_bench.metrics.road import RoadLerf, RoadMorf, _two_term_start, linear_impute
+from sgq_bench.metrics.road import RoadLerf, RoadMorf, _linear_impute, _two_term_start, linear_impute
 from sgq_bench.metrics.sparsity import Complexity, Sparseness
 
 N = 12
@@ -162,3 +162,38 @@ def test_imputation_stopped_at_max_iter_keeps_its_iterate_not_the_removed_pixels
     changed = (out - x).abs()[unknown.expand_as(x)]
     assert (changed > 0).float().mean() > 0.99
     assert torch.equal(out[~unknown.expand_as(x)], x[~unknown.expand_as(x)])
+
+
+def test_imputation_threads_follow_idle_cpus_and_never_change_the_result(monkeypatch):
+    """Two threads where two CPUs are idle, one where another process is running; bitwise the same."""
+    import os
+
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs two CPUs")
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(64, 1, 28, 28, generator=g)
+    unknown = (_common.rank_positions(torch.rand(64, 784, generator=g)) < 500).view(64, 1, 28, 28)
+    saved = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        chosen, outs = {}, {}
+        for busy in (0, 1, None):
+            with _common.idle_threads(torch.device("cpu"), others=lambda busy=busy: busy) as n:
+                chosen[busy] = n
+                outs[busy] = _linear_impute(x, unknown, 1e-5, None, torch.float32)
+        assert chosen == {0: 2, 1: 1, None: 1}
+        assert torch.get_num_threads() == 2
+        assert torch.equal(outs[0], outs[1])
+    finally:
+        torch.set_num_threads(saved)
+
+
+def test_others_running_reads_the_kernels_count(tmp_path):
+    f = tmp_path / "loadavg"
+    f.write_text("1.44 1.72 1.87 4/116 21452\n")
+    tasks = tmp_path / "task"
+    for tid, state in ((10, "R"), (11, "S"), (12, "R")):  # ours: the reader and a spinning worker
+        (tasks / str(tid)).mkdir(parents=True)
+        (tasks / str(tid) / "stat").write_text(f"{tid} (pt_main (x) thread) {state} 1 2 3\n")
+    assert _common.others_running(str(f), str(tasks), gap_s=0) == 2
+    assert _common.others_running(str(tmp_path / "missing"), gap_s=0) is None

@@ -32,8 +32,8 @@ from sgq_bench.metrics.functional import (
     draw_positions,
     forward,
     fractions_param,
+    idle_threads,
     k_of,
-    one_thread,
     tie_draws_param,
     tie_extra,
     to_list,
@@ -94,8 +94,8 @@ def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def linear_impute(x: torch.Tensor, unknown: torch.Tensor, tol: float = 1e-5, max_iter: int | None = None,
                   dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Solve ROAD's linear imputation (see ``_linear_impute``), on one CPU thread."""
-    with one_thread(x.device):
+    """Solve ROAD's linear imputation (see ``_linear_impute``) on the idle CPUs' threads."""
+    with idle_threads(x.device):
         return _linear_impute(x, unknown, tol, max_iter, dtype)
 
 
