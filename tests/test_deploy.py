@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
-
-from sgq_bench import deploy as dp
 from sgq_bench.builtin.pact_deploy import int8_weight
 from sgq_bench.builtin.pact_layers import PACTReLU, dorefa_weight, quantized_copy
 from sgq_bench.builtin.quantizers import NoQuantizer, PACTQuantizer
+from torch import nn
+
+from sgq_bench import deploy as dp
 from sgq_bench.cli import main
 from sgq_bench.cli.train import spec_from_argv
 from sgq_bench.data import Synthetic, load_dataset, load_split

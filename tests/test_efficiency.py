@@ -6,11 +6,11 @@ import math
 
 import pytest
 import torch
+from sgq_bench.builtin.quantizers import NoQuantizer, PACTQuantizer
 
 from sgq_bench import Param, Quantizer, _registry, register
 from sgq_bench import deploy as dp
 from sgq_bench._base import Bits, EvalContext, layer_bits, mark_quantized
-from sgq_bench.builtin.quantizers import NoQuantizer, PACTQuantizer
 from sgq_bench.cli.train import spec_from_argv
 from sgq_bench.config.methods import Method
 from sgq_bench.data import MNIST, Synthetic, load_split

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
-
-from sgq_bench._base import Bits, layer_bits
 from sgq_bench.builtin.pact_layers import (
     PACTReLU,
     QuantConv2d,
@@ -16,6 +13,9 @@ from sgq_bench.builtin.pact_layers import (
     pact_quantize,
 )
 from sgq_bench.builtin.quantizers import PACTQuantizer
+from torch import nn
+
+from sgq_bench._base import Bits, layer_bits
 from sgq_bench.config.methods import Method
 from sgq_bench.data import CIFAR10, MNIST, Synthetic
 from sgq_bench.errors import UsageError

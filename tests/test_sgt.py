@@ -8,10 +8,10 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from sgq_bench.builtin.objectives import SaliencyGuided, kl_clean_masked, mask_bottom_k, true_label_saliency
 from torch import nn
 
 from sgq_bench._base import TrainContext
-from sgq_bench.builtin.objectives import SaliencyGuided, kl_clean_masked, mask_bottom_k, true_label_saliency
 from sgq_bench.data import Synthetic
 from sgq_bench.errors import UsageError
 from sgq_bench.models import test_cnn
