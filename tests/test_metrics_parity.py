@@ -92,12 +92,15 @@ def test_two_term_start_is_no_worse_than_either_vector():
     mv = lambda v: (a_mat @ v.unsqueeze(-1)).squeeze(-1)  # noqa: E731
     sol = torch.linalg.solve(a_mat, rhs.unsqueeze(-1)).squeeze(-1)
     energy = lambda v: torch.einsum("si,si->s", v - sol, mv(v - sol))  # noqa: E731
-    v = _two_term_start(u1, mv(u1), u2, mv(u2), rhs)
+    a, b = _two_term_start(u1, mv(u1), u2, mv(u2), rhs)
+    v = a * u1 + b * u2
     for u in (u1, u2):
         best_alone = u * (torch.einsum("si,si->s", u, rhs) / torch.einsum("si,si->s", u, mv(u))).unsqueeze(1)
         assert (energy(v) <= energy(best_alone) + 1e-9).all()
-    same = _two_term_start(u2, mv(u2), u2, mv(u2), rhs)  # degenerate pair: falls back to u2 alone
-    assert torch.isfinite(same).all()
+    a12, b12 = _two_term_start(u1, -12 * mv(u1), u2, -12 * mv(u2), rhs, -1.0 / 12.0)  # the solver's -12 A u
+    torch.testing.assert_close((a12, b12), (a, b))
+    a, b = _two_term_start(u2, mv(u2), u2, mv(u2), rhs)  # degenerate pair: falls back to u2 alone
+    assert torch.isfinite(a).all() and torch.isfinite(b).all()
 
 
 @pytest.mark.parametrize("cls,reference", [(Sparseness, ref.sparseness), (Complexity, ref.complexity)])
@@ -162,6 +165,21 @@ def test_imputation_stopped_at_max_iter_keeps_its_iterate_not_the_removed_pixels
     changed = (out - x).abs()[unknown.expand_as(x)]
     assert (changed > 0).float().mean() > 0.99
     assert torch.equal(out[~unknown.expand_as(x)], x[~unknown.expand_as(x)])
+
+
+def test_imputation_split_into_solves_changes_nothing(monkeypatch):
+    """Each system's solution is independent of the others solved with it: solving 7 at a time (and
+    in a different mix of fractions) gives bitwise the values of one solve of all of them."""
+    import sgq_bench.metrics.road as road
+
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(48, 1, 28, 28, generator=g)
+    k = torch.tensor([80, 400, 700]).repeat_interleave(16).view(-1, 1)
+    unknown = (_common.rank_positions(torch.rand(48, 784, generator=g)) < k).view(48, 1, 28, 28)
+    monkeypatch.setattr(road, "SOLVE_SYSTEMS", 1000)
+    whole = road.linear_impute(x, unknown)
+    monkeypatch.setattr(road, "SOLVE_SYSTEMS", 7)
+    assert torch.equal(road.linear_impute(x, unknown), whole)
 
 
 def test_imputation_threads_follow_idle_cpus_and_never_change_the_result(monkeypatch):

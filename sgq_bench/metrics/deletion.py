@@ -32,6 +32,7 @@ from sgq_bench.metrics.functional import (
     predicted,
     ranked_logits,
     removal_logits,
+    sorted_scores,
     tie_draws_param,
     tie_extra,
     to_list,
@@ -47,7 +48,8 @@ def _curve_result(ctx: EvalContext, attr: torch.Tensor, fracs: list[float], per_
     per_image = auc.mean(0)
     return MetricResult(value=float(per_image.mean()),
                         curve={"x": fracs, "y": to_list(per_draw.double().mean(0).mean(1))},
-                        per_sample=to_list(per_image), extra=tie_extra(attr_scores(ctx, attr), ambiguous, auc))
+                        per_sample=to_list(per_image), extra=tie_extra(attr_scores(ctx, attr), ambiguous, auc,
+                                                                   sorted_scores(ctx, attr)))
 
 
 def class_prob(ctx: EvalContext, logits: torch.Tensor) -> torch.Tensor:

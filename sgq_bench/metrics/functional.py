@@ -42,8 +42,8 @@ def one_thread(device: torch.device) -> Iterator[None]:
         torch.set_num_threads(saved)
 
 
-def others_running(loadavg: str = "/proc/loadavg", own_tasks: str = "/proc/self/task", samples: int = 5,
-                   gap_s: float = 0.002) -> int | None:
+def others_running(loadavg: str = "/proc/loadavg", own_tasks: str = "/proc/self/task", samples: int = 3,
+                   gap_s: float = 0.001) -> int | None:
     """Runnable tasks of other processes right now (median of a few reads of the kernel's instantaneous
     count, less this process's own runnable threads, e.g. OpenMP workers still spinning after a forward),
     or None where the counts cannot be read (not Linux). System-wide: in a container on a busy host it
@@ -72,7 +72,9 @@ def _own_running(tasks: str) -> int:
     return max(1, n)
 
 
-_COUNT_TTL_S = 1.0  # a metric solves several chunks within a second: one count serves them
+# A metric solves several chunks within ~1 s (ROAD's MNIST benchmark: 3 solves in 1.1 s): one count serves
+# them. Each count sleeps samples x gap_s (3 ms; 5 x 2 ms was 1% of the ROAD benchmark).
+_COUNT_TTL_S = 2.0
 _last_count: tuple[float, Callable[[], int | None], int | None] | None = None
 
 
@@ -215,9 +217,10 @@ def tie_generator(seed: int, draw: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + 7_919 + draw)
 
 
-def tie_share(scores: torch.Tensor) -> torch.Tensor:
-    """(B,) share of each image's pixels whose score equals the score of another pixel of that image."""
-    s = torch.sort(scores, dim=1).values
+def tie_share(scores: torch.Tensor, ascending: torch.Tensor | None = None) -> torch.Tensor:
+    """(B,) share of each image's pixels whose score equals the score of another pixel of that image
+    (``ascending``: ``scores`` already sorted along dim 1, e.g. ``sorted_scores``)."""
+    s = torch.sort(scores, dim=1).values if ascending is None else ascending
     eq = s[:, 1:] == s[:, :-1]
     tied = torch.zeros_like(s, dtype=torch.bool)
     tied[:, 1:] |= eq
@@ -226,16 +229,20 @@ def tie_share(scores: torch.Tensor) -> torch.Tensor:
 
 
 def ambiguous_cuts(scores: torch.Tensor, ks: Sequence[int], descending: bool = True,
-                   inert: torch.Tensor | None = None) -> torch.Tensor:
+                   inert: torch.Tensor | None = None, ascending: torch.Tensor | None = None) -> torch.Tensor:
     """(len(ks), B) bool: True where the set of an image's first ``k`` ranked pixels depends on the tie order.
 
     That is where the cut falls inside a group of equal scores (the k-th and (k+1)-th ranked pixels tie).
     ``inert`` (B, N) bool marks pixels whose replacement leaves the image unchanged (e.g. a black pixel
     filled with black): a tie group made only of them changes nothing whichever of its pixels go first,
-    so that cut is exact too. Everywhere else one ranking gives the exact value.
+    so that cut is exact too. Everywhere else one ranking gives the exact value. ``ascending``, when
+    given, is ``scores`` sorted ascending along dim 1 (``sorted_scores``), which saves the sort.
     """
     b, n = scores.shape
-    s = torch.sort(scores, dim=1, descending=descending).values
+    if ascending is None:
+        s = torch.sort(scores, dim=1, descending=descending).values
+    else:
+        s = ascending.flip(1) if descending else ascending
     out = torch.zeros(len(ks), b, dtype=torch.bool, device=scores.device)
     for i, k in enumerate(ks):
         if 0 < k < n:
@@ -256,6 +263,15 @@ def draw_positions(ctx: EvalContext, attr: torch.Tensor, descending: bool, draw:
     return store[key]
 
 
+def sorted_scores(ctx: EvalContext, attr: torch.Tensor) -> torch.Tensor:
+    """``attr_scores`` sorted ascending per image, cached: the tie tests of every ranking metric of a
+    cell (``ambiguous_cuts``, ``tie_share``) share one sort."""
+    store = attr_store(ctx, attr)
+    if "ascending" not in store:
+        store["ascending"] = torch.sort(attr_scores(ctx, attr), dim=1).values
+    return store["ascending"]
+
+
 def attr_scores(ctx: EvalContext, attr: torch.Tensor) -> torch.Tensor:
     """``pixel_scores(attr)``, cached per attribution tensor."""
     store = attr_store(ctx, attr)
@@ -264,7 +280,8 @@ def attr_scores(ctx: EvalContext, attr: torch.Tensor) -> torch.Tensor:
     return store["scores"]
 
 
-def tie_extra(scores: torch.Tensor, ambiguous: torch.Tensor, per_draw: torch.Tensor) -> dict[str, Any]:
+def tie_extra(scores: torch.Tensor, ambiguous: torch.Tensor, per_draw: torch.Tensor,
+              ascending: torch.Tensor | None = None) -> dict[str, Any]:
     """The tie record of a ranking metric's result (docs/ranking_ties.md).
 
     ``per_draw`` is (D, B): each image's value under each tie order (D = 1 when no cut is ambiguous).
@@ -273,7 +290,7 @@ def tie_extra(scores: torch.Tensor, ambiguous: torch.Tensor, per_draw: torch.Ten
     ranking is exact), ``tie_spread`` the std (ddof 1) across draws of the metric value.
     """
     d = per_draw.shape[0]
-    return {"tie_fraction": float(tie_share(scores).mean()), "tied_cuts": float(ambiguous.double().mean()),
+    return {"tie_fraction": float(tie_share(scores, ascending).mean()), "tied_cuts": float(ambiguous.double().mean()),
             "tie_draws": d if bool(ambiguous.any()) else 0,
             "tie_spread": float(per_draw.double().mean(1).std()) if d > 1 else 0.0}
 
@@ -398,7 +415,7 @@ def ranked_logits(ctx: EvalContext, attr: torch.Tensor, ks: Sequence[int], insid
     if new:
         shape = _broadcast(inside, outside)
         inert = (inside == outside).expand(ctx.x.shape[0], *shape[1:]).all(1).flatten(1)
-        cut = ambiguous_cuts(scores, new, descending, inert)
+        cut = ambiguous_cuts(scores, new, descending, inert, sorted_scores(ctx, attr))
         for i, k in enumerate(new):
             amb_of[k] = cut[i] if k not in fixed else torch.zeros_like(cut[i])
     ambiguous = torch.stack([amb_of[k] for k in ks])
