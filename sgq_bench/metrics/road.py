@@ -20,6 +20,8 @@ as the first, so draws differ only by tie order (docs/ranking_ties.md).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from sgq_bench._base import EvalContext, Metric, MetricResult, Param
@@ -87,6 +89,19 @@ class _Stencil:
         torch.add(v(buf, 0, -1), v(buf, 0, 1), out=h).add_(v(buf), alpha=2)
         return torch.add(v(rows, -1, 0), v(rows, 1, 0), out=out).add_(h, alpha=2)
 
+    def bound(self, buf: torch.Tensor, rows: torch.Tensor, out: torch.Tensor,
+              d12: torch.Tensor) -> Callable[[], torch.Tensor]:
+        """``out = separable(buf) - d12 * band(buf)`` (-12 A p in the solver) as a call without arguments,
+        its six views sliced once: the conjugate-gradient loop calls it every step."""
+        v = self.view
+        left, right, centre = v(buf, 0, -1), v(buf, 0, 1), v(buf)
+        h, up, down = v(rows), v(rows, -1, 0), v(rows, 1, 0)
+
+        def apply() -> torch.Tensor:
+            torch.add(left, right, out=h).add_(centre, alpha=2)
+            return torch.add(up, down, out=out).add_(h, alpha=2).addcmul_(d12, centre, value=-1)
+        return apply
+
     def apply(self, buf: torch.Tensor, out: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """out = sum of in-image neighbours (ROAD's weights) of the band of ``buf`` (frame and guards zero)."""
         return self.separable(buf, rows, out).mul_(1.0 / 12.0).add_(self.view(buf), alpha=-1.0 / 3.0)
@@ -97,47 +112,42 @@ def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vecdot(a, b).unsqueeze(1)
 
 
-SOLVE_SYSTEMS = 384  # systems (image x channel) per conjugate-gradient solve on CPU
+SOLVE_SYSTEMS = 384  # systems (image x channel) per conjugate-gradient solve per CPU thread
 
 
 def linear_impute(x: torch.Tensor, unknown: torch.Tensor, tol: float = 1e-5, max_iter: int | None = None,
                   dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Solve ROAD's linear imputation (see ``_linear_impute``) on the idle CPUs' threads.
 
-    On CPU the systems are solved ``SOLVE_SYSTEMS`` at a time: the solver's ~10 working tensors then stay
-    in cache (384 MNIST systems: ~14 MB, against ~75 MB for 2,048), and systems given in fraction-major
-    order, as ROAD gives them, are of similar difficulty within a solve, so fewer of them wait on the
-    slowest. Measured on the benchmark's 2,043 systems (1 thread): MoRF 0.119 -> 0.103 s, LeRF 0.233 ->
-    0.172 s; 64 systems were slower again (per-call overhead). Each system's result does not depend on
-    its companions, so the split changes nothing but speed (tested).
+    On CPU the systems are solved ``SOLVE_SYSTEMS`` per thread at a time: the solver's ~10 working
+    tensors then stay in cache (384 MNIST systems: ~14 MB, against ~75 MB for 2,048), and systems given
+    in fraction-major order, as ROAD gives them, are of similar difficulty within a solve, so fewer of
+    them wait on the slowest. Measured on the benchmark's 2,043 systems (idle 2-core EPYC), MoRF / LeRF:
+    1 thread 0.119 / 0.233 s at 2,043 per solve, 0.103 / 0.172 s at 384 (64 was slower again: per-call
+    overhead); 2 threads 58 / 102 ms at 2,048, 53 / 88 at 384, 48 / 76 at 768. Each system's result does
+    not depend on its companions, so the split changes nothing but speed (tested).
     """
-    with idle_threads(x.device):
+    with idle_threads(x.device) as threads:
         if x.device.type != "cpu":
             return _linear_impute(x, unknown, tol, max_iter, dtype)
-        per = max(1, SOLVE_SYSTEMS // max(1, x.shape[1]))
+        per = max(1, SOLVE_SYSTEMS * threads // max(1, x.shape[1]))
+        per = -(-x.shape[0] // -(-x.shape[0] // per))  # equal solves: 800 as 2 x 400, not 768 + 32
         return torch.cat([_linear_impute(x[s:s + per], unknown[s:s + per], tol, max_iter, dtype)
                           for s in range(0, x.shape[0], per)])
 
 
-def _two_term_start(u1: torch.Tensor, au1: torch.Tensor, u2: torch.Tensor, au2: torch.Tensor,
-                    rhs: torch.Tensor, scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Coefficients (a, b), each (S, 1), of the start ``a*u1 + b*u2`` with the least energy-norm error
-    (a 2x2 Galerkin system per image); ``au1``/``au2`` are ``A u1``/``A u2`` divided by ``scale``.
+def _constant_start(u: torch.Tensor, au: torch.Tensor, rhs: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    """(S, 1) coefficient ``a`` of the start ``a * u`` with the least energy-norm error: ``u.rhs / u.Au``
+    (``au`` holds ``A u / scale``, and may hold anything where ``u`` is 0).
 
-    Why: conjugate gradients from ``rhs / D`` alone (Jacobi's first guess) spend most iterations on the
-    smooth error inside large holes, where that guess is ~0; the constant over the unknown pixels (``u1``)
-    removes that mode at the cost of two operator products. Optimal in energy norm over both vectors,
-    so never worse than either alone. Uses only known pixels: nothing of a removed pixel leaks in.
-    ``u1`` and ``u2`` are zero off the unknown pixels, so ``au1``/``au2`` may hold anything there.
+    ``u`` is the indicator of the unknown pixels, so the start is the best single value for every hole
+    of the image. Why: conjugate gradients from Jacobi's guess ``rhs / D`` spend most iterations on the
+    smooth error inside large holes, where that guess is ~0. A second vector (Jacobi's guess, mixed in
+    by a 2x2 Galerkin system) cost one more operator product and three dot products per system and no
+    longer paid once convergence is tested on ``rz``: MNIST MoRF 47 -> 43 ms with the constant alone,
+    LeRF 79 ms either way, CIFAR-10 the same (2 threads, docs/design.md). Uses only known pixels.
     """
-    g11, g12, g22 = (_dot(x, y).double() * scale for x, y in ((u1, au1), (u1, au2), (u2, au2)))
-    f1, f2 = _dot(u1, rhs).double(), _dot(u2, rhs).double()
-    det = g11 * g22 - g12 * g12
-    ok = det > 1e-9 * g11 * g22
-    safe = torch.where(ok, det, torch.ones_like(det))
-    a = torch.where(ok, (f1 * g22 - f2 * g12) / safe, torch.zeros_like(det))
-    b = torch.where(ok, (g11 * f2 - g12 * f1) / safe, f2 / g22.clamp_min(1e-300))
-    return a.to(u1.dtype), b.to(u2.dtype)
+    return (_dot(u, rhs).double() / (_dot(u, au).double() * scale).clamp_min(1e-300)).to(u.dtype)
 
 
 def _linear_impute(x: torch.Tensor, unknown: torch.Tensor, tol: float, max_iter: int | None,
@@ -193,14 +203,11 @@ def _linear_impute(x: torch.Tensor, unknown: torch.Tensor, tol: float, max_iter:
     torch.mul(xs, 1 - m_img, out=st.interior(buf))  # the known pixels
     rhs = st.apply(buf, torch.empty_like(m), rows).mul_(m)  # known neighbours -> right-hand side
     result = st.to_band(xs)
-    u2 = rhs * minv
-    g = []
-    for u in (m, u2):
-        st.view(buf).copy_(u)
-        g.append(neg12_a(buf, torch.empty_like(m)))
-    a, b_ = _two_term_start(m, g[0], u2, g[1], rhs, -1.0 / 12.0)
-    v = (a * m).add_(b_ * u2)
-    r = torch.addcmul(rhs, a / 12.0, g[0]).addcmul_(b_ / 12.0, g[1])  # rhs - A v
+    st.view(buf).copy_(m)
+    g = neg12_a(buf, torch.empty_like(m))  # -12 A m
+    a = _constant_start(m, g, rhs, -1.0 / 12.0)
+    v = a * m
+    r = torch.addcmul(rhs, a / 12.0, g)  # rhs - A v
     q_all, z_all = q, torch.empty_like(q)
     z = r * minv
     st.view(buf).copy_(z)  # the search direction p lives in the padded buffer
@@ -209,6 +216,7 @@ def _linear_impute(x: torch.Tensor, unknown: torch.Tensor, tol: float, max_iter:
     tiny = torch.finfo(dtype).tiny
     active = torch.arange(n_sys, device=dev)
     p = st.view(buf)
+    a_step = st.bound(buf, rows, q, d12)
     for it in range(max_iter + 1):
         # rz = sum r^2 / D >= |r|^2 on the unknown pixels (D <= 1), so rz <= bb certifies the residual
         # test at no cost. it == 0 tests the start: exact where a hole sees one value.
@@ -227,7 +235,8 @@ def _linear_impute(x: torch.Tensor, unknown: torch.Tensor, tol: float, max_iter:
                 n = kept.numel()
                 rows, q, z = rows[:n], q_all[:n], z_all[:n]  # scratch: only the band is written
                 p = st.view(buf)
-        neg12_a(buf)
+                a_step = st.bound(buf, rows, q, d12)
+        a_step()
         alpha = rz / _dot(p, q).mul_(-1.0 / 12.0).clamp_min(tiny)
         v.addcmul_(alpha, p)
         r.addcmul_(alpha, q, value=1.0 / 12.0)
