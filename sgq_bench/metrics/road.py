@@ -262,9 +262,9 @@ class _Road(CurvePasses, FractionsMixin, Metric):
         return len(self.fractions) + 1  # the fractions and the clean input
 
     def _impute(self, x: torch.Tensor, unknown: torch.Tensor, eps: torch.Tensor | None) -> torch.Tensor:
-        imgs = linear_impute(x, unknown, tol=self.tol)
+        imgs = linear_impute(x, unknown, tol=self.tol)  # a new tensor: the noise goes in in place
         if eps is not None:
-            imgs = imgs + self.noise * eps.to(imgs.device) * unknown
+            imgs.addcmul_(eps.to(imgs.device), unknown.to(imgs.dtype), value=self.noise)
         return imgs
 
     def compute(self, ctx: EvalContext, attributions: torch.Tensor | None) -> MetricResult:
@@ -285,9 +285,8 @@ class _Road(CurvePasses, FractionsMixin, Metric):
             nb = ctx.x[sl].shape[0]
             # all fractions of the chunk in one batched system:
             xs = ctx.x[sl].repeat(nf, 1, 1, 1)
-            ps = pos[sl].repeat(nf, 1)
-            ks = torch.tensor(kf, device=ps.device).repeat_interleave(nb)
-            unknown = (ps < ks.view(-1, 1)).view(-1, 1, h, w)
+            ks = torch.tensor(kf, device=pos.device).view(-1, 1, 1)
+            unknown = (pos[sl].unsqueeze(0) < ks).view(-1, 1, h, w)  # fraction-major, like xs
             eps = None
             if self.noise > 0:
                 eps = torch.randn(xs.shape, generator=gen, dtype=torch.float32)
