@@ -211,3 +211,32 @@ def test_others_running_reads_the_kernels_count(tmp_path):
         (tasks / str(tid) / "stat").write_text(f"{tid} (pt_main (x) thread) {state} 1 2 3\n")
     assert _common.others_running(str(f), str(tasks), gap_s=0) == 2
     assert _common.others_running(str(tmp_path / "missing"), gap_s=0) is None
+
+
+@pytest.mark.parametrize("h,w", [(7, 11), (11, 7), (1, 5), (5, 1), (3, 3)])
+def test_imputation_solves_roads_system_on_any_shape(h, w):
+    """The flat layout (one shared zero column per row) against ROAD's system written out densely: each
+    removed pixel is the weighted mean (1/6 edge, 1/12 diagonal) of its in-image neighbours."""
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(2, 2, h, w, generator=g, dtype=torch.float64)
+    unknown = torch.rand(2, 1, h, w, generator=g) < 0.6
+    out = _linear_impute(x, unknown, 1e-12, 5000, torch.float64)
+    n = h * w
+    for b in range(2):
+        a_mat = torch.eye(n, dtype=torch.float64)
+        for y in range(h):
+            for xx in range(w):
+                i = y * w + xx
+                if not unknown[b, 0, y, xx]:
+                    continue
+                a_mat[i, i] = 0.0
+                for dy in (-1, 0, 1):
+                    for dx in (-1, 0, 1):
+                        if (dy or dx) and 0 <= y + dy < h and 0 <= xx + dx < w:
+                            wt = 1 / 6 if dy == 0 or dx == 0 else 1 / 12
+                            a_mat[i, i] += wt
+                            a_mat[i, (y + dy) * w + xx + dx] -= wt
+        for c in range(2):
+            rhs = torch.where(unknown[b, 0].flatten(), torch.zeros(()), x[b, c].flatten()).double()
+            sol = torch.linalg.solve(a_mat, rhs).view(h, w)
+            torch.testing.assert_close(out[b, c], sol, atol=1e-10, rtol=0)

@@ -49,19 +49,22 @@ _EDGE, _DIAG = 1.0 / 6.0, 1.0 / 12.0
 class _Stencil:
     """The weighted 8-neighbour sum on a flat, zero-padded layout.
 
-    Each image lives in a buffer of (H+2)*(W+2)+2 values (a zero frame, plus one guard value at each
-    end); the H interior rows, *including* their two frame columns, form a contiguous band of
-    H*(W+2) values. A neighbour at (dy, dx) is then the band shifted by dy*(W+2)+dx: contiguous
-    slices of one buffer, combined in place. This is ~15x faster on CPU than a 3x3 convolution, and
-    preallocated buffers avoid the page faults of fresh allocations every step. Frame columns inside
-    the band carry garbage, which the unknown-pixel mask (zero there) removes.
+    Each image lives in a buffer of (H+2)*(W+1)+2 values: each row of W pixels is followed by one zero
+    column, with a zero row above and below and one guard value at each end. The zero column after
+    row y is both the right neighbour of its last pixel and the left neighbour of row y+1's first, so
+    one column frames both sides. The H rows, *including* their zero columns, form a contiguous band
+    of H*(W+1) values; a neighbour at (dy, dx) is the band shifted by dy*(W+1)+dx: contiguous slices of
+    one buffer, combined in place. This is ~15x faster on CPU than a 3x3 convolution, and preallocated
+    buffers avoid the page faults of fresh allocations every step. Frame columns inside the band carry
+    garbage, which the unknown-pixel mask (zero there) removes. (A zero column on each side, the
+    earlier layout, made every vector of the solver 3.4% longer at 28x28.)
 
     The weights factor: 1/6 edge, 1/12 diagonal, 0 centre is ``([1 2 1] x [1 2 1]) / 12`` minus the
     centre's 1/3, so the sum needs one separable pass per axis (four slice operations, not eight).
     """
 
     def __init__(self, h: int, w: int) -> None:
-        self.h, self.w, self.row = h, w, w + 2
+        self.h, self.w, self.row = h, w, w + 1
         self.size = (h + 2) * self.row + 2
         self.start = self.row + 1
         self.band = h * self.row
@@ -72,14 +75,14 @@ class _Stencil:
 
     def interior(self, buf: torch.Tensor) -> torch.Tensor:
         """(S, H, W) view of the image pixels of a zero-framed buffer."""
-        return self.view(buf).view(buf.shape[0], self.h, self.row)[:, :, 1:-1]
+        return self.view(buf).view(buf.shape[0], self.h, self.row)[:, :, :-1]
 
     def to_band(self, img: torch.Tensor) -> torch.Tensor:
         """(S, H, W) -> (S, band) with zero frame columns."""
-        return torch.nn.functional.pad(img, (1, 1)).reshape(img.shape[0], self.band)
+        return torch.nn.functional.pad(img, (0, 1)).reshape(img.shape[0], self.band)
 
     def from_band(self, band: torch.Tensor) -> torch.Tensor:
-        return band.view(band.shape[0], self.h, self.row)[:, :, 1:-1]
+        return band.view(band.shape[0], self.h, self.row)[:, :, :-1]
 
     def separable(self, buf: torch.Tensor, rows: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """out = ([1 2 1] x [1 2 1]) applied to ``buf`` (zero frame), through ``rows`` (a zero-framed
