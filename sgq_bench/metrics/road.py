@@ -131,7 +131,7 @@ def linear_impute(x: torch.Tensor, unknown: torch.Tensor, tol: float = 1e-5, max
     not depend on its companions, so the split changes nothing but speed (tested).
     """
     with idle_threads(x.device) as threads:
-        if x.device.type != "cpu":
+        if x.device.type != "cpu" or x.shape[0] == 0:
             return _linear_impute(x, unknown, tol, max_iter, dtype)
         per = max(1, SOLVE_SYSTEMS * threads // max(1, x.shape[1]))
         per = -(-x.shape[0] // -(-x.shape[0] // per))  # equal solves: 800 as 2 x 400, not 768 + 32
@@ -282,12 +282,12 @@ class _Road(CurvePasses, FractionsMixin, Metric):
                                    ascending=sorted_scores(ctx, attributions))  # (F, B)
         extra_draws = self.tie_draws > 1 and bool(ambiguous.any())
         gen = torch.Generator().manual_seed(ctx.seed * 1_000_003 + 7)
-        # One chunk of images x fractions per CG solve; cost per CG iteration is cheap, so solve many at once.
+        # Chunks of images x fractions, fraction-major: the noise is drawn chunk by chunk (so ``per`` is part of
+        # the values), and linear_impute splits each chunk into cache-sized solves.
         per = max(1, MAX_IMAGES // max(1, nf))
         correct, kept_eps = [], []
         for s in range(0, b, per):
             sl = slice(s, s + per)
-            nb = ctx.x[sl].shape[0]
             # all fractions of the chunk in one batched system:
             xs = ctx.x[sl].repeat(nf, 1, 1, 1)
             ks = torch.tensor(kf, device=pos.device).view(-1, 1, 1)
