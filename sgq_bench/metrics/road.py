@@ -116,6 +116,7 @@ def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 SOLVE_SYSTEMS = 384  # systems (image x channel) per conjugate-gradient solve per CPU thread
+SOLVE_GROUP = 4 * MAX_IMAGES  # images x fractions imputed in one call (memory: ~4 copies of that many images)
 
 
 def linear_impute(x: torch.Tensor, unknown: torch.Tensor, tol: float = 1e-5, max_iter: int | None = None,
@@ -283,23 +284,33 @@ class _Road(CurvePasses, FractionsMixin, Metric):
         extra_draws = self.tie_draws > 1 and bool(ambiguous.any())
         gen = torch.Generator().manual_seed(ctx.seed * 1_000_003 + 7)
         # Chunks of images x fractions, fraction-major: the noise is drawn chunk by chunk (so ``per`` is part of
-        # the values), and linear_impute splits each chunk into cache-sized solves.
+        # the values). Chunks are then imputed and classified in groups of up to SOLVE_GROUP systems, so that a
+        # small last chunk shares its solves (linear_impute splits a group into cache-sized solves); a
+        # system's solution does not depend on its companions, so grouping changes nothing but speed.
         per = max(1, MAX_IMAGES // max(1, nf))
-        correct, kept_eps = [], []
+        correct, kept_eps, group = [], [], []
+
+        def flush() -> None:
+            xs, unknown = torch.cat([g[1] for g in group]), torch.cat([g[2] for g in group])
+            eps = torch.cat([g[3] for g in group]) if self.noise > 0 else None
+            pred = forward(ctx.model, self._impute(xs, unknown, eps).to(ctx.x.dtype)).argmax(1)
+            for (sl, *_), p in zip(group, pred.split([g[1].shape[0] for g in group])):
+                correct.append((p.view(nf, -1) == ctx.y[sl].view(1, -1)).double())
+            group.clear()
+
+        ks = torch.tensor(kf, device=pos.device).view(-1, 1, 1)
         for s in range(0, b, per):
             sl = slice(s, s + per)
-            # all fractions of the chunk in one batched system:
-            xs = ctx.x[sl].repeat(nf, 1, 1, 1)
-            ks = torch.tensor(kf, device=pos.device).view(-1, 1, 1)
+            xs = ctx.x[sl].repeat(nf, 1, 1, 1)  # all fractions of the chunk
             unknown = (pos[sl].unsqueeze(0) < ks).view(-1, 1, h, w)  # fraction-major, like xs
             eps = None
             if self.noise > 0:
                 eps = torch.randn(xs.shape, generator=gen, dtype=torch.float32)
                 if extra_draws:  # the same noise for the other tie orders of an ambiguous cut
                     kept_eps.append(eps[ambiguous[:, sl].reshape(-1).cpu()])
-            imgs = self._impute(xs, unknown, eps)
-            pred = forward(ctx.model, imgs.to(ctx.x.dtype)).argmax(1).view(nf, -1)
-            correct.append((pred == ctx.y[sl].view(1, -1)).double())
+            group.append((sl, xs, unknown, eps))
+            if sum(g[1].shape[0] for g in group) >= SOLVE_GROUP or s + per >= b:
+                flush()
         acc = torch.cat(correct, dim=1).unsqueeze(0)  # (1, fractions, B)
         if extra_draws:
             acc = self._other_draws(ctx, attributions, acc, ambiguous, kf, kept_eps)
