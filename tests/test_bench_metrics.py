@@ -24,3 +24,6 @@ def test_cli_bench_metrics_rows_match_their_references(capsys: pytest.CaptureFix
         assert ratio.endswith("x") and float(ratio[:-1]) > 0
     assert float(rows["deletion_auc"][4]) < 1e-5  # the same ranking, the same values as Quantus
     assert float(rows["sparseness"][4]) < 1e-5
+    header = next(line for line in out.splitlines() if line.startswith("metric "))
+    value_col = header.split().index("value") - 4  # "ours s", "ref s", "floor s", "+ties s": two words each
+    assert 0 <= float(rows["road_lerf"][value_col]) <= 1  # our value is printed, to compare runs

@@ -246,7 +246,7 @@ def run_metrics_bench(spec: TrainSpec, n: int = 256, data_root: Any = None, devi
 
 
 HEADER = (f"{'metric':<26}{'ours s':>9}{'ref s':>9}{'ref/ours':>10}{'max|diff|':>11}{'floor s':>9}"
-          f"{'ours/floor':>11}{'+ties s':>9}{'ours/+ties':>11}{'tie_frac':>9}{'spread':>9}  reference")
+          f"{'ours/floor':>11}{'+ties s':>9}{'ours/+ties':>11}{'tie_frac':>9}{'spread':>9}{'value':>11}  reference")
 
 
 def format_row(r: dict[str, Any]) -> str:
@@ -261,4 +261,4 @@ def format_row(r: dict[str, Any]) -> str:
     return (f"{r['metric']:<26}{r['ours_s']:>9.3f}{num(ref_s, 9)}{ratio(ref_s, r['ours_s'], 10)}"
             f"{num(r.get('max_diff'), 11, '.2e')}{num(floor_s, 9)}{ratio(r['ours_s'], floor_s, 11)}"
             f"{num(ties_s, 9)}{ratio(r['ours_s'], ties_s, 11)}{num(r.get('tie_fraction'), 9)}"
-            f"{num(r.get('tie_spread'), 9, '.4f')}  {r['ref']}")
+            f"{num(r.get('tie_spread'), 9, '.4f')}{num(r.get('value'), 11, '.6f')}  {r['ref']}")
