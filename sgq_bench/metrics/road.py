@@ -87,22 +87,21 @@ class _Stencil:
     def separable(self, buf: torch.Tensor, rows: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """out = ([1 2 1] x [1 2 1]) applied to ``buf`` (zero frame), through ``rows`` (a zero-framed
         buffer like ``buf``, holding the horizontal pass; only its band is written)."""
-        v = self.view
-        h = v(rows)
-        torch.add(v(buf, 0, -1), v(buf, 0, 1), out=h).add_(v(buf), alpha=2)
-        return torch.add(v(rows, -1, 0), v(rows, 1, 0), out=out).add_(h, alpha=2)
+        return self.bound(buf, rows, out)()
 
     def bound(self, buf: torch.Tensor, rows: torch.Tensor, out: torch.Tensor,
-              d12: torch.Tensor) -> Callable[[], torch.Tensor]:
-        """``out = separable(buf) - d12 * band(buf)`` (-12 A p in the solver) as a call without arguments,
-        its six views sliced once: the conjugate-gradient loop calls it every step."""
+              d12: torch.Tensor | None = None) -> Callable[[], torch.Tensor]:
+        """``separable`` on fixed buffers, minus ``d12 * band(buf)`` when given (-12 A p in the solver),
+        as a call without arguments with its six views sliced once: the conjugate-gradient loop calls it
+        every step."""
         v = self.view
         left, right, centre = v(buf, 0, -1), v(buf, 0, 1), v(buf)
         h, up, down = v(rows), v(rows, -1, 0), v(rows, 1, 0)
 
         def apply() -> torch.Tensor:
             torch.add(left, right, out=h).add_(centre, alpha=2)
-            return torch.add(up, down, out=out).add_(h, alpha=2).addcmul_(d12, centre, value=-1)
+            torch.add(up, down, out=out).add_(h, alpha=2)
+            return out if d12 is None else out.addcmul_(d12, centre, value=-1)
         return apply
 
     def apply(self, buf: torch.Tensor, out: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -201,16 +200,11 @@ def _linear_impute(x: torch.Tensor, unknown: torch.Tensor, tol: float, max_iter:
     minv = m / diag  # the Jacobi preconditioner, zero off the unknown pixels
     q = torch.empty_like(m)
 
-    def neg12_a(p_buf: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-        """-12 A p on the unknown pixels (garbage elsewhere; every reader masks or multiplies by 0)."""
-        out = q if out is None else out
-        return st.separable(p_buf, rows, out).addcmul_(d12, st.view(p_buf), value=-1)
-
     torch.mul(xs, 1 - m_img, out=st.interior(buf))  # the known pixels
     rhs = st.apply(buf, torch.empty_like(m), rows).mul_(m)  # known neighbours -> right-hand side
     result = st.to_band(xs)
     st.view(buf).copy_(m)
-    g = neg12_a(buf, torch.empty_like(m))  # -12 A m
+    g = st.bound(buf, rows, torch.empty_like(m), d12)()  # -12 A m (garbage off the unknown pixels: u there is 0)
     a = _constant_start(m, g, rhs, -1.0 / 12.0)
     v = a * m
     r = torch.addcmul(rhs, a / 12.0, g)  # rhs - A v
