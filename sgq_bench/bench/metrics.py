@@ -206,11 +206,14 @@ def faithfulness_entries(case: Case) -> Iterator[Entry]:
 
 def bench_entry(case: Case, e: Entry) -> dict[str, Any]:
     """Time ours (default parameters, cold cache), its floors and its reference; compare values."""
+    def tie_images(res: MetricResult) -> int:  # forwards of the extra tie orders (0 when one ranking is exact)
+        draws = res.extra.get("tie_draws", 0)
+        return round((draws - 1) * res.extra.get("tied_cuts", 0.0) * e.cuts) if draws > 1 else 0
+
     def floors(res: MetricResult) -> dict[str, int]:
         counts = {"floor_s": e.floor_images}
-        draws, cuts = res.extra.get("tie_draws", 0), res.extra.get("tied_cuts", 0.0)
-        if draws > 1:
-            counts["floor_ties_s"] = e.floor_images + round((draws - 1) * cuts * e.cuts)
+        if res.extra.get("tie_draws", 0) > 1:
+            counts["floor_ties_s"] = e.floor_images + tie_images(res)
         return counts
 
     res, t_ours, floor_s = _interleaved(lambda: e.metric.compute(case.ctx, case.attr), case.fresh, floors, case)
@@ -218,7 +221,7 @@ def bench_entry(case: Case, e: Entry) -> dict[str, Any]:
     ties = {k: res.extra[k] for k in ("tie_fraction", "tied_cuts", "tie_draws", "tie_spread") if k in res.extra}
     row.update(ties)
     if "floor_ties_s" in floor_s:
-        row["tie_images"] = round((ties["tie_draws"] - 1) * ties["tied_cuts"] * e.cuts)
+        row["tie_images"] = tie_images(res)
     if e.reference is not None:
         mine = res
         if e.value_metric is not None:
